@@ -1,0 +1,64 @@
+"""Engine creation and schema migrations for the registry database.
+
+Any SQLAlchemy URL works (SQLite under TUNELOOP_HOME by default, Postgres in production); the
+schema is always brought to Alembic's head before use, so a fresh file and an old one behave alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from tuneloop.platform import settings
+from tuneloop.platform.errors import ConfigError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine for `url` (default: TUNELOOP_DB_URL), creating the SQLite folder if needed."""
+    url = url or settings.TUNELOOP_DB_URL.get()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"registry URL {url!r} is not a SQLAlchemy URL (e.g. sqlite:///path.db)") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(parsed)
+    except Exception as exc:  # a missing driver, an unknown dialect
+        raise ConfigError(f"cannot open registry {url!r}: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    # Foreign keys are off by default in SQLite; WAL lets the gateway read while a job publishes.
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` with Alembic, inside one transaction."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

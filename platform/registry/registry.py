@@ -1,0 +1,223 @@
+"""Registry operations: every change that touches several rows happens in one transaction.
+
+The gateway, the training jobs and the drift loop all go through `Registry`; none of them writes
+tables directly. A failure anywhere inside an operation rolls the whole operation back, so there
+is never a version without its adapter, or an alias moved without its event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneloop.platform.errors import ConflictError, NotFoundError
+from tuneloop.platform.registry import db
+from tuneloop.platform.registry.models import (
+    Adapter,
+    Alias,
+    Evaluation,
+    Event,
+    Job,
+    JobStatus,
+    Version,
+    VersionStatus,
+    utcnow,
+)
+
+
+class Registry:
+    """The registry behind one SQLAlchemy URL, migrated to the current schema on open."""
+
+    def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
+        self.engine = engine or db.make_engine(url)
+        db.upgrade(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose changes commit together at the end, or not at all."""
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- versions
+
+    def add_version(
+        self,
+        adapter: str,
+        *,
+        base_model: str,
+        method: str,
+        store: Callable[[int], str],
+        data_hash: str | None = None,
+        job_id: str | None = None,
+        parent: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        manifest: dict[str, Any] | None = None,
+    ) -> Version:
+        """Add the next version of `adapter` (created on first use) with status `candidate`.
+
+        `store(number)` writes the artifacts for the assigned version number and returns their URI;
+        it runs inside the transaction, so if it fails no row is written, and if the rows cannot be
+        written the caller gets the error after its artifacts were stored (they stay unreferenced).
+        """
+        try:
+            with self.transaction() as session:
+                row = session.scalar(select(Adapter).where(Adapter.name == adapter))
+                if row is None:
+                    row = Adapter(name=adapter, base_model=base_model)
+                    session.add(row)
+                    session.flush()
+                elif row.base_model != base_model:
+                    raise ConflictError(
+                        f"adapter {adapter!r} is trained on {row.base_model!r}, not {base_model!r}: "
+                        "use a new adapter name for another base model"
+                    )
+                last = session.scalar(select(func.max(Version.number)).where(Version.adapter_id == row.id))
+                number = (last or 0) + 1
+                parent_row = self._resolve(session, parent) if parent else None
+                version = Version(
+                    adapter=row,
+                    number=number,
+                    status=VersionStatus.CANDIDATE,
+                    method=method,
+                    uri=store(number),
+                    data_hash=data_hash,
+                    job_id=job_id,
+                    parent_id=parent_row.id if parent_row else None,
+                    metrics=metrics or {},
+                    manifest=manifest or {},
+                )
+                session.add(version)
+                session.flush()
+                self._event(session, row, "version.added", f"{adapter}@{number} added ({method})")
+                return version
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"could not add a version of {adapter!r} (concurrent publish?): {exc.orig}"
+            ) from None
+
+    def get_version(self, ref: str) -> Version:
+        """A version by `adapter@N`, or the version an alias points at."""
+        with self.transaction() as session:
+            version = self._resolve(session, ref)
+            _ = version.adapter  # loaded while the session is open
+            return version
+
+    def list_versions(self, adapter: str | None = None) -> list[Version]:
+        with self.transaction() as session:
+            query = select(Version).join(Adapter).order_by(Adapter.name, Version.number)
+            if adapter is not None:
+                query = query.where(Adapter.name == adapter)
+            versions = list(session.scalars(query))
+            for version in versions:
+                _ = version.adapter
+            if adapter is not None and not versions:
+                raise NotFoundError(f"no adapter named {adapter!r}; see `tuneloop adapters list`")
+            return versions
+
+    def set_status(self, ref: str, status: VersionStatus, reason: str = "") -> None:
+        with self.transaction() as session:
+            version = self._resolve(session, ref)
+            version.status = status
+            self._event(session, version.adapter, f"version.{status}", reason or f"{version.ref} {status}")
+
+    # -- aliases
+
+    def promote(self, alias: str, ref: str, reason: str = "") -> Version:
+        """Point `alias` at version `ref`; the version it pointed at becomes the rollback target."""
+        with self.transaction() as session:
+            version = self._resolve(session, ref)
+            row = session.scalar(select(Alias).where(Alias.name == alias))
+            if row is None:
+                row = Alias(name=alias, adapter_id=version.adapter_id, version_id=version.id)
+                session.add(row)
+            else:
+                if row.adapter_id != version.adapter_id:
+                    raise ConflictError(f"alias {alias!r} belongs to another adapter than {version.ref!r}")
+                if row.version_id != version.id:
+                    old = session.get_one(Version, row.version_id)
+                    old.status = VersionStatus.RETIRED
+                    row.previous_version_id = row.version_id
+                    row.version_id = version.id
+            version.status = VersionStatus.LIVE
+            session.flush()
+            self._event(session, version.adapter, "alias.promoted", reason or f"{alias} -> {version.ref}")
+            return version
+
+    def rollback(self, alias: str, reason: str = "") -> Version:
+        """Point `alias` back at the version it pointed at before the last promotion."""
+        with self.transaction() as session:
+            row = session.scalar(select(Alias).where(Alias.name == alias))
+            if row is None:
+                raise NotFoundError(f"no alias named {alias!r}")
+            if row.previous_version_id is None:
+                raise ConflictError(f"alias {alias!r} has no earlier version to roll back to")
+            current = session.get_one(Version, row.version_id)
+            previous = session.get_one(Version, row.previous_version_id)
+            current.status = VersionStatus.RETIRED
+            previous.status = VersionStatus.LIVE
+            row.version_id, row.previous_version_id = previous.id, current.id
+            self._event(
+                session, previous.adapter, "alias.rolled_back", reason or f"{alias} -> {previous.ref}"
+            )
+            return previous
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the `adapter@N` it points at."""
+        with self.transaction() as session:
+            rows = session.scalars(select(Alias)).all()
+            return {row.name: row.version.ref for row in rows}
+
+    # -- jobs, evaluations, events
+
+    def add_job(self, job_id: str, adapter: str, spec: dict[str, Any]) -> None:
+        with self.transaction() as session:
+            session.add(Job(id=job_id, adapter_name=adapter, spec=spec))
+
+    def finish_job(self, job_id: str, status: JobStatus, result: dict[str, Any] | None = None) -> None:
+        with self.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id!r} in the registry")
+            job.status, job.result, job.finished_at = status, result or {}, utcnow()
+
+    def add_evaluation(self, ref: str, suite: str, metrics: dict[str, Any]) -> None:
+        with self.transaction() as session:
+            version = self._resolve(session, ref)
+            session.add(Evaluation(version_id=version.id, suite=suite, metrics=metrics))
+            self._event(session, version.adapter, "evaluation", f"{version.ref} on {suite}", metrics)
+
+    def history(self, adapter: str) -> list[Event]:
+        with self.transaction() as session:
+            row = session.scalar(select(Adapter).where(Adapter.name == adapter))
+            if row is None:
+                raise NotFoundError(f"no adapter named {adapter!r}; see `tuneloop adapters list`")
+            return list(session.scalars(select(Event).where(Event.adapter_id == row.id).order_by(Event.id)))
+
+    # -- internals
+
+    def _resolve(self, session: Session, ref: str) -> Version:
+        name, sep, number = ref.partition("@")
+        if sep:
+            if not number.isdigit():
+                raise NotFoundError(f"{ref!r} is not a version reference: expected ADAPTER@NUMBER")
+            version = session.scalar(
+                select(Version).join(Adapter).where(Adapter.name == name, Version.number == int(number))
+            )
+        else:
+            alias = session.scalar(select(Alias).where(Alias.name == ref))
+            version = alias.version if alias else None
+        if version is None:
+            raise NotFoundError(f"no version or alias {ref!r}; see `tuneloop adapters list`")
+        return version
+
+    @staticmethod
+    def _event(
+        session: Session, adapter: Adapter, kind: str, message: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        session.add(Event(adapter_id=adapter.id, kind=kind, message=message, detail=detail or {}))

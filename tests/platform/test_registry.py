@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tuneloop.platform.errors import ConfigError, ConflictError, NotFoundError
+from tuneloop.platform.registry import Registry, db
+from tuneloop.platform.registry.models import Adapter, Event, Version, VersionStatus
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+
+
+def _add(registry: Registry, name: str = "support", **kw: object) -> Version:
+    return registry.add_version(
+        name, base_model="/models/tiny", method="lora", store=lambda n: f"mem://{n}", **kw
+    )  # type: ignore[arg-type]
+
+
+def test_fresh_database_is_migrated_to_head(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'sub' / 'reg.db'}")
+    assert db.current_revision(registry.engine) == "0001"
+    # Opening again is a no-op, not an error.
+    assert db.current_revision(Registry(f"sqlite:///{tmp_path / 'sub' / 'reg.db'}").engine) == "0001"
+
+
+def test_versions_are_numbered_per_adapter(registry: Registry) -> None:
+    assert [_add(registry).number for _ in range(3)] == [1, 2, 3]
+    other = _add(registry, "billing")
+    assert other.number == 1 and other.ref == "billing@1"
+    v = registry.get_version("support@2")
+    assert v.uri == "mem://2" and v.status == VersionStatus.CANDIDATE
+
+
+def test_failed_store_writes_no_row(registry: Registry) -> None:
+    def broken(_number: int) -> str:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        registry.add_version("support", base_model="/m", method="lora", store=broken)
+    with registry.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Adapter)) == 0
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+
+
+def test_other_base_model_is_a_conflict(registry: Registry) -> None:
+    _add(registry)
+    with pytest.raises(ConflictError, match="/models/tiny"):
+        registry.add_version("support", base_model="/models/other", method="lora", store=lambda n: "x")
+
+
+def test_promote_and_rollback_move_alias_and_statuses(registry: Registry) -> None:
+    _add(registry), _add(registry)
+    registry.promote("support-bot", "support@1")
+    assert registry.aliases() == {"support-bot": "support@1"}
+    registry.promote("support-bot", "support@2")
+    assert registry.get_version("support-bot").number == 2
+    assert registry.get_version("support@1").status == VersionStatus.RETIRED
+    assert registry.get_version("support@2").status == VersionStatus.LIVE
+    back = registry.rollback("support-bot")
+    assert back.ref == "support@1"
+    assert registry.get_version("support@1").status == VersionStatus.LIVE
+    assert registry.get_version("support@2").status == VersionStatus.RETIRED
+    kinds = [e.kind for e in registry.history("support")]
+    assert kinds == [
+        "version.added",
+        "version.added",
+        "alias.promoted",
+        "alias.promoted",
+        "alias.rolled_back",
+    ]
+
+
+def test_failed_promotion_changes_nothing(registry: Registry) -> None:
+    _add(registry), _add(registry, "billing")
+    registry.promote("bot", "support@1")
+    with pytest.raises(ConflictError):
+        registry.promote("bot", "billing@1")
+    assert registry.aliases() == {"bot": "support@1"}
+    assert registry.get_version("billing@1").status == VersionStatus.CANDIDATE
+    assert [e.kind for e in registry.history("billing")] == ["version.added"]
+
+
+def test_lookup_errors_name_the_reference(registry: Registry) -> None:
+    with pytest.raises(NotFoundError, match="'nope@1'"):
+        registry.get_version("nope@1")
+    with pytest.raises(NotFoundError, match="ADAPTER@NUMBER"):
+        registry.get_version("support@x")
+    with pytest.raises(NotFoundError):
+        registry.rollback("nobody")
+
+
+def test_jobs_evaluations_and_lineage(registry: Registry) -> None:
+    registry.add_job("raysubmit_1", "support", {"method": "lora"})
+    first = _add(registry, job_id="raysubmit_1", data_hash="abc")
+    second = _add(registry, parent="support@1", metrics={"loss": 1.0})
+    assert second.parent_id == first.id
+    registry.add_evaluation("support@2", "golden", {"exact_match": 0.5})
+    assert registry.history("support")[-1].detail == {"exact_match": 0.5}
+
+
+def test_bad_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a SQLAlchemy URL"):
+        Registry("not a url")
+    with pytest.raises(ConfigError, match="cannot open registry"):
+        Registry("nosuchdialect://x")
