@@ -1,0 +1,145 @@
+"""The `tuneloop` command: a table of subcommand names mapped to typed functions.
+
+Each function's signature becomes its arguments (no default: positional; a default: `--option`),
+its docstring's first paragraph becomes `--help`, and its `Args:` lines become the arguments'
+help. Functions are named as "module:function" and imported only when needed, so `tuneloop --help`
+never imports torch, ray or vllm. Errors meant for users (TuneloopError) print as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from tuneloop.platform import settings
+from tuneloop.platform.errors import TuneloopError
+
+PROG = "tuneloop"
+
+# name -> "module:function". README.md's command table is checked against this one by a test.
+COMMANDS: dict[str, str] = {
+    "version": "tuneloop.platform.commands:version",
+    "env": "tuneloop.platform.commands:env",
+    "db upgrade": "tuneloop.platform.commands:db_upgrade",
+    "models pull": "tuneloop.platform.commands:models_pull",
+    "models list": "tuneloop.platform.commands:models_list",
+    "adapters list": "tuneloop.platform.commands:adapters_list",
+    "demo": "tuneloop.platform.demo:demo",
+}
+
+
+def load(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    func: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return func
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _doc(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """The summary paragraph and the per-argument help of a Google-style docstring."""
+    doc = inspect.getdoc(func) or ""
+    summary, _, rest = doc.partition("\n\nArgs:\n")
+    args: dict[str, str] = {}
+    for line in rest.splitlines():
+        name, sep, text = line.strip().partition(":")
+        if sep and name.isidentifier():
+            args[name] = text.strip()
+    return summary.strip(), args
+
+
+def _add_arguments(parser: argparse.ArgumentParser, func: Callable[..., Any]) -> None:
+    hints = typing.get_type_hints(func)
+    _, arg_help = _doc(func)
+    for name, param in inspect.signature(func).parameters.items():
+        hint = hints.get(name, str)
+        kwargs: dict[str, Any] = {"help": arg_help.get(name)}
+        optional = types.NoneType in typing.get_args(hint)
+        if optional:
+            hint = next(a for a in typing.get_args(hint) if a is not types.NoneType)
+        if typing.get_origin(hint) is Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        elif hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is list:
+            kwargs["type"] = typing.get_args(hint)[0]
+            kwargs["nargs"] = "*" if param.default is not inspect.Parameter.empty else "+"
+        else:
+            kwargs["type"] = hint if hint in (int, float, Path) else str
+        if param.default is inspect.Parameter.empty:
+            parser.add_argument(name, **kwargs)
+        else:
+            kwargs["default"] = param.default
+            flag = "--" + name.replace("_", "-")
+            parser.add_argument(flag, dest=name, **kwargs)
+
+
+def build_parser(commands: dict[str, str] = COMMANDS) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description="Fine-tune open LLMs on Ray, serve them with vLLM, retrain on drift."
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="Python logging level (default: TUNELOOP_LOG_LEVEL)",
+    )
+    groups: dict[str, argparse._SubParsersAction[_Parser]] = {}
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    groups[""] = top
+    for name, target in commands.items():
+        func = load(target)
+        summary, _ = _doc(func)
+        *group_words, leaf = name.split()
+        key = ""
+        for word in group_words:
+            parent_key, key = key, f"{key} {word}".strip()
+            if key not in groups:
+                sub = groups[parent_key].add_parser(word, help=f"{word} commands")
+                groups[key] = sub.add_subparsers(
+                    dest=f"{key} command", metavar="COMMAND", parser_class=_Parser
+                )
+                groups[key].required = True
+        first_line = summary.splitlines()[0] if summary else ""
+        cmd = groups[key].add_parser(
+            leaf, help=first_line, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        _add_arguments(cmd, func)
+        cmd.set_defaults(_target=target)
+    top.required = True
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    level = args.pop("log_level") or settings.TUNELOOP_LOG_LEVEL.get()
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    target = args.pop("_target")
+    kwargs = {k: v for k, v in args.items() if k != "command" and not k.endswith(" command")}
+    try:
+        result = load(target)(**kwargs)
+    except TuneloopError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

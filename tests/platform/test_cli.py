@@ -1,0 +1,86 @@
+"""The `tuneloop` console script as a user runs it: help, errors as one line, the README's table."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuneloop.platform.cli import COMMANDS, build_parser, load
+
+ROOT = Path(__file__).resolve().parents[2]
+TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
+
+
+def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(home), "TUNELOOP_HOME": str(home / "tl")}
+    return subprocess.run([TUNELOOP, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    out = run("--help", home=tmp_path)
+    assert out.returncode == 0
+    for name in COMMANDS:
+        assert name.split()[0] in out.stdout
+    sub = run("models", "--help", home=tmp_path)
+    assert "pull" in sub.stdout and "list" in sub.stdout
+
+
+def test_readme_command_table_matches_the_cli() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `tuneloop ([a-z ]+?)(?: [A-Z\[<-].*?)?` \|", readme, flags=re.M))
+    assert documented == set(COMMANDS)
+
+
+def test_every_command_has_a_docstring_and_typed_arguments() -> None:
+    build_parser()  # imports every target and builds every sub-parser
+    for target in COMMANDS.values():
+        func = load(target)
+        assert func.__doc__, target
+        assert "return" in func.__annotations__, target
+
+
+def test_version(tmp_path: Path) -> None:
+    out = run("version", home=tmp_path)
+    assert out.returncode == 0
+    assert re.fullmatch(r"tuneloop \d+\.\d+\.\d+\n", out.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+        (("models", "pull"), "the following arguments are required: name"),
+        (("models", "pull", "no-such-model"), "unknown model 'no-such-model'"),
+        (("db", "upgrade", "--url", "this is not a url"), "not a SQLAlchemy URL"),
+        (("db", "upgrade", "--url", "nosuchdialect://x"), "cannot open registry"),
+        (("--log-level", "LOUD", "version"), "invalid choice: 'LOUD'"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    out = run(*args, home=tmp_path)
+    assert out.returncode != 0
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("tuneloop") and expected in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_db_upgrade_creates_registry_under_home(tmp_path: Path) -> None:
+    out = run("db", "upgrade", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "tl" / "registry.db").exists()
+    assert "revision 0001" in out.stdout
+    listed = run("adapters", "list", home=tmp_path)
+    assert listed.returncode == 0 and "no adapters yet" in listed.stdout
+
+
+def test_env_prints_every_variable(tmp_path: Path) -> None:
+    out = run("env", home=tmp_path)
+    assert out.returncode == 0
+    assert f"TUNELOOP_HOME={tmp_path / 'tl'}" in out.stdout
+    assert "TUNELOOP_HOST=127.0.0.1" in out.stdout
