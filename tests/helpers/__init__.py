@@ -1,0 +1,1 @@
+"""Test helpers: tiny offline models and adapters, and real servers for fixtures."""
