@@ -1,0 +1,181 @@
+"""The training job spec: a YAML file, validated once, every problem reported with its path.
+
+A spec names the base model, the method and its options, the task (sft or uft), the data, the
+hyper-parameters, early stopping, an optional Ray Tune search, scaling and the output adapter name.
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneloop.platform.errors import ConfigError
+
+Method = Literal[
+    "full", "partial", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "adapter", "ia3"
+]
+Task = Literal["sft", "uft"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodSpec(_Strict):
+    """The fine-tuning method and its options; options that do not apply to the method are refused."""
+
+    name: Method = Field(description="Which method: full, partial, lora, qlora, prompt_tuning, p_tuning, "
+                         "prefix_tuning, adapter (bottleneck) or ia3.")  # fmt: skip
+    rank: int = Field(8, ge=1, le=256, description="LoRA/QLoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA/QLoRA scaling alpha.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA / adapter path.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names LoRA, IA3 or adapters attach to (default: the attention projections)."
+    )
+    num_virtual_tokens: int = Field(
+        8, ge=1, le=512, description="Prompt, P- and prefix tuning: virtual tokens."
+    )
+    prompt_init_text: str | None = Field(None, description="Prompt tuning: initialise from this text.")
+    encoder_hidden_size: int = Field(64, ge=1, description="P-tuning: hidden size of the prompt encoder MLP.")
+    bottleneck: int = Field(16, ge=1, description="Adapter tuning: bottleneck width of each adapter.")
+    trainable_layers: list[int] | None = Field(
+        None,
+        description="Partial fine-tuning: indices of transformer blocks to train (negative: from the end).",
+    )
+    trainable_patterns: list[str] | None = Field(
+        None, description="Partial fine-tuning: regular expressions over parameter names to train."
+    )
+
+    @model_validator(mode="after")
+    def _partial_needs_a_choice(self) -> MethodSpec:
+        if self.name == "partial" and not (self.trainable_layers or self.trainable_patterns):
+            raise ValueError("method 'partial' needs trainable_layers or trainable_patterns")
+        return self
+
+
+class DataSpec(_Strict):
+    """Where the data comes from and how it is split."""
+
+    train: Path = Field(description="JSONL file: chat (messages), prompt/completion, or text lines.")
+    validation: Path | None = Field(
+        None, description="Optional JSONL validation file (else split from train)."
+    )
+    test: Path | None = Field(None, description="Optional JSONL test file (else split from train).")
+    split: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="Train/validation/test fractions used when files are not given."
+    )
+    seed: int = Field(0, description="Seed of the deterministic split.")
+    max_length: int = Field(512, ge=8, description="Maximum tokens per example.")
+    overlong: Literal["truncate", "drop", "error"] = Field(
+        "truncate", description="What to do with examples longer than max_length (counted and reported)."
+    )
+    min_examples: int = Field(8, ge=1, description="Refuse a training set smaller than this.")
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> DataSpec:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"split {self.split} must be three non-negative fractions that sum to 1")
+        return self
+
+
+class HyperParams(_Strict):
+    """Optimisation settings."""
+
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(4, ge=1, description="Examples per worker per step.")
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the training split (ignored if max_steps is set)."
+    )
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Learning-rate schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed for initialisation and data order.")
+    eval_every: int = Field(50, ge=1, description="Validate every this many optimizer steps.")
+
+
+class EarlyStopping(_Strict):
+    """Stop when the validation metric stops improving."""
+
+    metric: Literal["val_loss"] = Field("val_loss", description="Metric to watch (lower is better).")
+    patience: int = Field(3, ge=1, description="Validations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest decrease that counts as an improvement.")
+
+
+class SearchSpec(_Strict):
+    """Optional Ray Tune search over hyper-parameters, scored on the validation split."""
+
+    space: dict[str, Annotated[dict[str, Any], Field()]] = Field(
+        description="Per hyper-parameter: {loguniform: [lo, hi]}, {uniform: [lo, hi]} or {choice: [...]}."
+    )
+    num_trials: int = Field(4, ge=1, le=64, description="Trials to run.")
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="ASHA stops weak trials early.")
+    max_concurrent: int = Field(2, ge=1, description="Trials run at once.")
+
+
+class ScalingSpec(_Strict):
+    """How many Ray Train workers and what each gets."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP over gloo on CPUs, NCCL on GPUs).")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
+    use_gpu: bool = Field(False, description="Give each worker a GPU.")
+    max_failures: int = Field(
+        2, ge=0, description="Worker failures to recover from (from the last checkpoint)."
+    )
+
+
+class OutputSpec(_Strict):
+    """Where the result goes: tuneloop assigns the version number."""
+
+    adapter: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Adapter name in the registry.")
+    parent: str | None = Field(None, description="Version this retrains, as adapter@N (lineage).")
+
+
+class JobSpec(_Strict):
+    """A fine-tuning job: `tuneloop train job.yaml`, usually inside `ray job submit`."""
+
+    base_model: str = Field(description="Local model folder, or a name pulled with `tuneloop models pull`.")
+    method: MethodSpec = Field(description="Fine-tuning method and its options.")
+    task: Task = Field("sft", description="sft: loss on answers only; uft: causal-LM loss on raw text.")
+    data: DataSpec
+    hyperparameters: HyperParams = Field(default_factory=HyperParams)
+    early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
+    search: SearchSpec | None = None
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    output: OutputSpec
+
+
+def load_spec(path: Path) -> JobSpec:
+    """Read and validate a job file; relative data paths are taken relative to the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"job spec {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "validation", "test"):
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str(path.parent / data[key])
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: dict[str, Any], source: str = "spec") -> JobSpec:
+    """Validate a spec mapping, raising one ConfigError that lists every problem with its path."""
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"  {where}: {message}")
+        raise ConfigError(f"{source} has {len(problems)} problem(s):\n" + "\n".join(problems)) from None
