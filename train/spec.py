@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class MethodSpec(_Strict):
-    """The fine-tuning method and its options; options that do not apply to the method are refused."""
+    """The fine-tuning method and its options; an option set for a method it does not apply to is refused."""
 
     name: Method = Field(description="Which method: full, partial, lora, qlora, prompt_tuning, p_tuning, "
                          "prefix_tuning, adapter (bottleneck) or ia3.")  # fmt: skip
@@ -34,7 +34,8 @@ class MethodSpec(_Strict):
     alpha: float = Field(16.0, gt=0, description="LoRA/QLoRA scaling alpha.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA / adapter path.")
     target_modules: list[str] | None = Field(
-        None, description="Module names LoRA, IA3 or adapters attach to (default: the attention projections)."
+        None,
+        description="Modules to adapt. Defaults: LoRA/QLoRA q,k,v,o_proj; IA3 k,v,down_proj; adapter mlp.",
     )
     num_virtual_tokens: int = Field(
         8, ge=1, le=512, description="Prompt, P- and prefix tuning: virtual tokens."
@@ -51,10 +52,29 @@ class MethodSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _partial_needs_a_choice(self) -> MethodSpec:
+    def _options_fit_the_method(self) -> MethodSpec:
+        wrong = sorted(f for f in self.model_fields_set - {"name"} if self.name not in APPLIES_TO[f])
+        if wrong:
+            fixes = "; ".join(f"{f} applies to {', '.join(sorted(APPLIES_TO[f]))}" for f in wrong)
+            raise ValueError(f"option(s) {', '.join(wrong)} do not apply to method {self.name!r} ({fixes})")
         if self.name == "partial" and not (self.trainable_layers or self.trainable_patterns):
             raise ValueError("method 'partial' needs trainable_layers or trainable_patterns")
         return self
+
+
+# Which methods each MethodSpec option means something for; setting it for another method is an error.
+APPLIES_TO: dict[str, set[str]] = {
+    "rank": {"lora", "qlora"},
+    "alpha": {"lora", "qlora"},
+    "dropout": {"lora", "qlora", "adapter"},
+    "target_modules": {"lora", "qlora", "ia3", "adapter"},
+    "num_virtual_tokens": {"prompt_tuning", "p_tuning", "prefix_tuning"},
+    "prompt_init_text": {"prompt_tuning"},
+    "encoder_hidden_size": {"p_tuning"},
+    "bottleneck": {"adapter"},
+    "trainable_layers": {"partial"},
+    "trainable_patterns": {"partial"},
+}
 
 
 class DataSpec(_Strict):
