@@ -7,12 +7,14 @@ Defaults are for the embedded mode: state under ~/.tuneloop, every server on 127
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -106,6 +108,13 @@ TUNELOOP_RAY_DIR: Var[Path] = Var(
     lambda: _home() / "ray",
     "Private Ray temp folder and auth token for the embedded Ray head (never Ray's shared default).",
 )
+RAY_AUTH_TOKEN_PATH: Var[Path] = Var(
+    "RAY_AUTH_TOKEN_PATH",
+    _path,
+    lambda: TUNELOOP_RAY_DIR.get() / "auth_token",
+    "Ray's own variable: the token file `tuneloop jobs` sends to the Jobs API (default: the token of "
+    "the embedded head `tuneloop ray up` starts). Set it to reach another cluster.",
+)
 
 # -- behaviour
 TUNELOOP_LOG_LEVEL: Var[str] = Var("TUNELOOP_LOG_LEVEL", str, lambda: "INFO", "Python logging level.")
@@ -114,6 +123,148 @@ TUNELOOP_ALLOW_REMOTE_BIND: Var[bool] = Var(
     _bool,
     lambda: False,
     "Risky: allow servers to bind to non-loopback addresses (Kubernetes pods set this).",
+)
+
+# -- serving (the gateway and its engine; README "Serving")
+TUNELOOP_ENGINE_KV_CACHE_BYTES: Var[int] = Var(
+    "TUNELOOP_ENGINE_KV_CACHE_BYTES",
+    int,
+    lambda: 128 * 2**20,
+    "KV-cache size of the vLLM engine in bytes (vLLM-on-CPU cannot size it itself; see ENVIRONMENT.md).",
+)
+TUNELOOP_ENGINE_MAX_MODEL_LEN: Var[int] = Var(
+    "TUNELOOP_ENGINE_MAX_MODEL_LEN",
+    int,
+    lambda: 1024,
+    "Context length the engine serves (prompt + answer, tokens); longer prompts get a 400 naming it.",
+)
+TUNELOOP_ENGINE_DTYPE: Var[str] = Var(
+    "TUNELOOP_ENGINE_DTYPE",
+    str,
+    lambda: "auto",
+    "Weight dtype of the engine (auto, float32, bfloat16); small models answer better in float32.",
+)
+TUNELOOP_ENGINE_START_TIMEOUT_S: Var[float] = Var(
+    "TUNELOOP_ENGINE_START_TIMEOUT_S",
+    float,
+    lambda: 300.0,
+    "Seconds the gateway waits for a (re)started engine to answer /health before trying again.",
+)
+TUNELOOP_MAX_LORA_RANK: Var[int] = Var(
+    "TUNELOOP_MAX_LORA_RANK",
+    int,
+    lambda: 16,
+    "Highest LoRA rank the engine accepts (vLLM --max-lora-rank; 8, 16, 32, 64, ...); "
+    "`adapters import` refuses higher ranks.",
+)
+TUNELOOP_MAX_RESIDENT_ADAPTERS: Var[int] = Var(
+    "TUNELOOP_MAX_RESIDENT_ADAPTERS",
+    int,
+    lambda: 16,
+    "Adapter versions a replica keeps loaded in its engine; beyond it the least recently used idle "
+    "one is unloaded (never one with requests in flight).",
+)
+TUNELOOP_MAX_IN_FLIGHT: Var[int] = Var(
+    "TUNELOOP_MAX_IN_FLIGHT",
+    int,
+    lambda: 64,
+    "Completion requests one gateway proxies at once; more are answered 429 with Retry-After.",
+)
+TUNELOOP_REGISTRY_POLL_S: Var[float] = Var(
+    "TUNELOOP_REGISTRY_POLL_S",
+    float,
+    lambda: 0.5,
+    "How often the gateway checks the registry for promotions, rollbacks and new keys (seconds).",
+)
+TUNELOOP_CACHE_DIR: Var[Path] = Var(
+    "TUNELOOP_CACHE_DIR",
+    _path,
+    lambda: _home() / "cache",
+    "Local copies of stored versions the engine loads (fetched from the artifact store, checksummed).",
+)
+TUNELOOP_METRICS_PUBLIC: Var[bool] = Var(
+    "TUNELOOP_METRICS_PUBLIC",
+    _bool,
+    lambda: False,
+    "Serve the gateway's /metrics and /metrics/engine without an admin key. Their labels name every "
+    "alias, so leave it off unless only Prometheus can reach the gateway.",
+)
+
+TUNELOOP_TEST_WORKER_EXIT_AT_STEP: Var[int] = Var(
+    "TUNELOOP_TEST_WORKER_EXIT_AT_STEP",
+    int,
+    lambda: 0,
+    "Testing only (risky): in `tuneloop train`, the last Ray Train worker of a run that did not "
+    "resume from a checkpoint exits abruptly at this optimizer step, to prove recovery from the "
+    "last checkpoint. 0 (the default) turns it off; anything else logs a warning.",
+)
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+# -- set by Ray, read by `tuneloop train` (Ray's own names)
+RAY_ADDRESS: Var[str] = Var(
+    "RAY_ADDRESS",
+    str,
+    lambda: "",
+    "Ray's own: the cluster `tuneloop train` joins (Ray sets it for job drivers; a GCS address such as "
+    "127.0.0.1:6379 joins a running head). Empty: `tuneloop train` starts a private loopback Ray for "
+    "the duration of the command.",
+)
+RAY_JOB_CONFIG_JSON_ENV_VAR: Var[dict[str, Any]] = Var(
+    "RAY_JOB_CONFIG_JSON_ENV_VAR",
+    _json_object,
+    dict,
+    "Ray's own: set in a job driver by `ray job submit`; its metadata.job_submission_id becomes the "
+    "registry job id of `tuneloop train`.",
+)
+
+
+# -- capture of sampled traffic and feedback (monitoring/capture)
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("expected a fraction between 0 and 1")
+    return value
+
+
+TUNELOOP_CAPTURE_DB_URL: Var[str] = Var(
+    "TUNELOOP_CAPTURE_DB_URL",
+    str,
+    lambda: f"sqlite:///{_home() / 'capture.db'}",
+    "SQLAlchemy URL of the capture store (sampled requests and feedback). A database of its own, "
+    "never the registry's, so capture volume cannot slow registry operations.",
+)
+TUNELOOP_CAPTURE_ENABLED: Var[bool] = Var(
+    "TUNELOOP_CAPTURE_ENABLED",
+    _bool,
+    lambda: True,
+    "Capture sampled requests (prompt, answer, version, latency) for evaluation and drift detection.",
+)
+TUNELOOP_CAPTURE_SAMPLE_RATE: Var[float] = Var(
+    "TUNELOOP_CAPTURE_SAMPLE_RATE",
+    _fraction,
+    lambda: 1.0,
+    "Fraction of requests captured, 0 to 1. Feedback can only be given on captured requests.",
+)
+TUNELOOP_CAPTURE_REDACT: Var[str] = Var(
+    "TUNELOOP_CAPTURE_REDACT",
+    str,
+    lambda: "tuneloop.monitoring.capture.redact:mask_pii",
+    "`module:function` (str -> str) applied to captured prompts and answers before they are stored; "
+    "the default masks e-mail addresses and runs of 4+ digits. `none` stores text as it came.",
+)
+TUNELOOP_CAPTURE_QUEUE_SIZE: Var[int] = Var(
+    "TUNELOOP_CAPTURE_QUEUE_SIZE",
+    int,
+    lambda: 10_000,
+    "Captured requests waiting to be written; when full, new ones are dropped (and counted), "
+    "never waited for.",
 )
 
 ALL: tuple[Var[object], ...] = tuple(v for v in globals().values() if isinstance(v, Var))
@@ -146,6 +297,41 @@ def ray_env() -> dict[str, str]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(ray_dir / "auth_token"),
     }
+
+
+def ray_job_submission_id() -> str | None:
+    """The Ray job submission id when this process is a job's driver (`ray job submit`), else None."""
+    metadata = RAY_JOB_CONFIG_JSON_ENV_VAR.get().get("metadata")
+    value = metadata.get("job_submission_id") if isinstance(metadata, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def ray_job_env_vars() -> dict[str, str]:
+    """Environment variables the Ray job of this driver already gives its workers (its runtime env)."""
+    runtime_env = RAY_JOB_CONFIG_JSON_ENV_VAR.get().get("runtime_env")
+    env_vars = runtime_env.get("env_vars") if isinstance(runtime_env, dict) else None
+    return {str(k): str(v) for k, v in env_vars.items()} if isinstance(env_vars, dict) else {}
+
+
+@contextmanager
+def exported_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Put `values` into this process's environment for the duration, for libraries that only read
+    them from there; the previous values come back afterwards.
+
+    Ray reads its loopback and token-auth switches from the environment of the process that starts
+    a cluster, and the processes it starts inherit them: `tuneloop train` uses this around the
+    private local Ray it starts when it joins no cluster.
+    """
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

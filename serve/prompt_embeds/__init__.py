@@ -1,0 +1,19 @@
+"""Serving prompt-tuned and P-tuned versions through vLLM's prompt-embeddings input.
+
+`PromptEmbedder` builds the embeddings (virtual tokens first, as peft does), `encode_for_vllm`
+turns them into the `prompt_embeds` string of `/v1/completions`, and `prompt_embeds_engine_args`
+gives the engine flags that let it take them next to LoRA adapters.
+"""
+
+from tuneloop.serve.prompt_embeds.checkpoint import load_input_embeddings, load_virtual_tokens
+from tuneloop.serve.prompt_embeds.embedder import PromptEmbedder, encode_for_vllm
+from tuneloop.serve.prompt_embeds.engine import LINEAR_PROJECTIONS, prompt_embeds_engine_args
+
+__all__ = [
+    "LINEAR_PROJECTIONS",
+    "PromptEmbedder",
+    "encode_for_vllm",
+    "load_input_embeddings",
+    "load_virtual_tokens",
+    "prompt_embeds_engine_args",
+]
