@@ -1,6 +1,7 @@
 """The `tuneloop` command: a table of subcommand names mapped to typed functions.
 
-Each function's signature becomes its arguments (no default: positional; a default: `--option`),
+Each function's signature becomes its arguments (no default: positional; a default: `--option`;
+keyword-only without a default: a required `--option`),
 its docstring's first paragraph becomes `--help`, and its `Args:` lines become the arguments'
 help. Functions are named as "module:function" and imported only when needed, so `tuneloop --help`
 never imports torch, ray or vllm. Errors meant for users (TuneloopError) print as one line.
@@ -32,6 +33,11 @@ COMMANDS: dict[str, str] = {
     "models pull": "tuneloop.platform.commands:models_pull",
     "models list": "tuneloop.platform.commands:models_list",
     "adapters list": "tuneloop.platform.commands:adapters_list",
+    "adapters import": "tuneloop.platform.commands:adapters_import",
+    "adapters promote": "tuneloop.platform.commands:adapters_promote",
+    "adapters rollback": "tuneloop.platform.commands:adapters_rollback",
+    "keys create": "tuneloop.platform.commands:keys_create",
+    "serve": "tuneloop.serve.cli:serve",
     "demo": "tuneloop.platform.demo:demo",
 }
 
@@ -79,7 +85,9 @@ def _add_arguments(parser: argparse.ArgumentParser, func: Callable[..., Any]) ->
             kwargs["nargs"] = "*" if param.default is not inspect.Parameter.empty else "+"
         else:
             kwargs["type"] = hint if hint in (int, float, Path) else str
-        if param.default is inspect.Parameter.empty:
+        if param.default is inspect.Parameter.empty and param.kind is inspect.Parameter.KEYWORD_ONLY:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, required=True, **kwargs)
+        elif param.default is inspect.Parameter.empty:
             parser.add_argument(name, **kwargs)
         else:
             kwargs["default"] = param.default
@@ -127,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     level = args.pop("log_level") or settings.TUNELOOP_LOG_LEVEL.get()
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own loggers at the chosen level; libraries (alembic, httpx, ...) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tuneloop").setLevel(level.upper())
     target = args.pop("_target")
     kwargs = {k: v for k, v in args.items() if k != "command" and not k.endswith(" command")}
     try:

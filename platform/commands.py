@@ -74,3 +74,96 @@ def adapters_list() -> None:
     print(f"{'VERSION':<28} {'STATUS':<10} {'METHOD':<14} ALIASES")
     for v in versions:
         print(f"{v.ref:<28} {v.status:<10} {v.method:<14} {','.join(aliases.get(v.ref, []))}")
+
+
+def adapters_import(alias: str, path: Path, base_model: str | None = None) -> None:
+    """Register a PEFT adapter folder trained anywhere as a new version of adapter ALIAS.
+
+    The folder is checked first: safetensors weights only, a PEFT type tuneloop knows, a LoRA rank
+    within the engine's limit (TUNELOOP_MAX_LORA_RANK), weights that fit the base model. Prints the
+    new version (ALIAS@N); promote it with `tuneloop adapters promote`.
+
+    Args:
+        alias: Adapter name; the version is ALIAS@N and the alias to promote is usually ALIAS too.
+        path: Folder with adapter_config.json and adapter_model.safetensors.
+        base_model: Base model folder or pulled name (default: the adapter's base_model_name_or_path).
+    """
+    from tuneloop.platform import settings
+    from tuneloop.platform.adapters import import_adapter
+    from tuneloop.platform.artifacts import ArtifactStore
+    from tuneloop.platform.registry import Registry
+
+    version = import_adapter(
+        alias,
+        path,
+        registry=Registry(),
+        store=ArtifactStore(),
+        max_lora_rank=settings.TUNELOOP_MAX_LORA_RANK.get(),
+        base_model=base_model,
+    )
+    print(version.ref)
+
+
+def adapters_promote(alias: str, version: str) -> None:
+    """Point ALIAS at VERSION; serving replicas load it, then switch within seconds.
+
+    Versions that vLLM cannot serve (prefix tuning, IA3, bottleneck adapters) are refused.
+
+    Args:
+        alias: The name clients send as `model`.
+        version: A version number of the alias's adapter (3) or a full reference (support@3).
+    """
+    from tuneloop.platform.adapters import serving_of, unservable_reason
+    from tuneloop.platform.artifacts import ArtifactStore
+    from tuneloop.platform.errors import ConfigError
+    from tuneloop.platform.registry import Registry
+
+    registry = Registry()
+    ref = version
+    if "@" not in version:
+        if not version.isdigit():
+            raise ConfigError(f"version {version!r} is neither a number nor ADAPTER@NUMBER")
+        current = registry.aliases().get(alias)
+        adapter = current.partition("@")[0] if current else alias
+        ref = f"{adapter}@{version}"
+    target = registry.get_version(ref)
+    serving = serving_of(target, ArtifactStore())
+    reason = unservable_reason(target.ref, target.method, serving)
+    if reason:
+        raise ConfigError(reason)
+    before = registry.aliases().get(alias)
+    registry.promote(alias, target.ref)
+    print(f"{alias} -> {target.ref}" + (f" (was {before})" if before and before != target.ref else ""))
+    if serving == "engine":
+        print(
+            f"note: {target.ref} is a {target.method} fine-tune, served as its own base model: "
+            f"`tuneloop serve --model {target.ref}`"
+        )
+
+
+def adapters_rollback(alias: str) -> None:
+    """Point ALIAS back at the version it pointed at before its last promotion.
+
+    Args:
+        alias: The alias to roll back.
+    """
+    from tuneloop.platform.registry import Registry
+
+    registry = Registry()
+    before = registry.aliases().get(alias)
+    version = registry.rollback(alias)
+    print(f"{alias} -> {version.ref} (was {before})")
+
+
+def keys_create(scope: str | None = None, admin: bool = False) -> None:
+    """Create a gateway API key and print it once (only its hash is stored).
+
+    Args:
+        scope: Comma-separated aliases the key may call (each grants its adapter's versions too).
+        admin: An admin key: every model, plus the gateway's /metrics.
+    """
+    from tuneloop.platform.apikeys import create_key
+    from tuneloop.platform.registry import Registry
+
+    key = create_key(Registry(), scopes=(scope or "").split(","), admin=admin)
+    print(key.secret)

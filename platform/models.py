@@ -178,3 +178,29 @@ def _convert(gguf: Path, out: Path, progress: Callable[[str], None]) -> None:
     # Writes tokenizer.json, tokenizer_config.json and chat_template.jinja (the GGUF's template),
     # which vLLM needs to answer /v1/chat/completions.
     tokenizer.save_pretrained(out)
+
+
+def local_model_dir(name_or_path: str) -> Path | None:
+    """The local Hugging Face folder `name_or_path` means, or None.
+
+    A folder holding config.json is itself; otherwise a name is looked up among pulled models
+    (TUNELOOP_MODELS_DIR/<name>). Used to tell whether an adapter and a replica share a base model
+    however each spells it (a path, a relative path, a pulled name).
+    """
+    if not name_or_path:
+        return None
+    candidates = [Path(name_or_path).expanduser()]
+    if "/" not in name_or_path:
+        candidates.append(settings.TUNELOOP_MODELS_DIR.get() / name_or_path)
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    return None
+
+
+def same_base_model(a: str, b: str) -> bool:
+    """Whether two base-model references name the same model: equal strings, or the same folder."""
+    if a == b:
+        return True
+    dir_a, dir_b = local_model_dir(a), local_model_dir(b)
+    return dir_a is not None and dir_a == dir_b

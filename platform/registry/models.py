@@ -3,7 +3,8 @@
 An *adapter* is a named line of fine-tuned variants of one base model; each training or import
 adds a *version* (numbered 1, 2, ... per adapter). An *alias* is the name clients send as `model`;
 it points at one version, and promotion moves it. Jobs, evaluations and events keep the lineage
-and the history that `tuneloop adapters history` shows.
+and the history that `tuneloop adapters history` shows. *API keys* say who may call the gateway
+and which aliases they may use; only a hash of each key is stored.
 
 The schema is owned by Alembic (registry/migrations); change a table here only together with a
 new migration.
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -123,3 +124,21 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A gateway API key: the SHA-256 of the secret (never the secret), its scopes, admin or not.
+
+    `scopes` lists aliases (or adapter names); a scope grants every alias and version of the adapter
+    it names. `admin` keys may use every model and read the gateway's metrics.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()

@@ -20,6 +20,7 @@ from tuneloop.platform.registry import db
 from tuneloop.platform.registry.models import (
     Adapter,
     Alias,
+    ApiKey,
     Evaluation,
     Event,
     Job,
@@ -179,12 +180,62 @@ class Registry:
         with self.transaction() as session:
             session.add(Job(id=job_id, adapter_name=adapter, spec=spec))
 
+    def get_job(self, job_id: str) -> Job:
+        """A training job by its id (the Ray submission id for jobs from `tuneloop jobs submit`)."""
+        with self.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id!r} in the registry")
+            return job
+
     def finish_job(self, job_id: str, status: JobStatus, result: dict[str, Any] | None = None) -> None:
         with self.transaction() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"no job {job_id!r} in the registry")
             job.status, job.result, job.finished_at = status, result or {}, utcnow()
+
+    def start_job(self, job_id: str, adapter: str, spec: dict[str, Any]) -> None:
+        """Mark a job running, recording it first where nobody has.
+
+        `tuneloop jobs submit` records its jobs before submitting them (that row and its spec stay);
+        a plain `ray job submit` or a local `tuneloop train` does not. A finished job is not restarted.
+        """
+        with self.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                job = Job(id=job_id, adapter_name=adapter, spec=spec)
+                session.add(job)
+            elif job.adapter_name != adapter:
+                raise ConflictError(f"job {job_id!r} trains {job.adapter_name!r}, not {adapter!r}")
+            elif job.status not in (JobStatus.PENDING, JobStatus.RUNNING):
+                raise ConflictError(f"job {job_id!r} already ended ({job.status}); give a new job id")
+            job.status = JobStatus.RUNNING
+
+    def add_job_event(
+        self, job_id: str, kind: str, message: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        """Record an event of a training job (detail carries `job_id`); it also shows in the history of
+        the job's adapter once that adapter exists."""
+        with self.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id!r} in the registry")
+            adapter = session.scalar(select(Adapter).where(Adapter.name == job.adapter_name))
+            session.add(
+                Event(
+                    adapter_id=adapter.id if adapter else None,
+                    kind=kind,
+                    message=message,
+                    detail={**(detail or {}), "job_id": job_id},
+                )
+            )
+
+    def job_events(self, job_id: str) -> list[Event]:
+        """The events of one training job, oldest first."""
+        with self.transaction() as session:
+            query = select(Event).where(Event.detail["job_id"].as_string() == job_id).order_by(Event.id)
+            return list(session.scalars(query))
 
     def add_evaluation(self, ref: str, suite: str, metrics: dict[str, Any]) -> None:
         with self.transaction() as session:
@@ -198,6 +249,36 @@ class Registry:
             if row is None:
                 raise NotFoundError(f"no adapter named {adapter!r}; see `tuneloop adapters list`")
             return list(session.scalars(select(Event).where(Event.adapter_id == row.id).order_by(Event.id)))
+
+    # -- API keys (the gateway's callers) and change detection
+
+    def add_api_key(self, key_hash: str, prefix: str, *, scopes: list[str], admin: bool) -> ApiKey:
+        """Store a key's hash; the secret itself is never written (platform/apikeys.py makes both)."""
+        with self.transaction() as session:
+            row = ApiKey(key_hash=key_hash, prefix=prefix, scopes=sorted(set(scopes)), admin=admin)
+            session.add(row)
+            what = "admin" if admin else "scopes " + ",".join(row.scopes)
+            # An event, so that gateways following the registry notice the new key at their next poll.
+            session.add(Event(adapter_id=None, kind="key.created", message=f"key {prefix}... ({what})"))
+            session.flush()
+            return row
+
+    def api_keys(self) -> list[ApiKey]:
+        """Every key that is not revoked."""
+        with self.transaction() as session:
+            return list(session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))))
+
+    def find_api_key(self, key_hash: str) -> ApiKey | None:
+        """The unrevoked key with this hash, or None."""
+        with self.transaction() as session:
+            query = select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            return session.scalar(query)
+
+    def last_event_id(self) -> int:
+        """Id of the newest event: every change a gateway follows (versions, aliases, keys) adds one,
+        so a follower polls this one cheap number and reloads everything only when it moved."""
+        with self.transaction() as session:
+            return int(session.scalar(select(func.max(Event.id))) or 0)
 
     # -- internals
 

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from tuneloop.platform.cli import COMMANDS, build_parser, load
+from tuneloop.platform.registry import db
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
@@ -58,6 +61,12 @@ def test_version(tmp_path: Path) -> None:
         (("db", "upgrade", "--url", "this is not a url"), "not a SQLAlchemy URL"),
         (("db", "upgrade", "--url", "nosuchdialect://x"), "cannot open registry"),
         (("--log-level", "LOUD", "version"), "invalid choice: 'LOUD'"),
+        (("adapters", "import", "bot", "/no/such/folder"), "/no/such/folder is not a folder"),
+        (("adapters", "promote", "bot", "1"), "no version or alias 'bot@1'"),
+        (("adapters", "rollback", "bot"), "no alias named 'bot'"),
+        (("keys", "create"), "give --scope ALIAS[,ALIAS...]"),
+        (("serve",), "the following arguments are required: --model"),
+        (("serve", "--model", "/no/such/model"), "is not a model folder"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
@@ -74,7 +83,10 @@ def test_db_upgrade_creates_registry_under_home(tmp_path: Path) -> None:
     out = run("db", "upgrade", home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "tl" / "registry.db").exists()
-    assert "revision 0001" in out.stdout
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert f"revision {head}" in out.stdout
     listed = run("adapters", "list", home=tmp_path)
     assert listed.returncode == 0 and "no adapters yet" in listed.stdout
 

@@ -3,11 +3,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 
 from tuneloop.platform.errors import ConfigError, ConflictError, NotFoundError
 from tuneloop.platform.registry import Registry, db
-from tuneloop.platform.registry.models import Adapter, Event, Version, VersionStatus
+from tuneloop.platform.registry.models import Adapter, Base, Event, Version, VersionStatus
 
 
 @pytest.fixture
@@ -21,11 +25,37 @@ def _add(registry: Registry, name: str = "support", **kw: object) -> Version:
     )  # type: ignore[arg-type]
 
 
+def head_revision() -> str | None:
+    """The newest migration, as Alembic's script directory says (never a literal to keep in step)."""
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def test_fresh_database_is_migrated_to_head(tmp_path: Path) -> None:
     registry = Registry(f"sqlite:///{tmp_path / 'sub' / 'reg.db'}")
-    assert db.current_revision(registry.engine) == "0001"
+    head = head_revision()
+    assert head is not None and db.current_revision(registry.engine) == head
     # Opening again is a no-op, not an error.
-    assert db.current_revision(Registry(f"sqlite:///{tmp_path / 'sub' / 'reg.db'}").engine) == "0001"
+    assert db.current_revision(Registry(f"sqlite:///{tmp_path / 'sub' / 'reg.db'}").engine) == head
+
+
+def test_migrations_match_the_models(tmp_path: Path) -> None:
+    # What `alembic revision --autogenerate` would find: nothing, or a migration is missing.
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+    with registry.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def test_api_keys_store_hashes_and_bump_the_event_id(registry: Registry) -> None:
+    before = registry.last_event_id()
+    row = registry.add_api_key("ab" * 32, "tl-abcdefg", scopes=["b", "a", "a"], admin=False)
+    assert row.scopes == ["a", "b"] and not row.admin
+    assert registry.last_event_id() > before
+    found = registry.find_api_key("ab" * 32)
+    assert found is not None and found.prefix == "tl-abcdefg"
+    assert registry.find_api_key("cd" * 32) is None
+    assert [k.key_hash for k in registry.api_keys()] == ["ab" * 32]
 
 
 def test_versions_are_numbered_per_adapter(registry: Registry) -> None:

@@ -1,0 +1,242 @@
+"""Adapter versions as the serving side sees them: how each method is served, what may be promoted,
+and importing a PEFT adapter trained elsewhere.
+
+The method table of DESIGN.md lives here as data (`SERVING_BY_METHOD`), so the CLI's promotion check
+and the gateway's registry follower refuse the same things with the same words. An import is checked
+before anything is stored: safetensors only, a PEFT type tuneloop knows, a LoRA rank the engine
+accepts, and weight shapes that fit the base model (read from the safetensors headers, no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast, get_args
+
+from tuneloop.platform.artifacts import REFUSED_SUFFIXES, ArtifactStore, Manifest, Serving
+from tuneloop.platform.errors import ArtifactError, ConfigError, ConflictError, NotFoundError
+from tuneloop.platform.models import local_model_dir, same_base_model
+from tuneloop.platform.registry import Registry
+from tuneloop.platform.registry.models import Version
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+SERVING_BY_METHOD: dict[str, Serving] = {
+    "lora": "lora",
+    "qlora": "lora",
+    "full": "engine",
+    "partial": "engine",
+    "prompt_tuning": "prompt_embeddings",
+    "p_tuning": "prompt_embeddings",
+    "prefix_tuning": "none",
+    "ia3": "none",
+    "adapter": "none",
+}
+"""How each training method's result is served (DESIGN.md, "Methods and how each is deployed")."""
+
+METHOD_BY_PEFT_TYPE: dict[str, str] = {
+    "LORA": "lora",
+    "PROMPT_TUNING": "prompt_tuning",
+    "P_TUNING": "p_tuning",
+    "PREFIX_TUNING": "prefix_tuning",
+    "IA3": "ia3",
+    "BOTTLENECK": "adapter",
+}
+"""`peft_type` of an adapter_config.json -> the method it is registered as by `adapters import`."""
+
+
+def serving_of(version: Version, store: ArtifactStore | None = None) -> Serving:
+    """How `version` is served: its manifest says so; older rows fall back to the stored manifest,
+    then to the method table (anything unknown is "none", refused rather than guessed)."""
+    declared = (version.manifest or {}).get("serving")
+    if declared in get_args(Serving):
+        return cast(Serving, declared)
+    if store is not None:
+        try:
+            return store.manifest(version.adapter.name, version.number).serving
+        except (NotFoundError, ArtifactError):
+            pass
+    return SERVING_BY_METHOD.get(version.method, "none")
+
+
+def unservable_reason(ref: str, method: str, serving: Serving) -> str | None:
+    """Why a version can never be served by vLLM (serving "none"), naming its method; else None."""
+    if serving != "none":
+        return None
+    return (
+        f"{ref} was trained with {method}, which vLLM cannot serve (prefix tuning, IA3 and bottleneck "
+        "adapters have no vLLM support); it cannot be promoted or called — retrain it with lora"
+    )
+
+
+def engine_only_reason(ref: str, method: str) -> str:
+    """What a LoRA replica answers for a full or partial fine-tune, which needs an engine of its own."""
+    return (
+        f"{ref} is a {method} fine-tune: it is served as its own base model, not as an adapter on this "
+        f"replica; serve it with `tuneloop serve --model {ref}`"
+    )
+
+
+@dataclass(frozen=True)
+class AdapterFolder:
+    """What `inspect_adapter` found in a PEFT adapter folder."""
+
+    path: Path
+    peft_type: str
+    method: str
+    serving: Serving
+    declared_base: str | None
+    rank: int | None
+    config: dict[str, Any]
+
+
+def inspect_adapter(path: Path) -> AdapterFolder:
+    """Read and check a PEFT adapter folder: its config, a known PEFT type, safetensors weights only."""
+    if not path.is_dir():
+        raise NotFoundError(f"{path} is not a folder (expected a PEFT adapter folder)")
+    pickled = sorted(p.name for p in path.rglob("*") if p.suffix in REFUSED_SUFFIXES)
+    if pickled:
+        raise ArtifactError(
+            f"{path} holds pickle-format weights ({', '.join(pickled)}); only safetensors are accepted: "
+            "re-save with `save_pretrained(..., safe_serialization=True)`"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise ArtifactError(f"{path} has no .safetensors weights (expected adapter_model.safetensors)")
+    try:
+        config = json.loads((path / ADAPTER_CONFIG).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} has no {ADAPTER_CONFIG}: not a PEFT adapter folder") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path / ADAPTER_CONFIG} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path / ADAPTER_CONFIG} must hold a JSON object")
+    peft_type = str(config.get("peft_type", ""))
+    method = METHOD_BY_PEFT_TYPE.get(peft_type)
+    if method is None:
+        raise ArtifactError(
+            f"{path} is a {peft_type or 'untyped'} adapter; tuneloop imports "
+            f"{', '.join(sorted(METHOD_BY_PEFT_TYPE))}"
+        )
+    rank = None
+    if peft_type == "LORA":
+        ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+        rank = max(int(r) for r in ranks if r is not None)
+    base = config.get("base_model_name_or_path")
+    return AdapterFolder(
+        path=path,
+        peft_type=peft_type,
+        method=method,
+        serving=SERVING_BY_METHOD[method],
+        declared_base=str(base) if base else None,
+        rank=rank,
+        config=config,
+    )
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, read from a safetensors header alone (8-byte length, then JSON)."""
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise ArtifactError(f"{path} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100 * 2**20:
+            raise ArtifactError(f"{path} is not a safetensors file (header of {length} bytes)")
+        try:
+            header = json.loads(fh.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ArtifactError(f"{path} is not a safetensors file (unreadable header)") from None
+    return {name: list(meta["shape"]) for name, meta in header.items() if name != "__metadata__"}
+
+
+def check_lora_fits(adapter: Path, base_dir: Path) -> None:
+    """Every LoRA pair must target a weight of the base model with matching in/out sizes."""
+    base: dict[str, list[int]] = {}
+    for file in sorted(base_dir.glob("*.safetensors")):
+        base.update(safetensors_shapes(file))
+    problems: list[str] = []
+    for file in sorted(adapter.glob("*.safetensors")):
+        for name, shape in safetensors_shapes(file).items():
+            if ".lora_A." not in name and ".lora_B." not in name:
+                continue
+            module = name.removeprefix("base_model.model.").split(".lora_")[0]
+            target = base.get(f"{module}.weight")
+            if target is None:
+                problems.append(f"{module} (no such weight in the base model)")
+            elif len(target) != 2 or len(shape) != 2:
+                problems.append(f"{module} (not a linear layer)")
+            elif ".lora_A." in name and shape[1] != target[1]:
+                problems.append(f"{module} (input size {shape[1]}, base has {target[1]})")
+            elif ".lora_B." in name and shape[0] != target[0]:
+                problems.append(f"{module} (output size {shape[0]}, base has {target[0]})")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ConflictError(f"{adapter} does not fit base model {base_dir}: {shown}")
+
+
+def import_adapter(
+    alias: str,
+    path: Path,
+    *,
+    registry: Registry,
+    store: ArtifactStore,
+    max_lora_rank: int,
+    base_model: str | None = None,
+) -> Version:
+    """Validate the PEFT adapter folder `path` and register it as the next version of adapter `alias`."""
+    if not alias or "@" in alias or "/" in alias:
+        raise ConfigError(f"{alias!r} is not a valid adapter name (no '@' or '/')")
+    found = inspect_adapter(path)
+    wanted = base_model or found.declared_base
+    if not wanted:
+        raise ConfigError(f"{path / ADAPTER_CONFIG} names no base model; pass --base-model")
+    base_dir = local_model_dir(wanted)
+    if base_dir is None:
+        raise NotFoundError(
+            f"base model {wanted!r} is neither a local model folder nor a pulled model "
+            "(`tuneloop models list`); pass --base-model with the folder or name the replica serves"
+        )
+    base_ref = str(base_dir)
+    existing = _existing_base(registry, alias)
+    if existing is not None:
+        if not same_base_model(existing, base_ref):
+            raise ConflictError(f"adapter {alias!r} is on base {existing!r}, not {base_ref!r}")
+        base_ref = existing
+    if found.rank is not None and found.rank > max_lora_rank:
+        raise ConfigError(
+            f"{path} has LoRA rank {found.rank}, above the engine's limit {max_lora_rank} "
+            "(TUNELOOP_MAX_LORA_RANK); retrain with a lower rank or raise the limit"
+        )
+    if found.peft_type == "LORA":
+        check_lora_fits(path, base_dir)
+
+    def put(number: int) -> str:
+        manifest = Manifest(
+            adapter=alias,
+            version=number,
+            base_model=base_ref,
+            method=found.method,
+            serving=found.serving,
+            created_at=datetime.now(UTC),
+        )
+        return store.put(path, manifest)
+
+    summary = {"serving": found.serving, "method": found.method, "base_model": base_ref}
+    return registry.add_version(
+        alias,
+        base_model=base_ref,
+        method=found.method,
+        store=put,
+        manifest={**summary, "imported_from": str(path)},
+    )
+
+
+def _existing_base(registry: Registry, adapter: str) -> str | None:
+    try:
+        versions = registry.list_versions(adapter)
+    except NotFoundError:
+        return None
+    return versions[0].adapter.base_model

@@ -1,0 +1,43 @@
+"""The gateway's FastAPI application: one replica's routes, error handlers and lifecycle.
+
+`create_app(config)` builds it; the replica (serve/replica.py) starts with the app and stops with
+it, engine included. No docs or OpenAPI routes: the API is OpenAI's, documented there, and the
+fewer routes a gateway exposes the less it can leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tuneloop.serve.chat_completions.api_router import router as chat_router
+from tuneloop.serve.completions.api_router import router as completions_router
+from tuneloop.serve.config import GatewayConfig
+from tuneloop.serve.errors import install_handlers
+from tuneloop.serve.models.api_router import router as models_router
+from tuneloop.serve.ops.api_router import router as ops_router
+from tuneloop.serve.replica import Replica
+
+
+def create_app(config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambda _m: None) -> FastAPI:
+    """The gateway for one replica; `on_fatal(message)` is called if its engine can never start."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        replica = Replica(config, on_fatal=on_fatal)
+        app.state.replica = replica
+        await replica.start()
+        try:
+            yield
+        finally:
+            await replica.stop()
+
+    app = FastAPI(
+        title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    install_handlers(app)
+    for router in (chat_router, completions_router, models_router, ops_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,112 @@
+"""Everything one serving replica is configured with, gathered once from settings and `--model`.
+
+`--model` may name a model folder, a model pulled with `tuneloop models pull`, or a stored full or
+partial fine-tune as `adapter@N` (manifest `serving == "engine"`): that version is fetched from the
+artifact store into the local cache and served as the engine's base model. It cannot be an adapter
+(LoRA, prompt tuning, ...): those are served on their base model's replica.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloop.platform import settings
+from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.errors import ConfigError, NotFoundError
+from tuneloop.platform.models import local_model_dir
+from tuneloop.serve.engine.launch import EngineConfig
+from tuneloop.serve.routing.resolver import BaseModel
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """One replica: its base model, its engine, where state lives, and its limits."""
+
+    base: BaseModel
+    engine: EngineConfig
+    db_url: str
+    artifacts: str
+    cache_dir: Path
+    log_dir: Path
+    max_in_flight: int
+    max_resident: int
+    poll_interval: float
+    metrics_public: bool
+    engine_start_timeout: float
+
+    @classmethod
+    def from_settings(cls, model: str) -> GatewayConfig:
+        """Resolve `--model` (fetching a stored fine-tune if it names one) and read every setting."""
+        cache_dir = settings.TUNELOOP_CACHE_DIR.get()
+        base = resolve_base(model, cache_dir / "models")
+        engine_port = settings.TUNELOOP_ENGINE_PORT.get()
+        if port_in_use(engine_port):
+            raise ConfigError(
+                f"engine port {engine_port} is in use; "
+                "set TUNELOOP_ENGINE_PORT to a free port for this replica"
+            )
+        engine = EngineConfig(
+            model=base.engine,
+            port=engine_port,
+            max_lora_rank=settings.TUNELOOP_MAX_LORA_RANK.get(),
+            max_cpu_loras=max(16, settings.TUNELOOP_MAX_RESIDENT_ADAPTERS.get()),
+            kv_cache_bytes=settings.TUNELOOP_ENGINE_KV_CACHE_BYTES.get(),
+            max_model_len=settings.TUNELOOP_ENGINE_MAX_MODEL_LEN.get(),
+            dtype=settings.TUNELOOP_ENGINE_DTYPE.get(),
+        )
+        return cls(
+            base=base,
+            engine=engine,
+            db_url=settings.TUNELOOP_DB_URL.get(),
+            artifacts=settings.TUNELOOP_ARTIFACTS.get(),
+            cache_dir=cache_dir,
+            log_dir=settings.TUNELOOP_HOME.get() / "logs",
+            max_in_flight=_positive("TUNELOOP_MAX_IN_FLIGHT", settings.TUNELOOP_MAX_IN_FLIGHT.get()),
+            max_resident=_positive(
+                "TUNELOOP_MAX_RESIDENT_ADAPTERS", settings.TUNELOOP_MAX_RESIDENT_ADAPTERS.get()
+            ),
+            poll_interval=max(0.05, settings.TUNELOOP_REGISTRY_POLL_S.get()),
+            metrics_public=settings.TUNELOOP_METRICS_PUBLIC.get(),
+            engine_start_timeout=settings.TUNELOOP_ENGINE_START_TIMEOUT_S.get(),
+        )
+
+
+def resolve_base(model: str, models_cache: Path) -> BaseModel:
+    """The base model `--model` names: a folder, a pulled name, or a stored full/partial fine-tune."""
+    folder = local_model_dir(model)
+    if folder is not None:
+        return BaseModel(public=model, engine=str(folder))
+    _adapter, sep, number = model.rpartition("@")
+    if not (sep and number.isdigit()):
+        raise NotFoundError(
+            f"--model {model!r} is not a model folder, a pulled model (`tuneloop models list`) "
+            "or a stored version ADAPTER@N (`tuneloop adapters list`)"
+        )
+    from tuneloop.platform.adapters import serving_of
+    from tuneloop.platform.registry import Registry
+    from tuneloop.serve.engine.cache import local_copy
+
+    store = ArtifactStore()
+    version = Registry().get_version(model)
+    serving = serving_of(version, store)
+    if serving != "engine":
+        raise ConfigError(
+            f"{version.ref} is a {version.method} version (served as {serving}), not a full or partial "
+            f"fine-tune: serve its base model (`tuneloop serve --model {version.adapter.base_model}`) "
+            "and call it by alias or as ADAPTER@N"
+        )
+    path = local_copy(store, version.adapter.name, version.number, models_cache)
+    return BaseModel(public=model, engine=str(path), version=version.ref)
+
+
+def port_in_use(port: int, host: str = settings.LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{name}={value} must be at least 1")
+    return value

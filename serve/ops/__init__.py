@@ -1,0 +1,1 @@
+"""/health, /ready, /metrics and /metrics/engine: for orchestrators and Prometheus."""

@@ -1,0 +1,101 @@
+"""The path every completion request takes, shared by /v1/chat/completions and /v1/completions.
+
+key (401) -> body (400) -> model name (404 / 400 / 501) -> engine up (503) -> in-flight slot (429)
+-> adapter lease (loaded on demand) -> proxy. Checks that cost nothing come first, and nothing is
+held (slot, lease) before the request is known to be acceptable. Whatever happens, the request's
+`Call` is closed once: metrics recorded, slot and lease given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import Request
+from starlette.responses import Response
+
+from tuneloop.monitoring import metrics
+from tuneloop.serve.engine.lora import AdapterLoadError
+from tuneloop.serve.errors import OpenAIError, engine_unavailable
+from tuneloop.serve.hooks import prompt_embeds_hook
+from tuneloop.serve.protocol import SamplingFields, engine_body, parse_body
+from tuneloop.serve.proxy import Call, forward, open_stream
+from tuneloop.serve.replica import Replica
+from tuneloop.serve.routing.resolver import Target
+
+
+def replica_of(request: Request) -> Replica:
+    replica: Replica = request.app.state.replica
+    return replica
+
+
+async def complete(request: Request, endpoint: str, schema: type[SamplingFields]) -> Response:
+    """Answer one completion request (see the module docstring)."""
+    replica = replica_of(request)
+    call = Call(endpoint=endpoint)
+    streaming = False
+    try:
+        principal = await replica.keys.authenticate(request.headers.get("authorization"))
+        parsed = parse_body(await request.body(), schema)
+        follower = replica.follower
+        target = replica.resolver.resolve(parsed.model, principal, follower.snapshot, follower.live)
+        call.label(target)
+        replica.require_engine()
+        call.hold(replica.admit())
+        gauge = metrics.IN_FLIGHT.labels(target.alias, target.version)
+        gauge.inc()
+        call.hold(gauge.dec)
+        body = engine_body(parsed, target.engine_model)
+        if target.kind == "lora":
+            call.hold(await _lease(replica, target))
+        elif target.kind == "prompt_embeddings":
+            body = await _prompt_embeds(replica, endpoint, body, target)
+        url = f"{replica.engine_url}/v1/{endpoint}"
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            response = await open_stream(replica.client, url, body, target, call, include_usage=include_usage)
+            streaming = True  # from here the stream closes the call when it ends
+            return response
+        return await forward(replica.client, url, body, target, call)
+    except OpenAIError as exc:
+        call.status = exc.status
+        raise
+    except asyncio.CancelledError:
+        call.status = 499  # the client went away (nginx's code for it)
+        raise
+    except Exception:
+        call.status = 500
+        raise
+    finally:
+        if not streaming:
+            call.close()
+
+
+async def _lease(replica: Replica, target: Target) -> Callable[[], None]:
+    try:
+        lease = await replica.residency.acquire(target.version)
+    except AdapterLoadError as exc:
+        if exc.retryable:
+            raise engine_unavailable(
+                f"`{target.requested}` could not be loaded yet; retry shortly."
+            ) from None
+        raise OpenAIError(
+            500,
+            f"`{target.requested}` cannot be loaded: {exc}",
+            type="server_error",
+            code="adapter_load_failed",
+        ) from None
+    return lease.release
+
+
+async def _prompt_embeds(
+    replica: Replica, endpoint: str, body: dict[str, object], target: Target
+) -> dict[str, object]:
+    hook = prompt_embeds_hook()
+    assert hook is not None and target.info is not None  # the resolver refuses these versions otherwise
+    try:
+        adapter_dir: Path = await replica.loras.local_dir(target.info.ref)
+    except AdapterLoadError as exc:
+        raise OpenAIError(500, f"`{target.requested}` cannot be loaded: {exc}", type="server_error") from None
+    return await hook(endpoint, dict(body), adapter_dir=adapter_dir, engine_model=target.engine_model)

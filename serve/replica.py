@@ -1,0 +1,149 @@
+"""One serving replica: the parts of the gateway wired together, started and stopped as one.
+
+    request -> auth (KeyRing) -> Resolver (snapshot + switched aliases) -> admission (in-flight cap)
+            -> Residency lease (load on demand) -> proxy -> engine (EngineSupervisor's process)
+    RegistryFollower (poll) -> snapshot, preload, switch aliases, retire old versions
+
+The registry and artifact store are synchronous (SQLAlchemy, fsspec); the replica only ever calls
+them from worker threads, so the event loop that streams tokens never blocks on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import httpx
+
+from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.registry import Registry
+from tuneloop.serve.auth.keys import KeyRing
+from tuneloop.serve.config import GatewayConfig
+from tuneloop.serve.engine.lora import EngineLoras
+from tuneloop.serve.engine.supervisor import EngineSupervisor
+from tuneloop.serve.errors import engine_unavailable, too_many_requests
+from tuneloop.serve.routing.follower import RegistryFollower
+from tuneloop.serve.routing.residency import Residency
+from tuneloop.serve.routing.resolver import Resolver
+
+log = logging.getLogger(__name__)
+
+
+class Replica:
+    """The gateway's state; `app.state.replica` (see app.py)."""
+
+    def __init__(self, config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambda _m: None) -> None:
+        self.config = config
+        self.fatal: str | None = None
+        self._on_fatal = on_fatal
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        )
+        self.engine_url = config.engine.url
+        self.registry = Registry(config.db_url)
+        self.store = ArtifactStore(config.artifacts)
+        self.resolver = Resolver(config.base)
+        self.loras = EngineLoras(
+            self.client,
+            self.engine_url,
+            store=self.store,
+            cache_root=config.cache_dir / "adapters",
+            max_rank=config.engine.max_lora_rank,
+            lookup=lambda ref: self.follower.snapshot.versions.get(ref),
+        )
+        self.residency = Residency(
+            self.loras, config.max_resident, protected=lambda ref: self.follower.is_live(ref)
+        )
+        self.supervisor = EngineSupervisor(
+            config.engine,
+            config.log_dir,
+            self.client,
+            on_up=self._engine_up,
+            on_fatal=self._fatal,
+            ready_timeout=config.engine_start_timeout,
+        )
+        self.follower = RegistryFollower(
+            self.registry,
+            self.store,
+            self.residency,
+            interval=config.poll_interval,
+            refusal=self.resolver.refusal,
+            needs_load=self.needs_load,
+            engine_ready=lambda: self.supervisor.up,
+            on_snapshot=lambda: self.keys.forget_fresh(),
+        )
+        self.keys = KeyRing(self.registry, lambda: self.follower.snapshot)
+        self.in_flight = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start following the registry and the engine (both in the background)."""
+        if self.config.metrics_public:
+            log.warning(
+                "TUNELOOP_METRICS_PUBLIC is on: /metrics names every alias to anyone who can reach it"
+            )
+        self._tasks = [
+            asyncio.create_task(self.follower.run(), name="registry-follower"),
+            asyncio.create_task(self.supervisor.run(), name="engine-supervisor"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.supervisor.stop()
+        await self.client.aclose()
+
+    # -- what request handlers use
+    def needs_load(self, ref: str) -> bool:
+        """Whether `ref` is served as an adapter loaded into the engine (LoRA, not the base itself)."""
+        info = self.follower.snapshot.versions.get(ref)
+        return info is not None and info.serving == "lora" and ref != self.config.base.version
+
+    def require_engine(self) -> None:
+        if not self.supervisor.up:
+            state = self.supervisor.state
+            raise engine_unavailable(f"The engine is {state}; retry shortly.", retry_after=5)
+
+    def admit(self) -> Callable[[], None]:
+        """Take an in-flight slot or raise 429; returns the function that gives it back."""
+        if self.in_flight >= self.config.max_in_flight:
+            raise too_many_requests(self.config.max_in_flight)
+        self.in_flight += 1
+
+        def release() -> None:
+            self.in_flight -= 1
+
+        return release
+
+    async def ready(self) -> tuple[bool, str]:
+        """Ready = the engine is up and answers, and the registry has been read at least once."""
+        if not self.supervisor.up:
+            return False, f"engine {self.supervisor.state}"
+        if not self.follower.synced.is_set():
+            return False, "registry not read yet"
+        if not await self.supervisor.probe():
+            return False, "engine does not answer"
+        return True, "ready"
+
+    # -- internals
+    async def _engine_up(self) -> None:
+        failed = await self.residency.reload_all()
+        if failed:
+            log.error("could not reload %s after the engine started; they load on demand", failed)
+        targets = sorted({ref for ref in self.follower.live.values() if self.needs_load(ref)})
+        results = await asyncio.gather(
+            *(self.residency.preload(ref) for ref in targets[: self.config.max_resident]),
+            return_exceptions=True,
+        )
+        for ref, result in zip(targets, results, strict=False):
+            if isinstance(result, BaseException):
+                log.error("could not preload %s: %s", ref, result)
+
+    def _fatal(self, message: str) -> None:
+        self.fatal = message
+        self._on_fatal(message)

@@ -1,0 +1,1 @@
+"""Routing: which version a request's `model` means, following the registry, and what is loaded."""
