@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-cpu
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: install install-helm demo test lint typecheck pytest lock clean
+.PHONY: install install-helm install-prometheus demo test lint typecheck pytest lock clean
 
 install: $(STAMP)
 
@@ -27,6 +27,15 @@ $(BIN)/helm: scripts/install-helm.sh | $(STAMP)
 
 install-helm: $(BIN)/helm
 
+# Prometheus and promtool from Debian for the monitoring tests (tests/monitoring), which start their
+# own server on loopback: the script needs root and apt-get, starts no service, and does nothing
+# once both binaries exist (so this rule runs only when one is missing).
+PROM := /usr/bin/prometheus /usr/bin/promtool
+$(PROM):
+	scripts/install-prometheus.sh
+
+install-prometheus: $(PROM)
+
 demo: install
 	$(BIN)/tuneloop demo
 
@@ -42,7 +51,7 @@ typecheck: install
 	@for d in platform serve train monitoring; do ln -sfn ../../../$$d build/typecheck/tuneloop/$$d; done
 	MYPYPATH=build/typecheck $(BIN)/mypy -p tuneloop
 
-pytest: install $(BIN)/helm
+pytest: install $(BIN)/helm $(PROM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lock: install

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,6 +179,65 @@ def check_lora_fits(adapter: Path, base_dir: Path) -> None:
         raise ConflictError(f"{adapter} does not fit base model {base_dir}: {shown}")
 
 
+def engine_lora_targets() -> tuple[str, ...] | None:
+    """The `--lora-target-modules` serving engines run with (settings), or None when unrestricted.
+
+    Replicas restrict LoRA to these modules only while prompt-embeddings serving is on
+    (serve/prompt_embeds/engine.py says why), so the same settings decide what is refused here.
+    """
+    from tuneloop.platform import settings
+
+    if not settings.TUNELOOP_PROMPT_EMBEDS.get():
+        return None
+    return settings.TUNELOOP_LORA_TARGET_MODULES.get()
+
+
+def lora_target_modules(adapter: Path) -> set[str]:
+    """Short names of the modules an adapter's LoRA weights touch (`q_proj`, `embed_tokens`, ...).
+
+    Read from the safetensors headers, not from `target_modules` in the config, which may be a regex
+    or "all-linear": the weights are what vLLM would load. Whole-module copies (peft's
+    `modules_to_save`) count as touched too.
+    """
+    touched: set[str] = set()
+    for file in sorted(adapter.glob("*.safetensors")):
+        for name in safetensors_shapes(file):
+            module = name.split(".lora_")[0] if ".lora_" in name else name.rsplit(".", 1)[0]
+            touched.add(module.removesuffix(".modules_to_save.default").rsplit(".", 1)[-1])
+    return touched
+
+
+def check_lora_targets(adapter: Path, allowed: Sequence[str] | None) -> None:
+    """Refuse a LoRA adapter with weights on modules outside the engine's `--lora-target-modules`.
+
+    vLLM loads such an adapter without a word and skips those weights, so it would serve a model
+    that is not the one trained. `allowed` None means the engine is not restricted.
+    """
+    if allowed is None:
+        return
+    outside = sorted(lora_target_modules(adapter) - set(allowed))
+    if outside:
+        raise ConfigError(
+            f"{adapter} has LoRA weights on {', '.join(outside)}, outside the modules the engine applies "
+            f"LoRA to ({', '.join(allowed)}; TUNELOOP_LORA_TARGET_MODULES). vLLM would silently ignore "
+            "them and serve a different model than the one trained: retrain with target_modules within "
+            "that list, or widen TUNELOOP_LORA_TARGET_MODULES on every replica (never to the embedding "
+            "layer while TUNELOOP_PROMPT_EMBEDS is on)"
+        )
+
+
+def check_stored_lora_targets(version: Version, store: ArtifactStore, allowed: Sequence[str] | None) -> None:
+    """`check_lora_targets` for a stored LoRA version (fetched to a temporary folder, checksummed)."""
+    if allowed is None or serving_of(version, store) != "lora":
+        return
+    with tempfile.TemporaryDirectory(prefix="tuneloop-check-") as tmp:
+        folder = store.fetch(version.adapter.name, version.number, Path(tmp) / "v")
+        try:
+            check_lora_targets(folder, allowed)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(str(folder), version.ref)) from None
+
+
 def import_adapter(
     alias: str,
     path: Path,
@@ -185,8 +246,12 @@ def import_adapter(
     store: ArtifactStore,
     max_lora_rank: int,
     base_model: str | None = None,
+    lora_target_modules: Sequence[str] | None = None,
 ) -> Version:
-    """Validate the PEFT adapter folder `path` and register it as the next version of adapter `alias`."""
+    """Validate the PEFT adapter folder `path` and register it as the next version of adapter `alias`.
+
+    `lora_target_modules`: the engine's `--lora-target-modules` (None: unrestricted).
+    """
     if not alias or "@" in alias or "/" in alias:
         raise ConfigError(f"{alias!r} is not a valid adapter name (no '@' or '/')")
     found = inspect_adapter(path)
@@ -212,6 +277,7 @@ def import_adapter(
         )
     if found.peft_type == "LORA":
         check_lora_fits(path, base_dir)
+        check_lora_targets(path, lora_target_modules)
 
     def put(number: int) -> str:
         manifest = Manifest(

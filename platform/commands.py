@@ -80,8 +80,9 @@ def adapters_import(alias: str, path: Path, base_model: str | None = None) -> No
     """Register a PEFT adapter folder trained anywhere as a new version of adapter ALIAS.
 
     The folder is checked first: safetensors weights only, a PEFT type tuneloop knows, a LoRA rank
-    within the engine's limit (TUNELOOP_MAX_LORA_RANK), weights that fit the base model. Prints the
-    new version (ALIAS@N); promote it with `tuneloop adapters promote`.
+    within the engine's limit (TUNELOOP_MAX_LORA_RANK), LoRA weights only on modules the engine
+    applies LoRA to (TUNELOOP_LORA_TARGET_MODULES), weights that fit the base model. Prints the new
+    version (ALIAS@N); promote it with `tuneloop adapters promote`.
 
     Args:
         alias: Adapter name; the version is ALIAS@N and the alias to promote is usually ALIAS too.
@@ -89,7 +90,7 @@ def adapters_import(alias: str, path: Path, base_model: str | None = None) -> No
         base_model: Base model folder or pulled name (default: the adapter's base_model_name_or_path).
     """
     from tuneloop.platform import settings
-    from tuneloop.platform.adapters import import_adapter
+    from tuneloop.platform.adapters import engine_lora_targets, import_adapter
     from tuneloop.platform.artifacts import ArtifactStore
     from tuneloop.platform.registry import Registry
 
@@ -100,6 +101,7 @@ def adapters_import(alias: str, path: Path, base_model: str | None = None) -> No
         store=ArtifactStore(),
         max_lora_rank=settings.TUNELOOP_MAX_LORA_RANK.get(),
         base_model=base_model,
+        lora_target_modules=engine_lora_targets(),
     )
     print(version.ref)
 
@@ -107,13 +109,19 @@ def adapters_import(alias: str, path: Path, base_model: str | None = None) -> No
 def adapters_promote(alias: str, version: str) -> None:
     """Point ALIAS at VERSION; serving replicas load it, then switch within seconds.
 
-    Versions that vLLM cannot serve (prefix tuning, IA3, bottleneck adapters) are refused.
+    Versions that vLLM cannot serve (prefix tuning, IA3, bottleneck adapters) are refused, and so
+    are LoRA versions with weights on modules outside TUNELOOP_LORA_TARGET_MODULES.
 
     Args:
         alias: The name clients send as `model`.
         version: A version number of the alias's adapter (3) or a full reference (support@3).
     """
-    from tuneloop.platform.adapters import serving_of, unservable_reason
+    from tuneloop.platform.adapters import (
+        check_stored_lora_targets,
+        engine_lora_targets,
+        serving_of,
+        unservable_reason,
+    )
     from tuneloop.platform.artifacts import ArtifactStore
     from tuneloop.platform.errors import ConfigError
     from tuneloop.platform.registry import Registry
@@ -127,10 +135,12 @@ def adapters_promote(alias: str, version: str) -> None:
         adapter = current.partition("@")[0] if current else alias
         ref = f"{adapter}@{version}"
     target = registry.get_version(ref)
-    serving = serving_of(target, ArtifactStore())
+    store = ArtifactStore()
+    serving = serving_of(target, store)
     reason = unservable_reason(target.ref, target.method, serving)
     if reason:
         raise ConfigError(reason)
+    check_stored_lora_targets(target, store, engine_lora_targets())
     before = registry.aliases().get(alias)
     registry.promote(alias, target.ref)
     print(f"{alias} -> {target.ref}" + (f" (was {before})" if before and before != target.ref else ""))
@@ -153,6 +163,30 @@ def adapters_rollback(alias: str) -> None:
     before = registry.aliases().get(alias)
     version = registry.rollback(alias)
     print(f"{alias} -> {version.ref} (was {before})")
+
+
+def adapters_history(alias: str) -> None:
+    """Print the registry events of the adapter behind ALIAS, oldest first, one per line.
+
+    Versions added, evaluations, drift checks and alerts, retrains, gate decisions, promotions and
+    rollbacks: the adapter's whole story.
+
+    Args:
+        alias: An alias, or an adapter name.
+    """
+    from tuneloop.platform.errors import NotFoundError
+    from tuneloop.platform.registry import Registry
+
+    registry = Registry()
+    ref = registry.aliases().get(alias)
+    adapter = ref.partition("@")[0] if ref else alias
+    try:
+        events = registry.history(adapter)
+    except NotFoundError:
+        raise NotFoundError(f"no alias or adapter named {alias!r}; see `tuneloop adapters list`") from None
+    for event in events:
+        when = event.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{when}  {event.kind:<22} {event.message}")
 
 
 def keys_create(scope: str | None = None, admin: bool = False) -> None:

@@ -277,3 +277,40 @@ class ManagedProcess:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started (ticks since boot), or None if it is gone: PID plus this names one process."""
+    stat = _proc_stat(pid)
+    return stat.start_ticks if stat is not None else None
+
+
+def stop_group(pgid: int, *, leader_ticks: int | None = None, grace: float = 15.0) -> list[int]:
+    """Stop a server another process started (a detached Ray head) by its process group: `ray down`.
+
+    Only the group id survives in a pid file, so: if its leader still runs but started at another
+    time than `leader_ticks`, the PID was reused and our group is gone (the kernel never reuses a PID
+    that still names a process group), so nothing is signalled. Otherwise SIGTERM goes to the group
+    and to the leader's descendants that left it (Ray runs job drivers in sessions of their own),
+    SIGKILL follows after `grace` seconds. Returns the PIDs still alive at the end (empty on success).
+    """
+    leader = _proc_stat(pgid)
+    if leader is not None and leader_ticks is not None and leader.start_ticks != leader_ticks:
+        return []
+    seen = _descendants(pgid) if leader is not None else {}
+
+    def alive() -> list[int]:
+        strays = [pid for pid, ticks in seen.items() if start_ticks(pid) == ticks]
+        return sorted(set(group_members(pgid)) | set(strays))
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        left = alive()
+        if not left:
+            return []
+        if sig == signal.SIGKILL:
+            log.warning("SIGKILL to %s, still alive %.0f s after SIGTERM", left, grace)
+        ManagedProcess._signal_all(pgid, [pid for pid in left if pid in seen], sig)
+        deadline = time.monotonic() + wait
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return alive()

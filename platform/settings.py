@@ -59,6 +59,13 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not names:
+        raise ValueError("expected comma-separated names")
+    return names
+
+
 # -- where state lives
 TUNELOOP_HOME: Var[Path] = Var(
     "TUNELOOP_HOME",
@@ -182,6 +189,22 @@ TUNELOOP_CACHE_DIR: Var[Path] = Var(
     lambda: _home() / "cache",
     "Local copies of stored versions the engine loads (fetched from the artifact store, checksummed).",
 )
+TUNELOOP_PROMPT_EMBEDS: Var[bool] = Var(
+    "TUNELOOP_PROMPT_EMBEDS",
+    _bool,
+    lambda: True,
+    "Serve prompt-tuned and P-tuned versions through vLLM prompt embeddings (engine flag "
+    "--enable-prompt-embeds, LoRA restricted to TUNELOOP_LORA_TARGET_MODULES). Off: such versions "
+    "are refused and LoRA may target any module vLLM supports.",
+)
+TUNELOOP_LORA_TARGET_MODULES: Var[tuple[str, ...]] = Var(
+    "TUNELOOP_LORA_TARGET_MODULES",
+    _names,
+    lambda: ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "Comma-separated modules LoRA adapters may target while TUNELOOP_PROMPT_EMBEDS is on (vLLM "
+    "--lora-target-modules; the default suits Llama-family models). vLLM silently ignores LoRA weights "
+    "on other modules, so `adapters import`, `adapters promote` and the gateway refuse such adapters.",
+)
 TUNELOOP_METRICS_PUBLIC: Var[bool] = Var(
     "TUNELOOP_METRICS_PUBLIC",
     _bool,
@@ -265,6 +288,79 @@ TUNELOOP_CAPTURE_QUEUE_SIZE: Var[int] = Var(
     lambda: 10_000,
     "Captured requests waiting to be written; when full, new ones are dropped (and counted), "
     "never waited for.",
+)
+
+# -- the monitoring loop: evaluation, drift policy, promotion gate, control API (monitoring/)
+TUNELOOP_GATEWAY_URL: Var[str] = Var(
+    "TUNELOOP_GATEWAY_URL",
+    str,
+    lambda: f"http://{LOOPBACK}:{TUNELOOP_PORT.get()}",
+    "Gateway the evaluation suites call (without /v1), so they measure what users get.",
+)
+TUNELOOP_EVAL_KEY: Var[str] = Var(
+    "TUNELOOP_EVAL_KEY",
+    str,
+    lambda: "",
+    "Admin gateway key (`tuneloop keys create --admin`) the evaluation suites and the gate call with.",
+)
+TUNELOOP_EVAL_GOLDEN_DIR: Var[Path] = Var(
+    "TUNELOOP_EVAL_GOLDEN_DIR",
+    _path,
+    lambda: _home() / "golden",
+    "Golden sets: <alias>.jsonl per alias, in a training data format (chat or prompt/completion).",
+)
+TUNELOOP_EVAL_MAX_EXAMPLES: Var[int] = Var(
+    "TUNELOOP_EVAL_MAX_EXAMPLES",
+    int,
+    lambda: 200,
+    "Most examples one evaluation suite sends to the gateway (the first ones of the set).",
+)
+TUNELOOP_EVAL_MAX_TOKENS: Var[int] = Var(
+    "TUNELOOP_EVAL_MAX_TOKENS", int, lambda: 64, "Most tokens an evaluated answer may have (greedy)."
+)
+TUNELOOP_SCHEDULER: Var[bool] = Var(
+    "TUNELOOP_SCHEDULER",
+    _bool,
+    lambda: True,
+    "Run evaluation and drift checks inside `tuneloop control`; off when Kubernetes CronJobs run "
+    "`tuneloop eval run` instead.",
+)
+TUNELOOP_SCHEDULER_INTERVAL_S: Var[float] = Var(
+    "TUNELOOP_SCHEDULER_INTERVAL_S",
+    float,
+    lambda: 3600.0,
+    "Seconds between the scheduler's evaluation and drift rounds over every alias.",
+)
+TUNELOOP_RETRAIN_SUSTAIN: Var[int] = Var(
+    "TUNELOOP_RETRAIN_SUSTAIN",
+    int,
+    lambda: 3,
+    "Consecutive drift checks (or firing drift alerts) needed before the policy asks for a retrain.",
+)
+TUNELOOP_RETRAIN_COOLDOWN_S: Var[float] = Var(
+    "TUNELOOP_RETRAIN_COOLDOWN_S",
+    float,
+    lambda: 6 * 3600.0,
+    "Seconds after a retrain of an alias during which the policy starts no other one.",
+)
+TUNELOOP_RETRAIN_DAILY_BUDGET: Var[int] = Var(
+    "TUNELOOP_RETRAIN_DAILY_BUDGET",
+    int,
+    lambda: 2,
+    "Most retrains the policy starts per alias in any 24 hours.",
+)
+TUNELOOP_GATE_GOLDEN_TOLERANCE: Var[float] = Var(
+    "TUNELOOP_GATE_GOLDEN_TOLERANCE",
+    float,
+    lambda: 0.02,
+    "Largest drop (absolute, 0-1) of a candidate's golden-set score below the live version's that the "
+    "promotion gate accepts.",
+)
+TUNELOOP_RETRAIN_DATA_DIR: Var[Path] = Var(
+    "TUNELOOP_RETRAIN_DATA_DIR",
+    _path,
+    lambda: _home() / "new-data",
+    "New training data for retrains: <alias>.jsonl per alias, added to the last job's training data.",
 )
 
 ALL: tuple[Var[object], ...] = tuple(v for v in globals().values() if isinstance(v, Var))

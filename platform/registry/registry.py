@@ -243,6 +243,15 @@ class Registry:
             session.add(Evaluation(version_id=version.id, suite=suite, metrics=metrics))
             self._event(session, version.adapter, "evaluation", f"{version.ref} on {suite}", metrics)
 
+    def add_event(self, ref: str, kind: str, message: str, detail: dict[str, Any] | None = None) -> None:
+        """Record an event in the history of the adapter behind `ref` (an alias, `adapter@N`, or an
+        adapter name): drift checks, alerts, retrains and gate decisions of the monitoring loop."""
+        with self.transaction() as session:
+            adapter = session.scalar(select(Adapter).where(Adapter.name == ref))
+            if adapter is None:
+                adapter = self._resolve(session, ref).adapter
+            self._event(session, adapter, kind, message, detail)
+
     def history(self, adapter: str) -> list[Event]:
         with self.transaction() as session:
             row = session.scalar(select(Adapter).where(Adapter.name == adapter))

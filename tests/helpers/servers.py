@@ -2,30 +2,30 @@
 
 Both run in their own process group on free 127.0.0.1 ports and are stopped by that group (never by
 name), so a failing test cannot leave an engine or a raylet behind. The settings come from
-ENVIRONMENT.md: vLLM on the CPU needs an explicit KV-cache size and runs its engine in-process; Ray
-needs loopback mode, explicit token auth with a private token file, and a private short temp dir.
+ENVIRONMENT.md: vLLM on the CPU needs an explicit KV-cache size and runs its engine in-process; the Ray
+head is the package's own recipe (`tuneloop.platform.raycluster`: loopback mode, explicit token auth
+with a private token file, a private short temp dir), so tests exercise what users run.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
-import shutil
 import socket
 import struct
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.platform.procs import ManagedProcess, free_port
-from tuneloop.platform.settings import LOOPBACK, child_env, ray_env
+from tuneloop.platform.raycluster import RayHead, ray_cli, running_head
+from tuneloop.platform.settings import LOOPBACK
 from tuneloop.serve.engine.launch import EngineConfig, engine_process
 
-RAY_CLI = str(Path(sys.executable).parent / "ray")
+__all__ = ["RAY_CLI", "RayHead", "VllmServer", "listening_addresses", "start_ray_head", "start_vllm"]
+
+RAY_CLI = ray_cli()
 
 
 @dataclass
@@ -71,84 +71,11 @@ def start_vllm(
         yield VllmServer(process=proc, port=config.port, model=config.model)
 
 
-@dataclass
-class RayHead:
-    """A running loopback Ray head with token auth.
-
-    `address` is the dashboard / Jobs API URL; `env` holds the variables every client (the `ray`
-    CLI, `JobSubmissionClient`) needs; `token` goes in `Authorization: Bearer` for raw HTTP.
-    """
-
-    process: ManagedProcess
-    address: str
-    gcs_address: str
-    temp_dir: Path
-    token: str
-    env: dict[str, str] = field(default_factory=dict)
-
-
-@contextmanager
-def start_ray_head(log_dir: Path, *, num_cpus: int = 2, ready_timeout: float = 120.0) -> Iterator[RayHead]:
-    """Start `ray start --head --block` in its own process group; yield once the Jobs API answers."""
-    # Ray's unix sockets live under the temp dir and their paths must stay under ~107 characters,
-    # so use a short folder directly in /tmp rather than pytest's deep tmp_path.
-    temp_dir = Path(tempfile.mkdtemp(prefix="tlray-", dir="/tmp"))
-    token = secrets.token_hex(32)
-    token_path = temp_dir / "auth_token"
-    token_path.write_text(token)
-    token_path.chmod(0o600)
-    # The same variables as the platform's embedded head, with the token file in our temp dir.
-    client_env = {**ray_env(), "RAY_AUTH_TOKEN_PATH": str(token_path)}
-    gcs_port, dashboard_port = free_port(), free_port()
-    # Every listener on a free port: another Ray on this machine must not collide with Ray's defaults.
-    ports = {
-        "--port": gcs_port,
-        "--dashboard-port": dashboard_port,
-        "--ray-client-server-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-    }
-    argv = [
-        RAY_CLI, "start", "--head", "--block",
-        "--node-ip-address", LOOPBACK,
-        "--dashboard-host", LOOPBACK,
-        "--include-dashboard=true",
-        "--num-cpus", str(num_cpus),
-        "--num-gpus", "0",
-        "--temp-dir", str(temp_dir / "t"),
-        "--disable-usage-stats",
-        *[str(part) for flag, port in ports.items() for part in (flag, port)],
-    ]  # fmt: skip
-    address = f"http://{LOOPBACK}:{dashboard_port}"
-    proc = ManagedProcess(
-        argv,
-        log_path=log_dir / f"ray-head-{gcs_port}.log",
-        health_url=f"{address}/api/jobs/",
-        health_headers={"Authorization": f"Bearer {token}"},
-        env=child_env(
-            {**client_env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-        ),
-        name="ray-head",
-        ready_timeout=ready_timeout,
-        # The Jobs API answers before the raylet runs; `ray start` prints this once the node is up.
-        ready_check=lambda proc: "Ray runtime started" in proc.log_tail(200),
-    )
-    try:
-        with proc:
-            yield RayHead(
-                process=proc,
-                address=address,
-                gcs_address=f"{LOOPBACK}:{gcs_port}",
-                temp_dir=temp_dir,
-                token=token,
-                env=client_env,
-            )
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def start_ray_head(
+    log_dir: Path, *, num_cpus: int = 2, ready_timeout: float = 120.0
+) -> AbstractContextManager[RayHead]:
+    """A loopback head on free ports with token auth, started the way tuneloop starts every head."""
+    return running_head(log_dir, num_cpus=num_cpus, num_gpus=0, ready_timeout=ready_timeout)
 
 
 def listening_addresses(pids: Sequence[int]) -> set[tuple[str, int]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from tuneloop.platform.apikeys import hash_key
 from tuneloop.platform.cli import main
@@ -21,7 +21,13 @@ from tuneloop.platform.registry import Registry
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("TUNELOOP_DB_URL", "TUNELOOP_ARTIFACTS", "TUNELOOP_MAX_LORA_RANK"):
+    for name in (
+        "TUNELOOP_DB_URL",
+        "TUNELOOP_ARTIFACTS",
+        "TUNELOOP_MAX_LORA_RANK",
+        "TUNELOOP_PROMPT_EMBEDS",
+        "TUNELOOP_LORA_TARGET_MODULES",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
@@ -112,6 +118,37 @@ def test_promoting_an_unservable_method_is_refused_naming_it(
     line = fails(capsys, "adapters", "promote", "scaled", "1")
     assert "trained with ia3, which vLLM cannot serve" in line
     assert Registry().aliases() == {}
+
+
+def test_lora_weights_the_engine_would_silently_skip_are_refused(
+    home: Path,
+    tiny_lora_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    embeds = variant(tiny_lora_dir, tmp_path / "embeds")
+    weights = load_file(str(embeds / "adapter_model.safetensors"))
+    rng = np.random.default_rng(0)
+    weights["base_model.model.model.embed_tokens.lora_embedding_A"] = rng.random((8, 512), np.float32)
+    weights["base_model.model.model.embed_tokens.lora_embedding_B"] = rng.random((128, 8), np.float32)
+    save_file(weights, str(embeds / "adapter_model.safetensors"))
+    line = fails(capsys, "adapters", "import", "e", str(embeds))
+    assert "has LoRA weights on embed_tokens, outside the modules the engine applies LoRA to" in line
+    assert "TUNELOOP_LORA_TARGET_MODULES" in line and "silently ignore" in line
+    # Replicas without prompt-embeddings serving do not restrict LoRA: it may be imported there...
+    monkeypatch.setenv("TUNELOOP_PROMPT_EMBEDS", "0")
+    assert cli(capsys, "adapters", "import", "e", str(embeds))[1] == "e@1\n"
+    # ...but not promoted where replicas restrict LoRA to the linear layers.
+    monkeypatch.delenv("TUNELOOP_PROMPT_EMBEDS")
+    assert "e@1 has LoRA weights on embed_tokens" in fails(capsys, "adapters", "promote", "e", "1")
+    assert Registry().aliases() == {}
+    monkeypatch.setenv(
+        "TUNELOOP_LORA_TARGET_MODULES", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )
+    assert "embed_tokens" in fails(capsys, "adapters", "promote", "e", "1")
+    monkeypatch.setenv("TUNELOOP_PROMPT_EMBEDS", "off")
+    assert cli(capsys, "adapters", "promote", "e", "1")[0] == 0
 
 
 def test_keys_create(home: Path, tiny_lora_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,7 +60,9 @@ def test_jobs_run_through_sdk_and_cli(ray_head: RayHead, monkeypatch: pytest.Mon
         monkeypatch.setenv(name, value)
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(ray_head.address)
+    # The token goes in explicitly, as tuneloop's own client sends it: Ray reads RAY_AUTH_MODE once per
+    # process, so a test that imported Ray before these variables were set would leave auth "disabled".
+    client = JobSubmissionClient(ray_head.address, headers={"Authorization": f"Bearer {ray_head.token}"})
     started = time.monotonic()
     job_id = client.submit_job(entrypoint=f"{sys.executable} -c \"print('hello from the sdk job')\"")
     assert _wait_for_job(client, job_id) == "SUCCEEDED", client.get_job_logs(job_id)

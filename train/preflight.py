@@ -1,0 +1,54 @@
+"""Checks a job passes before anything is started: where its base model is, and what the registry
+would refuse at publish time (a missing parent, an adapter name taken by another base model).
+
+Each returns problems as lines rather than raising, so the recipe can report them together with
+the spec's, the search space's and every bad data line in one error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuneloop.platform import settings
+from tuneloop.platform.errors import NotFoundError
+from tuneloop.train.spec import JobSpec
+
+if TYPE_CHECKING:
+    from tuneloop.platform.registry import Registry
+
+
+def base_model(ref: str, problems: list[str]) -> tuple[Path | None, str]:
+    """(model folder, the string the serving engine serves it by) for a spec's base_model."""
+    given = Path(ref).expanduser()
+    if (given / "config.json").is_file():
+        folder = given if given.is_absolute() else given.resolve()
+        return folder, str(folder)
+    pulled = settings.TUNELOOP_MODELS_DIR.get() / ref
+    if "/" not in ref and (pulled / "config.json").is_file():
+        return pulled, str(pulled)
+    problems.append(
+        f"base_model {ref!r} is neither a model folder (with config.json) nor a model pulled into "
+        f"{settings.TUNELOOP_MODELS_DIR.get()} (`tuneloop models pull NAME`)"
+    )
+    return None, ref
+
+
+def lineage_problems(registry: Registry, spec: JobSpec, base_ref: str) -> list[str]:
+    """What the registry would refuse at publish time, found before any compute is spent."""
+    problems = []
+    if spec.output.parent:
+        try:
+            registry.get_version(spec.output.parent)
+        except NotFoundError:
+            problems.append(f"output.parent {spec.output.parent!r} is not a version in the registry")
+    try:
+        existing = registry.list_versions(spec.output.adapter)
+    except NotFoundError:
+        existing = []
+    if existing and existing[0].adapter.base_model != base_ref:
+        problems.append(
+            f"output.adapter {spec.output.adapter!r} is trained on {existing[0].adapter.base_model!r}, not "
+            f"{base_ref!r}: use a new adapter name for another base model"
+        )
+    return problems

@@ -1,0 +1,132 @@
+"""What a training checkpoint holds, and how the recipe writes and reads one.
+
+A checkpoint is a folder that Ray Train copies to the run's storage:
+
+- `weights.safetensors`: the trainable parameters now, by their names in the (unwrapped) model, so
+  the same code serves every method: LoRA factors, soft prompts, chosen blocks, or everything;
+- `best.safetensors`: the trainable parameters at the best validation loss so far: what is published;
+- `optimizer.pt`: optimizer and learning-rate schedule state (torch.save, read back with
+  weights_only=True; internal to a run, never published);
+- `state.json`: step, micro-batches consumed, the early-stopping record, restarts, tokens seen.
+
+Frozen weights are never written: they come back from the base model when a run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.platform.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS = "weights.safetensors"
+BEST = "best.safetensors"
+OPTIMIZER = "optimizer.pt"
+STATE = "state.json"
+
+
+def staging_dir(job_id: str) -> Path:
+    """Where workers on this machine write checkpoints before Ray uploads them to the run's storage.
+
+    Ray deletes each folder after its upload, but not the ones a killed worker (a trial ASHA stops)
+    was still uploading; so every run stages under its job's folder, which the driver removes when
+    the job ends, and a restarted worker clears its run's leftovers first.
+    """
+    return Path(tempfile.gettempdir()) / "tuneloop-checkpoints" / job_id
+
+
+def trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters that train (a tied weight appears once, under its first name)."""
+    return {
+        name: param.detach().to("cpu", copy=True).contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable parameters into `model`; names that do not match exactly are an error."""
+    import torch
+
+    params = {name: param for name, param in model.named_parameters() if param.requires_grad}
+    missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
+    if missing or unexpected:
+        raise ArtifactError(
+            f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            "(was it written by another method or base model?)"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name].to(device=param.device, dtype=param.dtype))
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    model: torch.nn.Module,
+    best: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+) -> None:
+    """Write the four files into `directory` (which must exist)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(trainable_snapshot(model), str(directory / WEIGHTS))
+    save_file(best, str(directory / BEST))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIMIZER
+    )
+    (directory / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
+
+
+def load_checkpoint(
+    directory: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore `model`, `optimizer` and `scheduler` from `directory`; return (state, best weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    load_trainable(model, load_file(str(directory / WEIGHTS)))
+    saved = torch.load(directory / OPTIMIZER, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    state: dict[str, Any] = json.loads((directory / STATE).read_text())
+    return state, load_file(str(directory / BEST))
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """Only `state.json` of a checkpoint (the driver reads it to choose and describe a result)."""
+    try:
+        state: dict[str, Any] = json.loads((directory / STATE).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory} is not a tuneloop training checkpoint (no {STATE})") from None
+    return state
+
+
+def training_summary(state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's `state.json` says about the run that wrote it, as the registry records it."""
+    stopper = state["stopper"]
+    return {
+        "steps": state["step"],
+        "total_steps": state["total_steps"],
+        "stopped_early": state["stopped_early"],
+        "best_val_loss": stopper["best"],
+        "best_step": stopper["best_step"],
+        "initial_val_loss": state["initial_val_loss"],
+        "val_history": stopper["history"],
+        "restarts": state["restarts"],
+        "resumed_from_step": state["resumed_from_step"],
+        "world_size": state["world_size"],
+        "tokens": state["tokens"],
+    }
