@@ -16,6 +16,7 @@ from tuneloop.serve.chat_completions.api_router import router as chat_router
 from tuneloop.serve.completions.api_router import router as completions_router
 from tuneloop.serve.config import GatewayConfig
 from tuneloop.serve.errors import install_handlers
+from tuneloop.serve.feedback.api_router import router as feedback_router
 from tuneloop.serve.models.api_router import router as models_router
 from tuneloop.serve.ops.api_router import router as ops_router
 from tuneloop.serve.replica import Replica
@@ -38,6 +39,6 @@ def create_app(config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambd
         title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     install_handlers(app)
-    for router in (chat_router, completions_router, models_router, ops_router):
+    for router in (chat_router, completions_router, feedback_router, models_router, ops_router):
         app.include_router(router)
     return app

@@ -10,9 +10,10 @@ from __future__ import annotations
 def serve(*, model: str, host: str | None = None, port: int | None = None) -> None:
     """Serve a base model and its adapters through one OpenAI-compatible endpoint.
 
-    Starts a vLLM engine (LoRA enabled, loopback, TUNELOOP_ENGINE_PORT) and the gateway in front of
-    it, which follows the registry: promoted versions are loaded, then their aliases switched.
-    Stop with Ctrl-C (the engine stops too).
+    Starts a vLLM engine (LoRA and prompt embeddings enabled, loopback, TUNELOOP_ENGINE_PORT) and
+    the gateway in front of it, which follows the registry: promoted versions are loaded, then their
+    aliases switched; sampled requests are captured for feedback and drift detection. Stop with
+    Ctrl-C (the engine stops too, the capture writer is flushed).
 
     Args:
         model: A model folder, a pulled model name, or ADAPTER@N of a full/partial fine-tune.

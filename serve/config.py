@@ -4,20 +4,51 @@
 partial fine-tune as `adapter@N` (manifest `serving == "engine"`): that version is fetched from the
 artifact store into the local cache and served as the engine's base model. It cannot be an adapter
 (LoRA, prompt tuning, ...): those are served on their base model's replica.
+
+The engine takes prompt embeddings (prompt-tuned and P-tuned versions) unless TUNELOOP_PROMPT_EMBEDS
+is off; with them on, its LoRA is restricted to TUNELOOP_LORA_TARGET_MODULES (see
+serve/prompt_embeds/engine.py for why).
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneloop.platform import settings
+from tuneloop.platform.adapters import engine_lora_targets
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.errors import ConfigError, NotFoundError
 from tuneloop.platform.models import local_model_dir
 from tuneloop.serve.engine.launch import EngineConfig
+from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
 from tuneloop.serve.routing.resolver import BaseModel
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Capture of sampled traffic for evaluation, drift detection and feedback (monitoring/capture)."""
+
+    enabled: bool
+    sample_rate: float = 1.0
+    db_url: str = ""
+    redact: str = "none"
+    """`module:function` applied to prompts and answers before they are stored, or `none`."""
+
+    @classmethod
+    def from_settings(cls) -> CaptureConfig:
+        """Read the TUNELOOP_CAPTURE_* settings; a redaction hook that cannot load stops start-up."""
+        from tuneloop.monitoring.capture.redact import load_redactor
+
+        redact = settings.TUNELOOP_CAPTURE_REDACT.get()
+        load_redactor(redact)  # raises ConfigError naming the hook, before any engine starts
+        return cls(
+            enabled=settings.TUNELOOP_CAPTURE_ENABLED.get(),
+            sample_rate=settings.TUNELOOP_CAPTURE_SAMPLE_RATE.get(),
+            db_url=settings.TUNELOOP_CAPTURE_DB_URL.get(),
+            redact=redact,
+        )
 
 
 @dataclass(frozen=True)
@@ -35,6 +66,14 @@ class GatewayConfig:
     poll_interval: float
     metrics_public: bool
     engine_start_timeout: float
+    lora_target_modules: tuple[str, ...] | None = None
+    """The engine's `--lora-target-modules`; None when prompt-embeddings serving is off (unrestricted)."""
+    capture: CaptureConfig = field(default_factory=lambda: CaptureConfig(enabled=False))
+
+    @property
+    def prompt_embeds(self) -> bool:
+        """Whether prompt-tuned and P-tuned versions are served (the engine takes prompt embeddings)."""
+        return self.lora_target_modules is not None
 
     @classmethod
     def from_settings(cls, model: str) -> GatewayConfig:
@@ -47,6 +86,13 @@ class GatewayConfig:
                 f"engine port {engine_port} is in use; "
                 "set TUNELOOP_ENGINE_PORT to a free port for this replica"
             )
+        targets = engine_lora_targets()
+        try:
+            extra_args = prompt_embeds_engine_args(targets) if targets is not None else []
+        except ValueError as exc:  # e.g. embed_tokens, which breaks batches mixing LoRA and embeddings
+            raise ConfigError(
+                f"TUNELOOP_LORA_TARGET_MODULES: {exc}; or set TUNELOOP_PROMPT_EMBEDS=0"
+            ) from None
         engine = EngineConfig(
             model=base.engine,
             port=engine_port,
@@ -55,6 +101,7 @@ class GatewayConfig:
             kv_cache_bytes=settings.TUNELOOP_ENGINE_KV_CACHE_BYTES.get(),
             max_model_len=settings.TUNELOOP_ENGINE_MAX_MODEL_LEN.get(),
             dtype=settings.TUNELOOP_ENGINE_DTYPE.get(),
+            extra_args=extra_args,
         )
         return cls(
             base=base,
@@ -70,6 +117,8 @@ class GatewayConfig:
             poll_interval=max(0.05, settings.TUNELOOP_REGISTRY_POLL_S.get()),
             metrics_public=settings.TUNELOOP_METRICS_PUBLIC.get(),
             engine_start_timeout=settings.TUNELOOP_ENGINE_START_TIMEOUT_S.get(),
+            lora_target_modules=targets,
+            capture=CaptureConfig.from_settings(),
         )
 
 

@@ -38,6 +38,17 @@ class OpenAIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = dict(headers or {})
 
+    def with_headers(self, headers: Mapping[str, str]) -> OpenAIError:
+        """A copy with more response headers (errors may be shared, e.g. a refusal kept per alias)."""
+        return OpenAIError(
+            self.status,
+            self.message,
+            type=self.type,
+            param=self.param,
+            code=self.code,
+            headers={**self.headers, **headers},
+        )
+
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tuneloop.serve.errors import OpenAIError, bad_request
 
 MAX_BODY_BYTES = 16 * 2**20
+CLIENT_FORBIDDEN_FIELDS = ("prompt_embeds",)
+"""Engine inputs no client may send: the engine takes prompt embeddings (for prompt-tuned versions),
+but only ones the gateway built; a client's own tensors are unpickled by the engine and bypass the
+tokenizer and every prompt the version was trained with."""
 
 
 class RequestModel(BaseModel):
@@ -54,9 +58,16 @@ def parse_body(raw: bytes, schema: type[M]) -> M:
     try:
         parsed = schema.model_validate_json(raw)
     except ValidationError as exc:
-        raise _as_bad_request(exc) from None
+        raise as_bad_request(exc) from None
     if isinstance(parsed.stop, list) and len(parsed.stop) > 16:
         raise bad_request("At most 16 stop sequences.", param="stop")
+    for name in CLIENT_FORBIDDEN_FIELDS:
+        if name in (parsed.model_extra or {}):
+            raise bad_request(
+                f"`{name}` cannot be sent to this gateway; send the prompt as text or token ids.",
+                param=name,
+                code="unsupported_parameter",
+            )
     return parsed
 
 
@@ -67,7 +78,8 @@ def engine_body(parsed: SamplingFields, engine_model: str) -> dict[str, Any]:
     return body
 
 
-def _as_bad_request(exc: ValidationError) -> OpenAIError:
+def as_bad_request(exc: ValidationError) -> OpenAIError:
+    """A pydantic validation failure as a 400 naming the first bad field (and how many more)."""
     first: dict[str, Any] = dict(exc.errors(include_url=False, include_input=False)[0])
     if first["type"] == "json_invalid":
         return bad_request(f"The body is not valid JSON: {first['msg']}.", code="invalid_json")
@@ -75,4 +87,6 @@ def _as_bad_request(exc: ValidationError) -> OpenAIError:
         return bad_request("The body must be a JSON object.", code="invalid_json")
     param = ".".join(str(part) for part in first["loc"])
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    if not param:  # a check of the whole body (e.g. "give at least one of ...")
+        return bad_request(f"Invalid request: {first['msg']}{more}.", code="invalid_value")
     return bad_request(f"Invalid `{param}`: {first['msg']}{more}.", param=param, code="invalid_value")

@@ -1,8 +1,9 @@
 """One serving replica: the parts of the gateway wired together, started and stopped as one.
 
     request -> auth (KeyRing) -> Resolver (snapshot + switched aliases) -> admission (in-flight cap)
-            -> Residency lease (load on demand) -> proxy -> engine (EngineSupervisor's process)
-    RegistryFollower (poll) -> snapshot, preload, switch aliases, retire old versions
+            -> Residency lease (load on demand) | prompt embeddings -> proxy -> engine (EngineSupervisor's
+            process); on close -> Capture (sampled record, written off the request path)
+    RegistryFollower (poll) -> snapshot, prepare (load / warm), switch aliases, retire old versions
 
 The registry and artifact store are synchronous (SQLAlchemy, fsspec); the replica only ever calls
 them from worker threads, so the event loop that streams tokens never blocks on them.
@@ -15,15 +16,19 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+import aiohttp
 import httpx
 
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.registry import Registry
 from tuneloop.serve.auth.keys import KeyRing
+from tuneloop.serve.capture import Capture
 from tuneloop.serve.config import GatewayConfig
 from tuneloop.serve.engine.lora import EngineLoras
 from tuneloop.serve.engine.supervisor import EngineSupervisor
 from tuneloop.serve.errors import engine_unavailable, too_many_requests
+from tuneloop.serve.hooks import prepare_hook
+from tuneloop.serve.proxy import engine_session
 from tuneloop.serve.routing.follower import RegistryFollower
 from tuneloop.serve.routing.residency import Residency
 from tuneloop.serve.routing.resolver import Resolver
@@ -38,13 +43,17 @@ class Replica:
         self.config = config
         self.fatal: str | None = None
         self._on_fatal = on_fatal
+        # httpx for the control calls (health, adapter loads, metrics); completions go through
+        # `session` (aiohttp, made in start() on the event loop): see serve/proxy.py for why.
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)
         )
+        self._session: aiohttp.ClientSession | None = None
         self.engine_url = config.engine.url
         self.registry = Registry(config.db_url)
         self.store = ArtifactStore(config.artifacts)
-        self.resolver = Resolver(config.base)
+        self.resolver = Resolver(config.base, prompt_embeds=config.prompt_embeds)
+        self.capture = Capture(config.capture)
         self.loras = EngineLoras(
             self.client,
             self.engine_url,
@@ -52,6 +61,7 @@ class Replica:
             cache_root=config.cache_dir / "adapters",
             max_rank=config.engine.max_lora_rank,
             lookup=lambda ref: self.follower.snapshot.versions.get(ref),
+            target_modules=config.lora_target_modules,
         )
         self.residency = Residency(
             self.loras, config.max_resident, protected=lambda ref: self.follower.is_live(ref)
@@ -70,7 +80,7 @@ class Replica:
             self.residency,
             interval=config.poll_interval,
             refusal=self.resolver.refusal,
-            needs_load=self.needs_load,
+            prepare=self.prepare,
             engine_ready=lambda: self.supervisor.up,
             on_snapshot=lambda: self.keys.forget_fresh(),
         )
@@ -78,8 +88,15 @@ class Replica:
         self.in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session completions are proxied with (exists once the replica started)."""
+        assert self._session is not None, "Replica.start() makes the session"
+        return self._session
+
     async def start(self) -> None:
         """Start following the registry and the engine (both in the background)."""
+        self._session = engine_session()
         if self.config.metrics_public:
             log.warning(
                 "TUNELOOP_METRICS_PUBLIC is on: /metrics names every alias to anyone who can reach it"
@@ -97,12 +114,27 @@ class Replica:
                 await task
         await self.supervisor.stop()
         await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+        await self.capture.close()  # after the last response: every finished request is written
 
     # -- what request handlers use
     def needs_load(self, ref: str) -> bool:
         """Whether `ref` is served as an adapter loaded into the engine (LoRA, not the base itself)."""
         info = self.follower.snapshot.versions.get(ref)
         return info is not None and info.serving == "lora" and ref != self.config.base.version
+
+    async def prepare(self, ref: str) -> None:
+        """Make `ref` ready to serve before an alias switches to it: load a LoRA, warm prompt embeddings."""
+        info = self.follower.snapshot.versions.get(ref)
+        if info is None or ref == self.config.base.version:
+            return
+        if self.needs_load(ref):
+            await self.residency.preload(ref)
+        elif info.serving == "prompt_embeddings" and self.config.prompt_embeds:
+            hook = prepare_hook()
+            if hook is not None:
+                await hook(await self.loras.local_dir(ref), self.config.base.engine)
 
     def require_engine(self) -> None:
         if not self.supervisor.up:
@@ -135,11 +167,10 @@ class Replica:
         failed = await self.residency.reload_all()
         if failed:
             log.error("could not reload %s after the engine started; they load on demand", failed)
-        targets = sorted({ref for ref in self.follower.live.values() if self.needs_load(ref)})
-        results = await asyncio.gather(
-            *(self.residency.preload(ref) for ref in targets[: self.config.max_resident]),
-            return_exceptions=True,
-        )
+        live = sorted(set(self.follower.live.values()))
+        loras = [ref for ref in live if self.needs_load(ref)][: self.config.max_resident]
+        targets = loras + [ref for ref in live if not self.needs_load(ref)]
+        results = await asyncio.gather(*(self.prepare(ref) for ref in targets), return_exceptions=True)
         for ref, result in zip(targets, results, strict=False):
             if isinstance(result, BaseException):
                 log.error("could not preload %s: %s", ref, result)

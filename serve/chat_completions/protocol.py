@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tuneloop.serve.protocol import RequestModel, SamplingFields
 
@@ -13,6 +13,19 @@ class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = Field(None, description="Text, or OpenAI content parts.")
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _no_embeddings(cls, content: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        # vLLM takes `prompt_embeds` (and image/audio embeds) as content parts once the engine
+        # accepts embeddings; only the gateway may send embeddings (protocol.CLIENT_FORBIDDEN_FIELDS).
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type")
+            if not isinstance(kind, str):
+                raise ValueError("every content part needs a string `type`")
+            if "embeds" in kind or any("embeds" in key for key in part):
+                raise ValueError(f"content parts of type {kind!r} are not accepted; send text")
+        return content
 
 
 class ChatCompletionRequest(SamplingFields):

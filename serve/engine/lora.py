@@ -2,7 +2,7 @@
 
 The engine-side name of a version is its registry reference, `adapter@N`: unique, stable, and what
 the gateway rewrites a request's `model` to. A version is first made a local, checked copy
-(engine/cache.py: safetensors only, a LoRA whose rank the engine accepts), then posted to
+(engine/cache.py: safetensors only, a LoRA whose rank and target modules the engine accepts), then posted to
 `/v1/load_lora_adapter` with that local path. The residency table (routing/residency.py) decides
 when; this module only does it.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
+from tuneloop.platform.adapters import check_lora_targets
 from tuneloop.platform.artifacts import ArtifactStore
-from tuneloop.platform.errors import TuneloopError
+from tuneloop.platform.errors import ArtifactError, ConfigError, TuneloopError
 from tuneloop.serve.engine.cache import local_copy
 from tuneloop.serve.routing.snapshot import VersionInfo
 
@@ -45,10 +46,12 @@ class EngineLoras:
         cache_root: Path,
         max_rank: int,
         lookup: Callable[[str], VersionInfo | None],
+        target_modules: Sequence[str] | None = None,
     ) -> None:
+        """`target_modules`: the engine's `--lora-target-modules` (None: unrestricted)."""
         self._client, self._url = client, engine_url
         self._store, self._cache_root, self._max_rank = store, cache_root, max_rank
-        self._lookup = lookup
+        self._lookup, self._target_modules = lookup, target_modules
 
     async def local_dir(self, ref: str) -> Path:
         """The checked local copy of version `ref` (fetched on first use, in a worker thread)."""
@@ -111,3 +114,8 @@ class EngineLoras:
             raise AdapterLoadError(
                 f"{ref} has LoRA rank {rank}, above the engine's limit {self._max_rank}", retryable=False
             )
+        try:
+            # The engine would load it and silently skip weights outside its target modules.
+            check_lora_targets(path, self._target_modules)
+        except (ConfigError, ArtifactError) as exc:
+            raise AdapterLoadError(str(exc).replace(str(path), ref), retryable=False) from None

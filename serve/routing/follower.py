@@ -6,8 +6,9 @@ alias whose registry version differs from the version it is switched to here:
 
 1. a version this replica cannot serve is refused (logged, kept in `refusals`) and the alias keeps
    serving what it served; an alias with nothing servable answers the refusal;
-2. otherwise the version is loaded into the engine (`Residency.preload`) and only then is the alias
-   switched, so no request ever waits for, or fails on, a half-loaded adapter;
+2. otherwise the version is made ready (a LoRA loaded into the engine, a prompt-tuned version's
+   embeddings loaded) and only then is the alias switched, so no request ever waits for, or fails
+   on, a half-loaded adapter;
 3. the version it pointed at before is retired: unloaded once the requests that started on it
    have finished (residency.py's leases).
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from tuneloop.monitoring import metrics
 from tuneloop.platform.artifacts import ArtifactStore, Serving
@@ -45,13 +46,14 @@ class RegistryFollower:
         *,
         interval: float,
         refusal: Callable[[VersionInfo], OpenAIError | None],
-        needs_load: Callable[[str], bool],
+        prepare: Callable[[str], Awaitable[None]],
         engine_ready: Callable[[], bool],
         on_snapshot: Callable[[], None] = lambda: None,
     ) -> None:
+        """`prepare(ref)` makes a version ready to serve (loads a LoRA, warms prompt embeddings)."""
         self._registry, self._store, self._residency = registry, store, residency
         self.interval = interval
-        self._refusal, self._needs_load, self._engine_ready = refusal, needs_load, engine_ready
+        self._refusal, self._prepare, self._engine_ready = refusal, prepare, engine_ready
         self._on_snapshot = on_snapshot
         self.snapshot = Snapshot()
         self.live: dict[str, str] = {}
@@ -119,14 +121,13 @@ class RegistryFollower:
         if time.monotonic() < when:
             return
         started = time.monotonic()
-        if self._needs_load(ref):
-            try:
-                await self._residency.preload(ref)
-            except Exception as exc:
-                backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
-                self._retry_at[(alias, ref)] = (time.monotonic() + backoff, backoff)
-                log.error("alias %s -> %s: load failed, retry in %.0f s: %s", alias, ref, backoff, exc)
-                return
+        try:
+            await self._prepare(ref)
+        except Exception as exc:
+            backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
+            self._retry_at[(alias, ref)] = (time.monotonic() + backoff, backoff)
+            log.error("alias %s -> %s: load failed, retry in %.0f s: %s", alias, ref, backoff, exc)
+            return
         self._retry_at.pop((alias, ref), None)
         old = self.live.get(alias)
         self.live[alias] = ref

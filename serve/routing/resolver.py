@@ -64,8 +64,10 @@ class ModelEntry:
 class Resolver:
     """Resolves names against the follower's snapshot and switched aliases (see the module docstring)."""
 
-    def __init__(self, base: BaseModel) -> None:
+    def __init__(self, base: BaseModel, *, prompt_embeds: bool = True) -> None:
+        """`prompt_embeds`: whether the engine takes prompt embeddings (prompt-tuned versions)."""
         self.base = base
+        self.prompt_embeds = prompt_embeds
         self._same_base: dict[str, bool] = {}
 
     def resolve(self, model: str, principal: Principal, snapshot: Snapshot, live: dict[str, str]) -> Target:
@@ -111,11 +113,18 @@ class Resolver:
             return bad_request(
                 engine_only_reason(info.ref, info.method), param="model", code="model_not_servable"
             )
+        if info.serving == "prompt_embeddings" and not self.prompt_embeds:
+            return bad_request(
+                f"{info.ref} was trained with {info.method} and is served through prompt embeddings, "
+                "which this replica has turned off (TUNELOOP_PROMPT_EMBEDS=0)",
+                param="model",
+                code="model_not_servable",
+            )
         if info.serving == "prompt_embeddings" and prompt_embeds_hook() is None:
             return OpenAIError(
                 501,
                 f"{info.ref} was trained with {info.method} and is served through prompt embeddings, "
-                "which this gateway does not implement yet (serve/prompt_embeds: rewrite_request)",
+                "which this gateway cannot do: tuneloop.serve.prompt_embeds does not import (see its log)",
                 type="server_error",
                 param="model",
                 code="not_implemented",

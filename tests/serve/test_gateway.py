@@ -74,7 +74,13 @@ def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "other": create_key(registry, scopes=["other"], admin=False).secret,
         "admin": create_key(registry, scopes=[], admin=True).secret,
     }
-    env = {"TUNELOOP_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT), "TUNELOOP_MAX_RESIDENT_ADAPTERS": "3"}
+    env = {
+        "TUNELOOP_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+        "TUNELOOP_MAX_RESIDENT_ADAPTERS": "3",
+        # Capture on, with a working database: tests/serve/test_gateway_prompt_tuned.py.
+        "TUNELOOP_CAPTURE_ENABLED": "0",
+        "TUNELOOP_CAPTURE_DB_URL": f"sqlite:///{home / 'capture.db'}",
+    }
     with start_gateway(str(tiny_model_dir), home, extra_env=env) as gateway:
         state = Replica(gateway, str(tiny_model_dir), keys, registry, set(gateway.engine_pids()))
         yield state
@@ -397,6 +403,16 @@ def _wait_until(condition: Any, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_with_capture_off_nothing_is_written_and_no_feedback_is_taken(replica: Replica) -> None:
+    raw = replica.client("bot").completions.with_raw_response.create(model="bot", prompt=PROMPT, max_tokens=2)
+    request_id = raw.parse().id
+    assert request_id == raw.headers["x-request-id"] and request_id.startswith("cmpl-")
+    response = replica.post("/v1/feedback", {"request_id": request_id, "rating": 5})
+    assert response.status_code == 404 and "capture is off" in response.json()["error"]["message"]
+    # Every test above made requests: none reached a capture database.
+    assert not (replica.gateway.home / "capture.db").exists()
 
 
 def test_killed_engine_gives_quick_503s_then_recovers_with_its_adapters(replica: Replica) -> None:

@@ -3,6 +3,7 @@ and that the gateway process never imports the heavy libraries."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 
 from tuneloop.monitoring import metrics
+from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
 from tuneloop.serve.completions.protocol import CompletionRequest
 from tuneloop.serve.errors import OpenAIError, from_engine
 from tuneloop.serve.protocol import engine_body, parse_body
@@ -125,3 +127,55 @@ def test_model_argument_resolves_folders_and_stored_full_finetunes(
     import_adapter("bot", tiny_lora_dir, registry=registry, store=store, max_lora_rank=16)
     with pytest.raises(ConfigError, match="not a full or partial fine-tune"):
         resolve_base("bot@1", cache)
+
+
+def test_clients_cannot_send_prompt_embeddings_on_either_endpoint() -> None:
+    with pytest.raises(OpenAIError) as refused:
+        parse_body(b'{"model": "m", "prompt": "x", "prompt_embeds": "QUJD"}', CompletionRequest)
+    assert refused.value.status == 400 and refused.value.param == "prompt_embeds"
+    parts = [
+        {"type": "prompt_embeds", "data": "QUJD"},
+        {"type": "image_embeds", "image_embeds": "x"},
+        {"data": "x"},
+    ]
+    for part in parts:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [part]}]}).encode()
+        with pytest.raises(OpenAIError) as refused:
+            parse_body(body, ChatCompletionRequest)
+        assert refused.value.status == 400 and str(refused.value.param).startswith("messages.0.content")
+    text = {"type": "text", "text": "hi"}
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [text]}]}).encode()
+    assert parse_body(body, ChatCompletionRequest).messages[0].content == [text]
+
+
+def test_engines_take_prompt_embeddings_by_default_with_lora_on_linear_layers(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneloop.platform import settings
+    from tuneloop.platform.errors import ConfigError
+    from tuneloop.platform.procs import free_port
+    from tuneloop.serve.config import GatewayConfig
+    from tuneloop.serve.prompt_embeds import LINEAR_PROJECTIONS
+
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNELOOP_ENGINE_PORT", str(free_port()))
+    for name in ("TUNELOOP_PROMPT_EMBEDS", "TUNELOOP_LORA_TARGET_MODULES", "TUNELOOP_CAPTURE_REDACT"):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.TUNELOOP_LORA_TARGET_MODULES.get() == LINEAR_PROJECTIONS
+    config = GatewayConfig.from_settings(str(tiny_model_dir))
+    assert config.prompt_embeds and config.lora_target_modules == LINEAR_PROJECTIONS
+    assert list(config.engine.extra_args) == [
+        "--enable-prompt-embeds",
+        "--lora-target-modules",
+        *LINEAR_PROJECTIONS,
+    ]
+    assert config.capture.enabled and config.capture.redact.endswith(":mask_pii")
+    monkeypatch.setenv("TUNELOOP_LORA_TARGET_MODULES", "q_proj,embed_tokens")
+    with pytest.raises(ConfigError, match="TUNELOOP_LORA_TARGET_MODULES"):
+        GatewayConfig.from_settings(str(tiny_model_dir))
+    monkeypatch.setenv("TUNELOOP_PROMPT_EMBEDS", "0")
+    off = GatewayConfig.from_settings(str(tiny_model_dir))
+    assert not off.prompt_embeds and off.lora_target_modules is None and not off.engine.extra_args
+    monkeypatch.setenv("TUNELOOP_CAPTURE_REDACT", "no.such.module:redact")
+    with pytest.raises(ConfigError, match=r"no\.such\.module:redact"):
+        GatewayConfig.from_settings(str(tiny_model_dir))

@@ -1,0 +1,396 @@
+"""Serving benchmarks: the gateway against vLLM itself, adapters mixed, a naive baseline, hot-loading.
+
+    .venv/bin/python bench/serve.py                      # the tiny test model (built in seconds)
+    .venv/bin/python bench/serve.py --model smollm2      # SmolLM2-135M (`tuneloop models pull smollm2-135m`)
+    .venv/bin/python bench/serve.py --only overhead,hot  # some sections
+
+One run starts one replica exactly as users run it (`tuneloop serve`, its own vLLM engine, default
+settings: capture on at sample rate 1, prompt embeddings on) on free loopback ports under a scratch
+TUNELOOP_HOME, publishes 16 random LoRA adapters (plus 6 versions of a `hot` adapter) through the
+artifact store and registry, and measures, side by side:
+
+(a) overhead: the same load -- 16 concurrent streams, 64 tokens each (`ignore_eos`), 4 requests per
+    stream -- sent straight to the engine's port and through the gateway, in alternating rounds so a
+    change in machine load hits both. Throughput ratio (goal >= 0.97) and the latency the gateway
+    adds at p50 and p99 (goal <= 2 ms at p50), end to end and to the first token.
+(b) adapters: the same load through the gateway for the base model and for 1, 4, 8 and 16 distinct
+    adapters mixed round-robin (every adapter loaded before the clock starts; the engine batches at
+    most 4 adapters at once, TUNELOOP defaults).
+(c) naive: the 8-adapter load of (b) served the way one would without a serving engine: one
+    transformers model with the 8 peft adapters loaded, `set_adapter` + `generate` per request.
+(d) hot-load: seconds from `Registry.promote` (what `tuneloop adapters promote` does) of a version
+    never loaded before to the first token streamed from that version, while a client keeps calling
+    the alias (registry poll 0.5 s, then fetch, check and load, then the switch).
+
+A script, not a test: request counts are fixed and small; everything it starts (the gateway and its
+engine, each in its own process group) is stopped by process group at the end, and checked gone.
+The 1-minute load average is printed beside every number; on a shared machine it says how far to
+trust them. Results as JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test builders: tiny model, random LoRA, gateway launcher
+
+from helpers.gateway import start_gateway  # noqa: E402
+from helpers.tiny_model import build_random_lora, build_tiny_llama  # noqa: E402
+
+from tuneloop.platform.adapters import import_adapter  # noqa: E402
+from tuneloop.platform.apikeys import create_key  # noqa: E402
+from tuneloop.platform.artifacts import ArtifactStore  # noqa: E402
+from tuneloop.platform.procs import group_members  # noqa: E402
+from tuneloop.platform.registry import Registry  # noqa: E402
+
+PROMPTS = ("The river runs past", "Once upon a time", "The weather today is", "In the morning we")
+SECTIONS = ("overhead", "adapters", "naive", "hot")
+ADAPTER_COUNTS = (1, 4, 8, 16)
+
+
+@dataclass
+class Load:
+    """One measured load: per-request latencies (seconds) and the wall time of the whole load."""
+
+    name: str
+    wall_s: float
+    tokens: int
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    load_avg: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    def pct(self, values: Sequence[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass(frozen=True)
+class Shape:
+    concurrency: int
+    per_stream: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a load goes: a base URL and a keep-alive session (the gateway's carries the key).
+
+    One session per server for the whole run, so no round pays for new connections: the gateway
+    keeps its own to the engine open too.
+    """
+
+    url: str
+    session: aiohttp.ClientSession
+
+
+def session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+    # aiohttp rather than httpx: the client shares the machine with the engine, and costs it less.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=600),
+    )
+
+
+async def run_load(name: str, server: Server, models: Sequence[str], shape: Shape) -> Load:
+    """`shape.concurrency` streams, each sending `shape.per_stream` streaming completions in turn."""
+    result = Load(name=name, wall_s=0.0, tokens=0)
+
+    async def stream(worker: int) -> None:
+        for i in range(shape.per_stream):
+            n = worker * shape.per_stream + i
+            body = {
+                "model": models[n % len(models)],
+                "prompt": PROMPTS[n % len(PROMPTS)],
+                "max_tokens": shape.tokens,
+                "temperature": 0.0,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            started, first, generated = time.perf_counter(), None, 0
+            async with server.session.post(f"{server.url}/v1/completions", json=body) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"{name}: {response.status} {(await response.read())[:300]!r}")
+                async for line in response.content:
+                    if not line.startswith(b"data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if first is None and event.get("choices") and event["choices"][0].get("text"):
+                        first = time.perf_counter()
+                    if event.get("usage"):
+                        generated = int(event["usage"]["completion_tokens"])
+            result.latencies.append(time.perf_counter() - started)
+            result.ttfts.append((first or time.perf_counter()) - started)
+            result.tokens += generated
+
+    started = time.perf_counter()
+    await asyncio.gather(*(stream(w) for w in range(shape.concurrency)))
+    result.wall_s = time.perf_counter() - started
+    result.load_avg = os.getloadavg()[0]
+    return result
+
+
+def merge(name: str, loads: Sequence[Load]) -> Load:
+    return Load(
+        name=name,
+        wall_s=sum(x.wall_s for x in loads),
+        tokens=sum(x.tokens for x in loads),
+        latencies=[v for x in loads for v in x.latencies],
+        ttfts=[v for x in loads for v in x.ttfts],
+        load_avg=statistics.mean(x.load_avg for x in loads),
+    )
+
+
+def line(load: Load) -> str:
+    """One row: throughput, latency percentiles (end to end, first token) and the load average."""
+    ttft = f"ttft p50 {load.pct(load.ttfts, 0.5) * 1e3:7.1f} ms" if load.ttfts else " " * 19
+    return (
+        f"{load.name:<24} {load.tokens_per_s:>8.1f} tok/s  p50 {load.pct(load.latencies, 0.5) * 1e3:8.1f} ms"
+        f"  p99 {load.pct(load.latencies, 0.99) * 1e3:8.1f} ms  {ttft}  load {load.load_avg:4.1f}"
+    )
+
+
+async def overhead(
+    gateway: Server, engine: Server, base: str, engine_model: str, shape: Shape, rounds: int
+) -> dict[str, Any]:
+    """(a): alternating rounds straight to the engine and through the gateway."""
+    await run_load("warm-up", engine, [engine_model], shape)
+    await run_load("warm-up", gateway, [base], shape)
+    direct: list[Load] = []
+    through: list[Load] = []
+    for r in range(rounds):
+        order = [("direct", engine, engine_model), ("gateway", gateway, base)]
+        for side, server, model in order if r % 2 == 0 else order[::-1]:
+            load = await run_load(f"{side} round {r + 1}", server, [model], shape)
+            (direct if side == "direct" else through).append(load)
+            print(line(load), flush=True)
+    d, g = merge("vLLM direct", direct), merge("through gateway", through)
+    result: dict[str, Any] = {
+        "direct_tokens_per_s": d.tokens_per_s,
+        "gateway_tokens_per_s": g.tokens_per_s,
+        "throughput_ratio": g.tokens_per_s / d.tokens_per_s,
+        "round_ratios": [b.tokens_per_s / a.tokens_per_s for a, b in zip(direct, through, strict=True)],
+        "added_p50_ms": (g.pct(g.latencies, 0.5) - d.pct(d.latencies, 0.5)) * 1e3,
+        "added_p99_ms": (g.pct(g.latencies, 0.99) - d.pct(d.latencies, 0.99)) * 1e3,
+        "added_ttft_p50_ms": (g.pct(g.ttfts, 0.5) - d.pct(d.ttfts, 0.5)) * 1e3,
+        "added_ttft_p99_ms": (g.pct(g.ttfts, 0.99) - d.pct(d.ttfts, 0.99)) * 1e3,
+        "loads": [line(d), line(g)],
+    }
+    print(line(d), line(g), sep="\n")
+    print(
+        f"(a) throughput ratio gateway/direct {result['throughput_ratio']:.3f} (goal >= 0.97; per round "
+        f"{', '.join(f'{x:.3f}' for x in result['round_ratios'])}); added latency p50 "
+        f"{result['added_p50_ms']:+.1f} ms (goal <= 2), p99 {result['added_p99_ms']:+.1f} ms; added TTFT p50 "
+        f"{result['added_ttft_p50_ms']:+.1f} ms, p99 {result['added_ttft_p99_ms']:+.1f} ms",
+        flush=True,
+    )
+    return result
+
+
+async def adapters(
+    gateway: Server, base: str, names: Sequence[str], shape: Shape, rounds: int
+) -> dict[str, Any]:
+    """(b): base only, then 1, 4, 8, 16 distinct adapters mixed round-robin."""
+    # Every adapter loaded (and the engine warm) before the clock starts.
+    await run_load("warm-up", gateway, [base, *names], Shape(len(names) + 1, 1, 4))
+    loads: dict[str, Load] = {}
+    for count in (0, *ADAPTER_COUNTS):
+        models = [base] if count == 0 else list(names[:count])
+        name = "base only" if count == 0 else f"{count} adapter{'s' if count > 1 else ''} mixed"
+        runs = [await run_load(name, gateway, models, shape) for _ in range(rounds)]
+        loads[name] = merge(name, runs)
+        print(line(loads[name]), flush=True)
+    base_rate = loads["base only"].tokens_per_s
+    result = {
+        name: {"tokens_per_s": x.tokens_per_s, "vs_base": x.tokens_per_s / base_rate}
+        for name, x in loads.items()
+    }
+    print("(b) " + "; ".join(f"{name} {v['vs_base']:.2f}x base" for name, v in result.items()))
+    return {"rates": result, "loads": [line(x) for x in loads.values()]}
+
+
+def naive(model_dir: Path, adapter_dirs: Sequence[Path], shape: Shape) -> dict[str, Any]:
+    """(c): one peft model with every adapter, `set_adapter` + `generate` per request, in turn."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name="a0")
+    for i, folder in enumerate(adapter_dirs[1:], start=1):
+        model.load_adapter(str(folder), adapter_name=f"a{i}")
+    model.eval()
+    requests = shape.concurrency * shape.per_stream
+    latencies, tokens = [], 0
+    with torch.no_grad():
+        for n in range(requests + 2):  # two warm-up requests, not counted
+            model.set_adapter(f"a{n % len(adapter_dirs)}")
+            ids = tokenizer(PROMPTS[n % len(PROMPTS)], return_tensors="pt")
+            started = time.perf_counter()
+            out = model.generate(
+                **ids,
+                max_new_tokens=shape.tokens,
+                min_new_tokens=shape.tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            if n >= 2:
+                latencies.append(time.perf_counter() - started)
+                tokens += int(out.shape[1] - ids["input_ids"].shape[1])
+    load = Load("naive peft generate", sum(latencies), tokens, latencies, [], os.getloadavg()[0])
+    print(line(load), flush=True)
+    return {
+        "tokens_per_s": load.tokens_per_s,
+        "requests": requests,
+        "threads": torch.get_num_threads(),
+        "loads": [line(load)],
+    }
+
+
+async def hot_load(gateway: Server, registry: Registry, refs: Sequence[str]) -> dict[str, Any]:
+    """(d): promote a never-loaded version while a client keeps calling the alias; time to its first token."""
+    body = {"model": "hot", "prompt": PROMPTS[0], "max_tokens": 2, "stream": True, "ignore_eos": True}
+
+    async def first_token_from(ref: str) -> float:
+        """Call the alias until a response from `ref` streams its first token; that moment."""
+        while True:
+            async with gateway.session.post(f"{gateway.url}/v1/completions", json=body) as response:
+                async for event in response.content:
+                    if event.startswith(b"data: {") and b'"text":"' in event and b'"text":""' not in event:
+                        if response.headers.get("x-tuneloop-version") == ref:
+                            return time.perf_counter()
+                        break
+
+    await asyncio.to_thread(registry.promote, "hot", refs[0])
+    await asyncio.wait_for(first_token_from(refs[0]), 60)
+    seconds = []
+    for ref in refs[1:]:
+        waiting = asyncio.create_task(first_token_from(ref))
+        await asyncio.sleep(0.3)  # the client is calling the old version when the promotion lands
+        promoted = time.perf_counter()
+        await asyncio.to_thread(registry.promote, "hot", ref)
+        seconds.append(await asyncio.wait_for(waiting, 60) - promoted)
+        print(f"hot-load {ref}: first token {seconds[-1]:.3f} s after the promotion", flush=True)
+    result = {"seconds": seconds, "median_s": statistics.median(seconds), "max_s": max(seconds)}
+    print(
+        f"(d) promotion -> first token of the new version: median {result['median_s']:.3f} s, "
+        f"max {result['max_s']:.3f} s over {len(seconds)} promotions"
+    )
+    return result
+
+
+def build(model: str, scratch: Path, count: int, hot: int) -> tuple[Path, list[Path], list[Path]]:
+    """The model folder, `count` random LoRAs, and `hot` more for the hot-load versions."""
+    if model == "tiny":
+        model_dir = build_tiny_llama(scratch / "tiny-llama")
+    else:
+        from tuneloop.platform import settings
+
+        model_dir = settings.TUNELOOP_MODELS_DIR.get() / "smollm2-135m"
+        if not (model_dir / "config.json").is_file():
+            sys.exit(f"bench: SmolLM2 is not pulled at {model_dir}: run `tuneloop models pull smollm2-135m`")
+    loras = [build_random_lora(model_dir, scratch / f"lora{i}", rank=8, seed=i + 1) for i in range(count)]
+    hots = [build_random_lora(model_dir, scratch / f"hot{i}", rank=8, seed=100 + i) for i in range(hot)]
+    return model_dir, loras, hots
+
+
+async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    sections = set(args.only.split(",")) if args.only else set(SECTIONS)
+    shape = Shape(args.concurrency, args.per_stream, args.tokens)
+    print(f"building {args.model} and {max(ADAPTER_COUNTS)} LoRA adapters in {scratch}", flush=True)
+    model_dir, loras, hots = build(args.model, scratch, max(ADAPTER_COUNTS), args.hot_loads + 1)
+    home = scratch / "home"
+    home.mkdir()
+    registry = Registry(f"sqlite:///{home / 'registry.db'}")
+    store = ArtifactStore(str(home / "artifacts"))
+    names = []
+    for i, folder in enumerate(loras):
+        import_adapter(f"a{i}", folder, registry=registry, store=store, max_lora_rank=16)
+        names.append(f"a{i}@1")
+    refs = [import_adapter("hot", f, registry=registry, store=store, max_lora_rank=16).ref for f in hots]
+    key = {"Authorization": f"Bearer {create_key(registry, scopes=[], admin=True).secret}"}
+    results: dict[str, Any] = {}
+    context = "512" if args.model == "tiny" else "2048"  # the tiny model has 512 positions
+    env = {"TUNELOOP_ENGINE_MAX_MODEL_LEN": context, "TUNELOOP_ENGINE_KV_CACHE_BYTES": str(256 * 2**20)}
+    engine_pids: set[int] = set()
+    with start_gateway(str(model_dir), home, extra_env=env) as running:
+        engine_pids.update(running.engine_pids())
+        print(f"gateway {running.url} (pid {running.process.pid}), engine {running.engine_url}", flush=True)
+        async with session(key) as through, session() as straight:
+            gateway, engine = Server(running.url, through), Server(running.engine_url, straight)
+            async with straight.get(f"{engine.url}/v1/models") as response:
+                engine_model = (await response.json())["data"][0]["id"]
+            if "overhead" in sections:
+                results["overhead"] = await overhead(
+                    gateway, engine, str(model_dir), engine_model, shape, args.rounds
+                )
+            if "adapters" in sections or "naive" in sections:
+                results["adapters"] = await adapters(
+                    gateway, str(model_dir), names, shape, args.adapter_rounds
+                )
+            if "hot" in sections:
+                results["hot"] = await hot_load(gateway, registry, refs)
+    left = [pid for pid in engine_pids if group_members(pid)]
+    assert not left, f"engine process groups left: {left}"
+    if "naive" in sections:  # with the engine stopped: the naive server gets the whole machine
+        results["naive"] = naive(model_dir, loras[:8], shape)
+        served = results["adapters"]["rates"]["8 adapters mixed"]["tokens_per_s"]
+        plain = results["naive"]["tokens_per_s"]
+        results["naive"]["gateway_8_adapters_ratio"] = served / plain
+        print(
+            f"(c) 8 adapters mixed: gateway {served:.1f} tok/s vs naive per-request peft generate "
+            f"{plain:.1f} tok/s: {served / plain:.1f}x"
+        )
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--per-stream", type=int, default=4, help="requests each stream sends in turn")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=4, help="(a): rounds per side, alternating")
+    parser.add_argument("--adapter-rounds", type=int, default=2, help="(b): rounds per configuration")
+    parser.add_argument("--hot-loads", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tuneloop-bench-serve-") as scratch:
+        results = asyncio.run(bench(args, Path(scratch)))
+    results["args"] = vars(args) | {"json": str(args.json) if args.json else None}
+    results["load_average_end"] = os.getloadavg()
+    results["seconds"] = time.monotonic() - started
+    print(
+        f"done in {results['seconds']:.0f} s; load average at end: "
+        f"{' '.join(f'{x:.2f}' for x in results['load_average_end'])}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Accepting feedback: checked against what was captured, and against the caller's key.
+
+A key may only give feedback on requests to models in its scope (the same rule as for calling
+them: the base model is open to every key, an adapter's versions to keys scoped to it), and a
+request id it may not see is the same 404 as one that was never captured, so ids cannot be probed.
+Requests are captured a moment after they are answered; a lookup that misses waits briefly for
+the writer before answering 404. Capture turned off means no request can be found.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from tuneloop.monitoring.capture import CapturedRequest
+from tuneloop.monitoring.metrics import BASE_VERSION
+from tuneloop.serve.auth.keys import Principal
+from tuneloop.serve.errors import OpenAIError
+from tuneloop.serve.feedback.protocol import FeedbackIn, FeedbackOut
+from tuneloop.serve.pipeline import replica_of
+from tuneloop.serve.protocol import MAX_BODY_BYTES, as_bad_request
+from tuneloop.serve.replica import Replica
+
+log = logging.getLogger(__name__)
+
+
+async def create_feedback(request: Request) -> FeedbackOut:
+    """Validate, check scope, store (see the module docstring)."""
+    replica = replica_of(request)
+    principal = await replica.keys.authenticate(request.headers.get("authorization"))
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise OpenAIError(413, f"Request body over {MAX_BODY_BYTES} bytes.", code="request_too_large")
+    try:
+        feedback = FeedbackIn.model_validate_json(raw)
+    except ValidationError as exc:
+        raise as_bad_request(exc) from None
+    if not replica.capture.on:
+        raise _not_found(feedback.request_id, " (capture is off on this gateway: TUNELOOP_CAPTURE_*)")
+    try:
+        captured = await replica.capture.find(feedback.request_id)
+        if captured is None or not _may_see(principal, captured, replica):
+            raise _not_found(feedback.request_id)
+        stored = await replica.capture.add_feedback(feedback)
+    except OpenAIError:
+        raise
+    except Exception:
+        log.exception("storing feedback on %s failed", feedback.request_id)
+        raise OpenAIError(
+            503,
+            "The capture store is not reachable; retry shortly.",
+            type="server_error",
+            code="capture_unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+    return FeedbackOut(
+        id=f"fb-{stored.id}",
+        request_id=stored.request_id,
+        model=captured.alias,
+        label=stored.label,
+        rating=stored.rating,
+        corrected_answer=stored.corrected_answer,
+        created=int(stored.created_at.timestamp()),
+    )
+
+
+def _may_see(principal: Principal, captured: CapturedRequest, replica: Replica) -> bool:
+    if captured.version == BASE_VERSION:
+        return True
+    adapter = captured.version.partition("@")[0]
+    return principal.may_use(adapter, replica.follower.snapshot)
+
+
+def _not_found(request_id: str, why: str = "") -> OpenAIError:
+    return OpenAIError(
+        404,
+        f"No captured request `{request_id}` that this key may give feedback on{why}.",
+        param="request_id",
+        code="request_not_found",
+    )

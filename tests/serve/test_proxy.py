@@ -1,0 +1,101 @@
+"""The proxied stream's event rewriting without an engine: recorded vLLM events, split at awkward
+places, must come out with the client's model name and the gateway's id, usage dropped unless asked
+for, errors reshaped, and the call's token counts, first token and answer noted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import aiohttp
+
+from tuneloop.serve.call import Call
+from tuneloop.serve.proxy import ProxiedStream
+from tuneloop.serve.routing.resolver import Target
+
+ENGINE_MODEL = "/models/tiny llama"
+
+
+def vllm_event(text: str, *, usage: dict[str, int] | None = None) -> bytes:
+    """An event as vLLM writes it: compact JSON, fields in its order."""
+    choices = [] if usage else [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]
+    event: dict[str, Any] = {
+        "id": "cmpl-engine-7", "object": "text_completion", "created": 1, "model": ENGINE_MODEL,
+        "choices": choices,
+    }  # fmt: skip
+    if usage:
+        event["usage"] = usage
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+class FakeContent:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+class FakeUpstream:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = FakeContent(chunks)
+
+
+def run(
+    chunks: list[bytes], *, include_usage: bool, capturing: bool = True, as_chat: bool = False
+) -> tuple[list[dict[str, Any]], Call]:
+    target = Target(
+        requested="support-bot", engine_model=ENGINE_MODEL, kind="lora", alias="support-bot", version="s@2"
+    )
+    call = Call(endpoint="completions", request_id="cmpl-gateway-1", capturing=capturing)
+    upstream = cast(aiohttp.ClientResponse, FakeUpstream(chunks))
+    stream = ProxiedStream(upstream, target, call, include_usage=include_usage, as_chat=as_chat)
+
+    async def collect() -> bytes:
+        return b"".join([part async for part in stream._events()])
+
+    raw = asyncio.run(collect())
+    assert raw.endswith(b"data: [DONE]\n\n")
+    # After the first event the engine's id and model are known: the rest are rewritten as bytes.
+    assert stream._swaps is not None
+    events = [json.loads(block[6:]) for block in raw.split(b"\n\n") if block.startswith(b"data: {")]
+    return events, call
+
+
+def test_events_get_the_clients_model_and_the_gateways_id_whatever_the_chunking() -> None:
+    whole = b"".join(
+        [vllm_event(""), vllm_event(' say "hi"'), vllm_event(" there"),
+         vllm_event("", usage={"prompt_tokens": 3, "completion_tokens": 2}), b"data: [DONE]\n\n"]
+    )  # fmt: skip
+    for size in (len(whole), 7, 1):
+        chunks = [whole[i : i + size] for i in range(0, len(whole), size)]
+        events, call = run(chunks, include_usage=False)
+        assert {e["model"] for e in events} == {"support-bot"} and {e["id"] for e in events} == {
+            "cmpl-gateway-1"
+        }
+        assert [e["choices"][0]["text"] for e in events] == ["", ' say "hi"', " there"]  # usage event dropped
+        assert call.usage == {"prompt_tokens": 3, "completion_tokens": 2} and call.first_token_at is not None
+        assert "".join(call.answer) == ' say "hi" there'
+
+
+def test_usage_is_passed_on_when_asked_and_chats_are_reshaped() -> None:
+    chunks = [
+        vllm_event("a"),
+        vllm_event("", usage={"prompt_tokens": 1, "completion_tokens": 1}),
+        b"data: [DONE]\n\n",
+    ]
+    events, call = run(chunks, include_usage=True, capturing=False, as_chat=True)
+    assert [e["object"] for e in events] == ["chat.completion.chunk"] * 2
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
+    assert events[1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 1} and call.answer == []
+
+
+def test_an_engine_error_mid_stream_is_reshaped_and_recorded() -> None:
+    error = {"error": {"message": f"model {ENGINE_MODEL} failed", "type": "InternalServerError", "code": 500}}
+    chunks = [vllm_event("a"), b"data: " + json.dumps(error).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    events, call = run(chunks, include_usage=False)
+    assert events[1]["error"]["type"] == "server_error" and ENGINE_MODEL not in events[1]["error"]["message"]
+    assert "support-bot" in events[1]["error"]["message"] and call.status == 500
