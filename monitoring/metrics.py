@@ -103,3 +103,114 @@ ENGINE_UP = Gauge(
     "1 while the engine answers and its resident adapters are loaded, else 0.",
     registry=REGISTRY,
 )
+
+
+# -- the monitoring loop (evaluation, drift, retraining)
+# Set by the evaluation and drift jobs and the drift policy (monitoring/), never by the gateway; the
+# control plane serves them. Label values stay bounded by configuration, never by traffic: `alias`
+# is an alias the loop watches, `version` a registry ref (`adapter@N`), `suite` and `metric` an
+# evaluation suite and one of its metric names from the alias's config, `detector` a registered
+# drift detector name (monitoring/drift: embedding, prompt_length, oov_rate, eval_score,
+# feedback_accuracy), `reason` one of RETRAIN_REJECT_REASONS.
+
+EVAL_LABELS = ("alias", "version", "suite", "metric")
+DRIFT_LABELS = ("alias", "detector")
+
+
+# Why a retrained candidate did not go live: the only values the `reason` label takes.
+RETRAIN_REJECT_REASONS = (
+    "not_better",  # it did not beat the live version on the same test data
+    "evaluation_failed",  # it could not be evaluated, so it cannot be compared
+    "unservable",  # its method cannot be served by this deployment's engines
+)
+
+EVAL_SCORE = Gauge(
+    "tuneloop_eval_score",
+    "Latest evaluation score of a version of an alias on one suite and metric (0-1, higher is better).",
+    EVAL_LABELS,
+    registry=REGISTRY,
+)
+DRIFT_SCORE = Gauge(
+    "tuneloop_drift_score",
+    "Latest statistic of a drift detector for an alias (compared with tuneloop_drift_threshold); "
+    "NaN when the last check had not enough data.",
+    DRIFT_LABELS,
+    registry=REGISTRY,
+)
+DRIFT_THRESHOLD = Gauge(
+    "tuneloop_drift_threshold",
+    "Value tuneloop_drift_score is compared with to decide drift, by alias and detector; NaN when "
+    "the last check had not enough data.",
+    DRIFT_LABELS,
+    registry=REGISTRY,
+)
+DRIFT_DETECTED = Gauge(
+    "tuneloop_drift_detected",
+    "1 if the latest check of a drift detector found drift for an alias, else 0 (also 0 when it had "
+    "not enough data to decide).",
+    DRIFT_LABELS,
+    registry=REGISTRY,
+)
+DRIFT_LAST_CHECK = Gauge(
+    "tuneloop_drift_last_check_timestamp_seconds",
+    "Unix time of the latest check of a drift detector for an alias, whatever it decided.",
+    DRIFT_LABELS,
+    registry=REGISTRY,
+)
+FEEDBACK_ACCURACY = Gauge(
+    "tuneloop_feedback_accuracy",
+    "Share of recent user feedback on an alias's answers that marked them correct (0-1).",
+    ("alias",),
+    registry=REGISTRY,
+)
+RETRAINS_STARTED = Counter(
+    "tuneloop_retrains_started_total",
+    "Retraining jobs submitted for an alias by the drift policy or by hand.",
+    ("alias",),
+    registry=REGISTRY,
+)
+RETRAINS_SUCCEEDED = Counter(
+    "tuneloop_retrains_succeeded_total",
+    "Retraining jobs for an alias that finished and registered a candidate version (it may still be "
+    "rejected).",
+    ("alias",),
+    registry=REGISTRY,
+)
+RETRAINS_FAILED = Counter(
+    "tuneloop_retrains_failed_total",
+    "Retraining jobs for an alias that failed or were stopped before registering a candidate.",
+    ("alias",),
+    registry=REGISTRY,
+)
+RETRAINS_REJECTED = Counter(
+    "tuneloop_retrains_rejected_total",
+    "Retrained candidates for an alias that did not go live, by reason (RETRAIN_REJECT_REASONS).",
+    ("alias", "reason"),
+    registry=REGISTRY,
+)
+PROMOTIONS = Counter(
+    "tuneloop_promotions_total",
+    "Times the registry pointed an alias at a new version (the gateways follow with "
+    "tuneloop_alias_switches_total).",
+    ("alias",),
+    registry=REGISTRY,
+)
+ROLLBACKS = Counter(
+    "tuneloop_rollbacks_total",
+    "Times the registry pointed an alias back at its previous version.",
+    ("alias",),
+    registry=REGISTRY,
+)
+
+
+def declare_alias(alias: str) -> None:
+    """Export the loop's counters for `alias` at 0 before their first event.
+
+    A labelled counter has no series until its first increment, and `increase()` cannot see a
+    series that starts at 1, so the first retrain or rollback of an alias would never alert. Call
+    this when the loop starts watching an alias.
+    """
+    for counter in (RETRAINS_STARTED, RETRAINS_SUCCEEDED, RETRAINS_FAILED, PROMOTIONS, ROLLBACKS):
+        counter.labels(alias)
+    for reason in RETRAIN_REJECT_REASONS:
+        RETRAINS_REJECTED.labels(alias, reason)

@@ -1,0 +1,135 @@
+"""The drift policy: when sustained drift should start a retrain, within a cool-down and a budget.
+
+Pure logic over the recorded history of an alias (its registry events), so every decision can be
+replayed and tested without a clock, a database or a cluster. The history holds three kinds of
+observation, oldest first:
+
+* a drift check (`drift.checked`, decision `drift`, `no_drift` or `not_enough_data`),
+* a drift alert from Alertmanager (`drift.alert`, status `firing` or `resolved`),
+* a retrain the loop started (`retrain.started`).
+
+The *streak* counts drift evidence since the last reset: a `drift` check or a firing alert adds one;
+a `no_drift` check resets it to 0, and so does a started retrain (its result is judged by the gate,
+and only new evidence should start another). A `not_enough_data` check neither counts nor resets:
+it is no evidence either way (monitoring/drift/base.py), so a quiet night of little traffic does not
+erase a drift seen before it, nor add to it. A resolved alert is not evidence of no drift either
+(alerts resolve when a series disappears), so it too leaves the streak as it is.
+
+A retrain is due when the streak reaches `sustain`, the last retrain started more than `cooldown`
+ago, and fewer than `daily_budget` retrains started in the last 24 hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from tuneloop.platform import settings
+
+if TYPE_CHECKING:
+    from tuneloop.platform.registry.models import Event
+
+DRIFT_CHECKED: Final = "drift.checked"
+DRIFT_ALERT: Final = "drift.alert"
+RETRAIN_STARTED: Final = "retrain.started"
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One event of the history the policy reads; `value` is the check's decision or the alert's status."""
+
+    kind: Literal["drift.checked", "drift.alert", "retrain.started"]
+    at: datetime
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    retrain: bool
+    reason: str
+    streak: int
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """Sustained drift (`sustain` checks in a row), at most one retrain per `cooldown`, and at most
+    `daily_budget` in any 24 hours."""
+
+    sustain: int = 3
+    cooldown: timedelta = timedelta(hours=6)
+    daily_budget: int = 2
+
+    def __post_init__(self) -> None:
+        if self.sustain < 1:
+            raise ValueError(f"sustain={self.sustain}: at least 1 drift check must be required")
+        if self.daily_budget < 0 or self.cooldown < timedelta(0):
+            raise ValueError(f"daily_budget={self.daily_budget} and cooldown={self.cooldown} must be >= 0")
+
+    @classmethod
+    def from_settings(cls) -> RetrainPolicy:
+        return cls(
+            sustain=settings.TUNELOOP_RETRAIN_SUSTAIN.get(),
+            cooldown=timedelta(seconds=settings.TUNELOOP_RETRAIN_COOLDOWN_S.get()),
+            daily_budget=settings.TUNELOOP_RETRAIN_DAILY_BUDGET.get(),
+        )
+
+    def decide(self, history: Sequence[Observation], now: datetime) -> PolicyDecision:
+        """Whether to start a retrain now, and why (or why not)."""
+        now = _aware(now)
+        streak = drift_streak(history)
+        if streak < self.sustain:
+            why = f"drift seen {streak} time(s) in a row, {self.sustain} needed"
+            return PolicyDecision(False, why, streak)
+        retrains = [_aware(o.at) for o in history if o.kind == RETRAIN_STARTED]
+        if retrains and now - max(retrains) < self.cooldown:
+            since = now - max(retrains)
+            why = f"cooling down: last retrain {_ago(since)} ago, {_ago(self.cooldown - since)} to go"
+            return PolicyDecision(False, why, streak)
+        today = sum(1 for at in retrains if now - at < DAY)
+        if today >= self.daily_budget:
+            return PolicyDecision(
+                False, f"daily budget spent: {today} of {self.daily_budget} retrains in the last 24h", streak
+            )
+        return PolicyDecision(True, f"drift sustained over {streak} checks (>= {self.sustain})", streak)
+
+
+def drift_streak(history: Iterable[Observation]) -> int:
+    """Drift evidence since the last no_drift check or started retrain (see the module docstring)."""
+    streak = 0
+    for obs in history:
+        if obs.kind == RETRAIN_STARTED or (obs.kind == DRIFT_CHECKED and obs.value == "no_drift"):
+            streak = 0
+        elif (obs.kind == DRIFT_CHECKED and obs.value == "drift") or (
+            obs.kind == DRIFT_ALERT and obs.value == "firing"
+        ):
+            streak += 1
+    return streak
+
+
+def observations(events: Iterable[Event], alias: str) -> list[Observation]:
+    """The policy's view of an adapter's registry events: those of `alias`, oldest first."""
+    found = []
+    for event in events:
+        detail: dict[str, Any] = event.detail or {}
+        if detail.get("alias") != alias:
+            continue
+        if event.kind == DRIFT_CHECKED:
+            found.append(Observation(DRIFT_CHECKED, event.created_at, str(detail.get("decision", ""))))
+        elif event.kind == DRIFT_ALERT:
+            found.append(Observation(DRIFT_ALERT, event.created_at, str(detail.get("status", ""))))
+        elif event.kind == RETRAIN_STARTED:
+            found.append(Observation(RETRAIN_STARTED, event.created_at))
+    return found
+
+
+def _aware(at: datetime) -> datetime:
+    # SQLite hands timezone-aware columns back naive; the registry writes UTC.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _ago(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"

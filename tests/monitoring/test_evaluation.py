@@ -1,0 +1,163 @@
+"""Evaluation suites through the official openai client, against a scripted OpenAI-compatible server.
+
+The server is an httpx mock transport answering like the gateway does (vLLM's shapes, echo and
+logprobs included), so these tests are fast; what they check is the client side: which requests a
+suite sends, how answers and log-probabilities are scored, and what is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tuneloop.monitoring import metrics
+from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
+from tuneloop.monitoring.evaluation import evaluate, golden_suite, labelled_examples, run_suite
+from tuneloop.platform.registry import Registry
+from tuneloop.train.data.formats import DataError
+
+ANSWERS = {"2+2=": " 4", "capital of France?": " Paris"}
+
+
+def fake_gateway(requests: list[dict[str, Any]], *, logprobs: bool = True) -> OpenAI:
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        requests.append({"path": request.url.path, **body})
+        if request.url.path.endswith("/chat/completions"):
+            question = body["messages"][-1]["content"]
+            message = {"role": "assistant", "content": ANSWERS.get(question, "no idea").strip()}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            return httpx.Response(200, json=_envelope("chat.completion", body, [choice]))
+        prompt = body["prompt"]
+        if body.get("echo"):
+            words = prompt.split(" ")
+            offsets = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
+            tokens = [*words, "<gen>"]
+            lp = {"tokens": tokens, "token_logprobs": [None, *([-0.5] * (len(words) - 1)), -1.0]}
+            lp["text_offset"] = [*offsets, len(prompt)]
+            choice = {"index": 0, "text": prompt + "x", "logprobs": lp if logprobs else None}
+            return httpx.Response(200, json=_envelope("text_completion", body, [choice], completion=1))
+        choice = {"index": 0, "text": ANSWERS.get(prompt, " nope"), "logprobs": None, "finish_reason": "stop"}
+        return httpx.Response(200, json=_envelope("text_completion", body, [choice]))
+
+    http = httpx.Client(transport=httpx.MockTransport(handle))
+    return OpenAI(base_url="http://gateway.test/v1", api_key="tl-admin", http_client=http, max_retries=0)
+
+
+def _envelope(obj: str, body: dict[str, Any], choices: list[Any], completion: int = 2) -> dict[str, Any]:
+    usage = {"prompt_tokens": 3, "completion_tokens": completion, "total_tokens": 3 + completion}
+    return {
+        "id": "x",
+        "object": obj,
+        "created": 0,
+        "model": body["model"],
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def golden(tmp_path: Path) -> Path:
+    return write_jsonl(
+        tmp_path / "support.jsonl",
+        [
+            {"prompt": "2+2=", "completion": " 4"},
+            {"prompt": "capital of France?", "completion": " Lyon"},
+        ],
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    reg.add_version("support", base_model="m", method="lora", store=lambda n: f"mem://{n}")
+    reg.promote("support", "support@1")
+    return reg
+
+
+def test_scores_answers_and_answer_loss(golden: Path) -> None:
+    sent: list[dict[str, Any]] = []
+    suite = golden_suite("support", golden)
+    assert suite is not None
+    result = evaluate(fake_gateway(sent), "support@1", suite.examples, suite="golden", max_tokens=8)
+    assert result.scores["exact_match"] == 0.5 and result.scores["token_f1"] == 0.5
+    assert result.per_example["exact_match"] == [1.0, 0.0]
+    # Only answer tokens count: "2+2= 4" -> [" 4"]; "capital of France? Lyon" -> ["Lyon"].
+    assert result.scores["loss"] == pytest.approx(0.5)
+    assert result.scores["perplexity"] == pytest.approx(math.exp(0.5))
+    greedy = [r for r in sent if not r.get("echo")]
+    assert all(r["temperature"] == 0 and r["max_tokens"] == 8 and r["model"] == "support@1" for r in greedy)
+    echoed = [r for r in sent if r.get("echo")]
+    assert echoed and all(r["logprobs"] == 0 for r in echoed)
+
+
+def test_chat_examples_use_chat_completions_and_skip_loss_with_a_reason(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]}],
+    )
+    sent: list[dict[str, Any]] = []
+    suite = golden_suite("x", path)
+    assert suite is not None
+    result = evaluate(fake_gateway(sent), "support@1", suite.examples)
+    assert result.scores["exact_match"] == 1.0 and "loss" not in result.scores
+    assert "chat" in result.skipped["loss"]
+    assert sent[0]["path"].endswith("/chat/completions") and sent[0]["messages"] == [
+        {"role": "user", "content": "2+2="}
+    ]
+
+
+def test_no_logprobs_from_the_gateway_skips_loss(golden: Path) -> None:
+    suite = golden_suite("support", golden)
+    assert suite is not None
+    result = evaluate(fake_gateway([], logprobs=False), "support@1", suite.examples)
+    assert "loss" not in result.scores and "log-probabilities" in result.skipped["loss"]
+
+
+def test_run_suite_records_in_registry_and_gauges(golden: Path, registry: Registry) -> None:
+    suite = golden_suite("support", golden)
+    assert suite is not None
+    run_suite(registry, fake_gateway([]), "support", suite)
+    event = registry.history("support")[-1]
+    assert event.kind == "evaluation" and event.detail["token_f1"] == 0.5 and event.detail["examples"] == 2
+    gauge = metrics.REGISTRY.get_sample_value(
+        "tuneloop_eval_score",
+        {"alias": "support", "version": "support@1", "suite": "golden", "metric": "exact_match"},
+    )
+    assert gauge == 0.5
+
+
+def test_a_bad_golden_set_is_reported_by_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": 1}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:1"):
+        golden_suite("support", bad)
+
+
+def test_feedback_with_a_right_answer_becomes_labelled_examples(tmp_path: Path) -> None:
+    store = CaptureStore(f"sqlite:///{tmp_path / 'capture.db'}")
+    chat = json.dumps([{"role": "user", "content": "2+2="}])
+    store.add_requests(
+        [
+            RequestRecord("r1", "support", "support@1", "capital?", " Lyon", 0.1),
+            RequestRecord("r2", "support", "support@1", chat, "4", 0.1),
+            RequestRecord("r3", "support", "support@1", "hi", "yo", 0.1),
+        ]
+    )
+    store.add_feedback(FeedbackIn(request_id="r1", corrected_answer="Paris"))
+    store.add_feedback(FeedbackIn(request_id="r2", label="good"))
+    store.add_feedback(FeedbackIn(request_id="r3", label="wrong"))  # says nothing about the right answer
+    examples = labelled_examples(store, "support")
+    assert [(e.format, e.completion) for e in examples] == [("prompt_completion", "Paris"), ("chat", None)]
+    assert examples[1].messages[-1].content == "4" and examples[1].messages[0].content == "2+2="

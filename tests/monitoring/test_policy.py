@@ -1,0 +1,106 @@
+"""The drift policy: sustained drift, cool-down, daily budget, and what resets the streak."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tuneloop.monitoring.policy import (
+    DRIFT_ALERT,
+    DRIFT_CHECKED,
+    RETRAIN_STARTED,
+    Observation,
+    RetrainPolicy,
+    drift_streak,
+    observations,
+)
+from tuneloop.platform.registry import Registry
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+POLICY = RetrainPolicy(sustain=3, cooldown=timedelta(hours=6), daily_budget=2)
+
+
+def checks(*decisions: str, start: datetime = T0) -> list[Observation]:
+    return [Observation(DRIFT_CHECKED, start + timedelta(hours=i), d) for i, d in enumerate(decisions)]
+
+
+def test_retrains_only_when_drift_is_sustained() -> None:
+    assert not POLICY.decide(checks("drift", "drift"), T0 + timedelta(hours=3)).retrain
+    decision = POLICY.decide(checks("drift", "drift", "drift"), T0 + timedelta(hours=3))
+    assert decision.retrain and decision.streak == 3
+
+
+def test_no_drift_resets_the_streak() -> None:
+    history = checks("drift", "drift", "no_drift", "drift", "drift")
+    decision = POLICY.decide(history, T0 + timedelta(hours=5))
+    assert not decision.retrain and decision.streak == 2
+    assert "2 time(s)" in decision.reason
+
+
+def test_not_enough_data_neither_counts_nor_resets() -> None:
+    history = checks("drift", "not_enough_data", "drift", "not_enough_data", "drift")
+    assert drift_streak(history) == 3
+    assert drift_streak(checks("not_enough_data", "not_enough_data", "not_enough_data")) == 0
+    assert POLICY.decide(history, T0 + timedelta(hours=5)).retrain
+
+
+def test_firing_alerts_count_and_resolved_alerts_do_not_reset() -> None:
+    history = [
+        *checks("drift"),
+        Observation(DRIFT_ALERT, T0 + timedelta(hours=1), "firing"),
+        Observation(DRIFT_ALERT, T0 + timedelta(hours=2), "resolved"),
+        Observation(DRIFT_ALERT, T0 + timedelta(hours=3), "firing"),
+    ]
+    assert drift_streak(history) == 3
+
+
+def test_cool_down_after_a_retrain() -> None:
+    started = Observation(RETRAIN_STARTED, T0 + timedelta(hours=3))
+    history = [
+        *checks("drift", "drift", "drift"),
+        started,
+        *checks("drift", "drift", "drift", start=T0 + timedelta(hours=4)),
+    ]
+    soon = POLICY.decide(history, T0 + timedelta(hours=7))
+    assert not soon.retrain and "cooling down" in soon.reason
+    later = POLICY.decide(history, T0 + timedelta(hours=9, minutes=1))
+    assert later.retrain
+
+
+def test_a_started_retrain_resets_the_streak() -> None:
+    history = [*checks("drift", "drift", "drift"), Observation(RETRAIN_STARTED, T0 + timedelta(hours=3))]
+    decision = POLICY.decide(history, T0 + timedelta(days=2))
+    assert not decision.retrain and decision.streak == 0
+
+
+def test_daily_budget() -> None:
+    policy = RetrainPolicy(sustain=1, cooldown=timedelta(0), daily_budget=2)
+    history = [
+        Observation(RETRAIN_STARTED, T0),
+        Observation(RETRAIN_STARTED, T0 + timedelta(hours=1)),
+        *checks("drift", start=T0 + timedelta(hours=2)),
+    ]
+    spent = policy.decide(history, T0 + timedelta(hours=3))
+    assert not spent.retrain and "budget" in spent.reason
+    assert policy.decide(history, T0 + timedelta(hours=24, minutes=1)).retrain  # the first one aged out
+    assert not RetrainPolicy(sustain=1, daily_budget=0).decide(checks("drift"), T0).retrain
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="sustain=0"):
+        RetrainPolicy(sustain=0)
+
+
+def test_reads_the_history_from_registry_events(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    registry.add_version("support", base_model="m", method="lora", store=lambda n: f"mem://{n}")
+    registry.promote("support", "support@1")
+    for decision in ("drift", "drift", "drift"):
+        registry.add_event("support", DRIFT_CHECKED, decision, {"alias": "support", "decision": decision})
+    registry.add_event("support", DRIFT_CHECKED, "other alias", {"alias": "other", "decision": "no_drift"})
+    history = observations(registry.history("support"), "support")
+    assert [o.value for o in history] == ["drift", "drift", "drift"]
+    # Registry timestamps come back naive from SQLite; the policy treats them as UTC.
+    assert POLICY.decide(history, datetime.now(UTC)).retrain
