@@ -761,3 +761,19 @@ def test_helm_installer_is_idempotent() -> None:
     proc = subprocess.run([REPO / "scripts" / "install-helm.sh"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     assert time.monotonic() - started < 5
+
+
+def test_evaluation_reaches_the_gateway_with_the_admin_key(rendered: dict[str, list[Doc]]) -> None:
+    """The suites call the serving Service with an admin key; with CronJobs on, the control plane's
+    own scheduler is switched off so the suites do not run twice."""
+    docs = rendered["everything-on"]
+    cron = one(docs, "CronJob")
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    control = one(docs, "Deployment", "-control")["spec"]["template"]["spec"]["containers"][0]
+    service = one(docs, "Service", "-serving")["metadata"]["name"]
+    for env in (env_of(container), env_of(control)):
+        assert env["TUNELOOP_GATEWAY_URL"] == f"http://{service}:8000"
+        assert env["TUNELOOP_EVAL_KEY"]["secretKeyRef"]["name"].endswith("-metrics-key")
+    assert env_of(control)["TUNELOOP_SCHEDULER"] == "off"
+    default_control = one(rendered["default"], "Deployment", "-control")["spec"]["template"]["spec"]
+    assert "TUNELOOP_SCHEDULER" not in env_of(default_control["containers"][0])

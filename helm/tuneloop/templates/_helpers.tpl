@@ -283,3 +283,19 @@ nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+What the evaluation suites need, for the control plane's scheduler and the evaluation CronJob: the
+gateway they call (the serving Service, so they measure what users get) and the admin key they call
+it with (the same Secret Prometheus scrapes with).
+*/}}
+{{- define "tuneloop.evalEnv" -}}
+- name: TUNELOOP_GATEWAY_URL
+  value: {{ printf "http://%s-serving:8000" (include "tuneloop.fullname" .) | quote }}
+- name: TUNELOOP_EVAL_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tuneloop.metricsKeySecretName" . }}
+      key: {{ .Values.monitoring.metricsKey.secretKey }}
+      optional: true
+{{- end }}
