@@ -122,6 +122,9 @@ class ProxiedStream(StreamingResponse):
         self._upstream, self._target, self._call, self._include_usage = upstream, target, call, include_usage
         self._chunks = ChatChunks() if as_chat else None
         self._finished = False
+        # The OpenAI client hangs up right after [DONE], often before the engine closes its side:
+        # a stream whose [DONE] went out was answered in full, not abandoned.
+        self._done_sent = False
         self._swaps: tuple[tuple[bytes, bytes], ...] | None = None  # learnt from the first event
         super().__init__(self._events(), media_type="text/event-stream", headers=_headers(target, call))
 
@@ -133,7 +136,7 @@ class ProxiedStream(StreamingResponse):
                 self._upstream.release()
             else:
                 self._upstream.close()  # a client gone mid-stream aborts the engine's request too
-                if self._call.status == 200:
+                if self._call.status == 200 and not self._done_sent:
                     self._call.status = 499  # the client went away before the end (nginx's code for it)
             self._call.close()
 
@@ -145,6 +148,7 @@ class ProxiedStream(StreamingResponse):
                 *events, pending = (pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
                 out = b"".join(self._rewrite(event) for event in events)
                 if out:
+                    self._done_sent = self._done_sent or b"data: [DONE]\n\n" in out
                     yield out
             if pending.strip():
                 yield self._rewrite(pending)

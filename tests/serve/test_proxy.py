@@ -99,3 +99,63 @@ def test_an_engine_error_mid_stream_is_reshaped_and_recorded() -> None:
     events, call = run(chunks, include_usage=False)
     assert events[1]["error"]["type"] == "server_error" and ENGINE_MODEL not in events[1]["error"]["message"]
     assert "support-bot" in events[1]["error"]["message"] and call.status == 500
+
+
+class OpenEndedContent(FakeContent):
+    """An engine that has sent [DONE] but not yet closed its side of the connection."""
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        async for chunk in super().iter_any():
+            yield chunk
+        await asyncio.Event().wait()
+
+
+class ClosableUpstream:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = OpenEndedContent(chunks)
+        self.closed = False
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def hang_up_after(marker: bytes, chunks: list[bytes]) -> Call:
+    """Serve the stream to a client that disconnects once it has received `marker`."""
+    target = Target(requested="bot", engine_model=ENGINE_MODEL, kind="lora", alias="bot", version="s@1")
+    call = Call(endpoint="completions", request_id="cmpl-gateway-2", capturing=False)
+    upstream = ClosableUpstream(chunks)
+    stream = ProxiedStream(
+        cast(aiohttp.ClientResponse, upstream), target, call, include_usage=False, as_chat=False
+    )
+
+    async def serve() -> None:
+        got_marker = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await got_marker.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if marker in message.get("body", b""):
+                got_marker.set()
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/v1/completions"}
+        await asyncio.wait_for(stream(scope, receive, send), timeout=10)
+
+    asyncio.run(serve())
+    assert upstream.closed  # the engine's side is closed either way
+    return call
+
+
+def test_a_client_that_hangs_up_after_done_was_answered_in_full() -> None:
+    # The openai client disconnects right after [DONE], often before the engine closes its side.
+    call = hang_up_after(b"[DONE]", [vllm_event("a"), b"data: [DONE]\n\n"])
+    assert call.status == 200
+
+
+def test_a_client_that_hangs_up_mid_stream_is_recorded_as_gone() -> None:
+    call = hang_up_after(b'"a"', [vllm_event("a"), vllm_event("b")])
+    assert call.status == 499
