@@ -67,6 +67,8 @@ def test_version(tmp_path: Path) -> None:
         (("keys", "create"), "give --scope ALIAS[,ALIAS...]"),
         (("serve",), "the following arguments are required: --model"),
         (("serve", "--model", "/no/such/model"), "is not a model folder"),
+        (("train", "/no/such/job.yaml"), "job spec /no/such/job.yaml does not exist"),
+        (("jobs", "submit", "/no/such/job.yaml"), "/no/such/job.yaml"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
