@@ -14,6 +14,10 @@ checkpoints, no validation. The recipe runs as users run it (`tuneloop train`, a
 a scratch registry and artifact store) and keeps its overheads (DDP, gradient clipping, reports,
 the checkpoint at its one validation); the goal is at least 0.9 of the plain loop with 1 worker.
 
+On a 2-core machine a 2-thread run is very sensitive to anything else using the CPU: Ray's own
+processes alone (an idle private Ray) cut a 2-thread plain loop from ~213 to ~155 tokens/s here,
+while a 1-thread loop lost nothing. `--threads 1 --workers 1` compares the loops without that effect.
+
 A script, not a test: it takes minutes on a CPU. Everything is measured in one run; the table and
 the ratios are printed at the end (and written as JSON with --json). The plain loop runs before and
 after the recipe and the ratios use its mean: on a shared machine, a gap between the two (and the
