@@ -23,6 +23,7 @@ from tuneloop.monitoring import metrics
 from tuneloop.monitoring.evaluation.runner import evaluate, record
 from tuneloop.monitoring.evaluation.suite import FEEDBACK, GOLDEN
 from tuneloop.platform import settings
+from tuneloop.platform.errors import TuneloopError
 from tuneloop.platform.registry.models import VersionStatus
 
 if TYPE_CHECKING:
@@ -105,7 +106,19 @@ def run_gate(
     metric: str = "token_f1",
     golden_tolerance: float | None = None,
 ) -> GateDecision:
-    """Score the live version and `candidate` through the gateway on the same data, decide, apply."""
+    """Score the live version and `candidate` through the gateway on the same data, decide, apply.
+
+    A candidate the serving engines cannot serve (platform/adapters.py `check_promotable`) is
+    rejected as `unservable` before anything is scored."""
+    from tuneloop.platform.adapters import check_promotable
+    from tuneloop.platform.artifacts import ArtifactStore
+
+    try:
+        check_promotable(registry.get_version(candidate), ArtifactStore())
+    except TuneloopError as exc:  # a method vLLM cannot serve, weights it would refuse, a missing artifact
+        decision = GateDecision(False, str(exc), "unservable")
+        apply(registry, alias, candidate, decision)
+        return decision
     tolerance = (
         settings.TUNELOOP_GATE_GOLDEN_TOLERANCE.get() if golden_tolerance is None else golden_tolerance
     )

@@ -8,9 +8,12 @@ observation, oldest first:
 * a drift alert from Alertmanager (`drift.alert`, status `firing` or `resolved`),
 * a retrain the loop started (`retrain.started`).
 
-The *streak* counts drift evidence since the last reset: a `drift` check or a firing alert adds one;
-a `no_drift` check resets it to 0, and so does a started retrain (its result is judged by the gate,
-and only new evidence should start another). A `not_enough_data` check neither counts nor resets:
+The *streak* counts drift evidence since the last reset, per source (a detector, or an alert by
+name), since detectors watch different things: a concept drift leaves prompt lengths as they were,
+so a `no_drift` from the length check must not erase what the feedback check found. A `drift` check
+or a firing alert adds one to its source's streak; a `no_drift` check resets its source to 0, and a
+started retrain resets every source (its result is judged by the gate, and only new evidence should
+start another). The policy acts on the longest streak. A `not_enough_data` check neither counts nor resets:
 it is no evidence either way (monitoring/drift/base.py), so a quiet night of little traffic does not
 erase a drift seen before it, nor add to it. A resolved alert is not evidence of no drift either
 (alerts resolve when a series disappears), so it too leaves the streak as it is.
@@ -44,6 +47,7 @@ class Observation:
     kind: Literal["drift.checked", "drift.alert", "retrain.started"]
     at: datetime
     value: str = ""
+    source: str = ""  # the detector of a check, the alertname of an alert
 
 
 @dataclass(frozen=True)
@@ -97,16 +101,20 @@ class RetrainPolicy:
 
 
 def drift_streak(history: Iterable[Observation]) -> int:
-    """Drift evidence since the last no_drift check or started retrain (see the module docstring)."""
-    streak = 0
+    """The longest run of drift evidence of one source since its last no_drift check or the last
+    started retrain (see the module docstring)."""
+    streaks: dict[tuple[str, str], int] = {}
     for obs in history:
-        if obs.kind == RETRAIN_STARTED or (obs.kind == DRIFT_CHECKED and obs.value == "no_drift"):
-            streak = 0
+        key = (obs.kind, obs.source)
+        if obs.kind == RETRAIN_STARTED:
+            streaks.clear()
+        elif obs.kind == DRIFT_CHECKED and obs.value == "no_drift":
+            streaks[key] = 0
         elif (obs.kind == DRIFT_CHECKED and obs.value == "drift") or (
             obs.kind == DRIFT_ALERT and obs.value == "firing"
         ):
-            streak += 1
-    return streak
+            streaks[key] = streaks.get(key, 0) + 1
+    return max(streaks.values(), default=0)
 
 
 def observations(events: Iterable[Event], alias: str) -> list[Observation]:
@@ -117,9 +125,11 @@ def observations(events: Iterable[Event], alias: str) -> list[Observation]:
         if detail.get("alias") != alias:
             continue
         if event.kind == DRIFT_CHECKED:
-            found.append(Observation(DRIFT_CHECKED, event.created_at, str(detail.get("decision", ""))))
+            decision, detector = str(detail.get("decision", "")), str(detail.get("detector", ""))
+            found.append(Observation(DRIFT_CHECKED, event.created_at, decision, detector))
         elif event.kind == DRIFT_ALERT:
-            found.append(Observation(DRIFT_ALERT, event.created_at, str(detail.get("status", ""))))
+            status, name = str(detail.get("status", "")), str(detail.get("alertname", ""))
+            found.append(Observation(DRIFT_ALERT, event.created_at, status, name))
         elif event.kind == RETRAIN_STARTED:
             found.append(Observation(RETRAIN_STARTED, event.created_at))
     return found

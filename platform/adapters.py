@@ -306,3 +306,15 @@ def _existing_base(registry: Registry, adapter: str) -> str | None:
     except NotFoundError:
         return None
     return versions[0].adapter.base_model
+
+
+def check_promotable(version: Version, store: ArtifactStore) -> Serving:
+    """How `version` would be served, or a ConfigError saying why it cannot go live: a method vLLM
+    cannot serve, or LoRA weights on modules the serving engines do not adapt. The CLI's promote
+    and the monitoring loop's gate both ask this before `Registry.promote`."""
+    serving = serving_of(version, store)
+    reason = unservable_reason(version.ref, version.method, serving)
+    if reason:
+        raise ConfigError(reason)
+    check_stored_lora_targets(version, store, engine_lora_targets())
+    return serving

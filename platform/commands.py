@@ -116,12 +116,7 @@ def adapters_promote(alias: str, version: str) -> None:
         alias: The name clients send as `model`.
         version: A version number of the alias's adapter (3) or a full reference (support@3).
     """
-    from tuneloop.platform.adapters import (
-        check_stored_lora_targets,
-        engine_lora_targets,
-        serving_of,
-        unservable_reason,
-    )
+    from tuneloop.platform.adapters import check_promotable
     from tuneloop.platform.artifacts import ArtifactStore
     from tuneloop.platform.errors import ConfigError
     from tuneloop.platform.registry import Registry
@@ -135,12 +130,7 @@ def adapters_promote(alias: str, version: str) -> None:
         adapter = current.partition("@")[0] if current else alias
         ref = f"{adapter}@{version}"
     target = registry.get_version(ref)
-    store = ArtifactStore()
-    serving = serving_of(target, store)
-    reason = unservable_reason(target.ref, target.method, serving)
-    if reason:
-        raise ConfigError(reason)
-    check_stored_lora_targets(target, store, engine_lora_targets())
+    serving = check_promotable(target, ArtifactStore())
     before = registry.aliases().get(alias)
     registry.promote(alias, target.ref)
     print(f"{alias} -> {target.ref}" + (f" (was {before})" if before and before != target.ref else ""))

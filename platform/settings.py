@@ -362,6 +362,34 @@ TUNELOOP_RETRAIN_DATA_DIR: Var[Path] = Var(
     lambda: _home() / "new-data",
     "New training data for retrains: <alias>.jsonl per alias, added to the last job's training data.",
 )
+TUNELOOP_RETRAIN_REPLAY: Var[float] = Var(
+    "TUNELOOP_RETRAIN_REPLAY",
+    _fraction,
+    lambda: 1.0,
+    "Share (0-1) of the previous job's training examples a retrain keeps beside the new data and "
+    "feedback; 0 for a concept drift, where the old answers are no longer right.",
+)
+TUNELOOP_RETRAIN_GATE_SHARE: Var[float] = Var(
+    "TUNELOOP_RETRAIN_GATE_SHARE",
+    _fraction,
+    lambda: 0.3,
+    "Share (0-1) of a retrain's new and feedback-labelled examples held out of training, by question, "
+    "for the promotion gate to compare the candidate with the live version on.",
+)
+TUNELOOP_RETRAIN_FEEDBACK_LIMIT: Var[int] = Var(
+    "TUNELOOP_RETRAIN_FEEDBACK_LIMIT",
+    int,
+    lambda: 1000,
+    "Most feedback-labelled examples (the latest) a retrain uses: older feedback may give answers "
+    "that are no longer right.",
+)
+TUNELOOP_DRIFT_FEEDBACK_WINDOW: Var[int] = Var(
+    "TUNELOOP_DRIFT_FEEDBACK_WINDOW",
+    int,
+    lambda: 100,
+    "Feedback labels per side of the feedback-accuracy check: a live version's first labels (its "
+    "accuracy at deploy time) against its latest ones.",
+)
 
 ALL: tuple[Var[object], ...] = tuple(v for v in globals().values() if isinstance(v, Var))
 

@@ -1,6 +1,8 @@
 """Recent labelled traffic: captured requests whose feedback says what the answer should have been.
 
-Feedback with a `corrected_answer` makes that answer the reference; feedback that marks the answer
+`correctness` reads one feedback as "the answer was right / wrong / does not say", the sample of the
+feedback-accuracy drift check. For retraining and the gate, feedback with a `corrected_answer` makes
+that answer the reference; feedback that marks the answer
 right (a label in GOOD_LABELS, or a rating of 4 or 5) makes the captured answer the reference. Other
 feedback says only that something was wrong, not what is right, so it labels nothing. Chats were
 captured as their messages in JSON and become chat examples; plain prompts become prompt/completion.
@@ -12,9 +14,41 @@ import json
 from datetime import datetime
 
 from tuneloop.monitoring.capture import CapturedRequest, CaptureStore, Feedback
+from tuneloop.train.answers import exact_match
 from tuneloop.train.data.formats import Example, Message
 
 GOOD_LABELS = frozenset({"good", "correct", "right", "ok"})
+BAD_LABELS = frozenset({"bad", "wrong", "incorrect"})
+
+
+def correctness(request: CapturedRequest, feedback: Feedback) -> bool | None:
+    """Whether the feedback says the captured answer was right; None when it does not say.
+
+    A corrected answer decides by exact match (train/answers.py) with the captured answer; then a
+    label in GOOD_LABELS or BAD_LABELS; then a rating (4-5 right, 1-2 wrong, 3 undecided).
+    """
+    if feedback.corrected_answer:
+        return exact_match(request.answer, feedback.corrected_answer) == 1.0
+    label = (feedback.label or "").lower()
+    if label in GOOD_LABELS or label in BAD_LABELS:
+        return label in GOOD_LABELS
+    if feedback.rating is not None and feedback.rating != 3:
+        return feedback.rating >= 4
+    return None
+
+
+def judged_answers(store: CaptureStore, alias: str, version: str) -> list[bool]:
+    """Right/wrong per answer of `version` served under `alias` whose feedback says which (its
+    latest feedback counts), ordered by feedback time, oldest first: the feedback-accuracy sample."""
+    latest: dict[str, bool] = {}
+    for request, feedback in store.with_feedback(alias):
+        if request.version != version:
+            continue
+        verdict = correctness(request, feedback)
+        if verdict is not None:
+            latest.pop(request.request_id, None)  # re-insert: order by the newest feedback
+            latest[request.request_id] = verdict
+    return list(latest.values())
 
 
 def reference_of(request: CapturedRequest, feedback: Feedback) -> str | None:
@@ -47,6 +81,15 @@ def labelled_examples(store: CaptureStore, alias: str, since: datetime | None = 
             latest.pop(request.request_id, None)  # re-insert: order by the newest feedback
             latest[request.request_id] = (request, answer)
     return [to_example(request, answer, i) for i, (request, answer) in enumerate(latest.values(), 1)]
+
+
+def captured_prompt(example: Example) -> str:
+    """The question of `example` as the gateway captures it (serve/capture.py `prompt_text`): chats as
+    the JSON of every turn but the answer, prompts as they are, so drift checks compare like with like."""
+    if example.format == "chat":
+        turns = [{"role": m.role, "content": m.content} for m in example.messages[:-1]]
+        return json.dumps(turns, ensure_ascii=False)
+    return (example.prompt if example.format == "prompt_completion" else example.text) or ""
 
 
 def _messages(prompt: str) -> tuple[Message, ...] | None:

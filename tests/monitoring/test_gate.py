@@ -73,7 +73,11 @@ def gateway_where(answers: dict[str, str]) -> OpenAI:
     return OpenAI(base_url="http://gw.test/v1", api_key="k", http_client=http, max_retries=0)
 
 
-def test_run_gate_scores_both_versions_and_rejects_the_worse(registry: Registry) -> None:
+def test_run_gate_scores_both_versions_and_rejects_the_worse(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Registry-only versions (no artifact): skip the LoRA-target check that reads stored weights.
+    monkeypatch.setenv("TUNELOOP_PROMPT_EMBEDS", "0")
     recent = [Example(format="prompt_completion", line=1, prompt="capital?", completion="Paris")]
     client = gateway_where({"support@1": "Paris", "support@2": "Lyon", "support@3": "Paris"})
     before = (
@@ -93,3 +97,13 @@ def test_run_gate_scores_both_versions_and_rejects_the_worse(registry: Registry)
     assert {e.message for e in evaluations} == {
         f"support@{n} on {suite}" for n in (1, 2) for suite in ("feedback", "golden")
     }
+
+
+def test_an_unservable_candidate_is_rejected_before_any_scoring(registry: Registry) -> None:
+    registry.add_version("support", base_model="m", method="ia3", store=lambda n: f"mem://{n}")
+    client = gateway_where({})  # any request would fail: the gate must not send one
+    decision = run_gate(registry, client, "support", "support@4", recent=[], golden=[])
+    assert not decision.promote and decision.reject_reason == "unservable"
+    assert "ia3" in decision.reason
+    assert registry.get_version("support@4").status == "rejected"
+    assert registry.aliases()["support"] == "support@1"

@@ -47,13 +47,27 @@ def test_not_enough_data_neither_counts_nor_resets() -> None:
 
 
 def test_firing_alerts_count_and_resolved_alerts_do_not_reset() -> None:
-    history = [
-        *checks("drift"),
-        Observation(DRIFT_ALERT, T0 + timedelta(hours=1), "firing"),
-        Observation(DRIFT_ALERT, T0 + timedelta(hours=2), "resolved"),
-        Observation(DRIFT_ALERT, T0 + timedelta(hours=3), "firing"),
-    ]
+    def alert(hours: int, status: str, name: str = "TuneloopDrift") -> Observation:
+        return Observation(DRIFT_ALERT, T0 + timedelta(hours=hours), status, name)
+
+    history = [alert(0, "firing"), alert(1, "resolved"), alert(2, "firing"), alert(3, "firing")]
     assert drift_streak(history) == 3
+    assert POLICY.decide(history, T0 + timedelta(hours=4)).retrain
+
+
+def test_each_detector_keeps_its_own_streak() -> None:
+    """A concept drift leaves prompt lengths alone: their no_drift must not erase the feedback drift."""
+    history = []
+    for hour in range(3):
+        at = T0 + timedelta(hours=hour)
+        history += [
+            Observation(DRIFT_CHECKED, at, "no_drift", "prompt_length"),
+            Observation(DRIFT_CHECKED, at, "drift", "feedback_accuracy"),
+        ]
+    assert drift_streak(history) == 3
+    assert POLICY.decide(history, T0 + timedelta(hours=3)).retrain
+    mixed = [Observation(DRIFT_CHECKED, T0, "drift", "oov_rate"), *history[:4]]
+    assert drift_streak(mixed) == 2  # oov_rate 1, feedback_accuracy 2: the longest run counts
 
 
 def test_cool_down_after_a_retrain() -> None:

@@ -65,6 +65,23 @@ class Example:
             body = self.text
         return json.dumps([self.format, body], ensure_ascii=False, separators=(",", ":"))
 
+    def prompt_key(self) -> str:
+        """Like `key`, over what the model is given only (not the answer): equal for the same question
+        whatever its answer, so a corrected answer can replace an outdated one."""
+        if self.format == "chat":
+            body: Any = [[m.role, m.content] for m in self.messages[:-1]]
+        else:
+            body = self.prompt if self.format == "prompt_completion" else self.text
+        return json.dumps([self.format, body], ensure_ascii=False, separators=(",", ":"))
+
+    def record(self) -> dict[str, Any]:
+        """The example as a JSONL object of its format, as `read_examples` reads it back."""
+        if self.format == "chat":
+            return {"messages": [{"role": m.role, "content": m.content} for m in self.messages]}
+        if self.format == "prompt_completion":
+            return {"prompt": self.prompt, "completion": self.completion}
+        return {"text": self.text}
+
 
 def reference_answer(example: Example) -> str | None:
     """The answer exact-match scoring compares with: last assistant turn or completion; None for text."""
