@@ -82,15 +82,14 @@ def refresh(
     out (one file holds one format) and counted."""
     fmt = previous[0].format if previous else None
     fresh = [ex for ex in (*new, *feedback) if fmt is None or ex.format == fmt]
-    gate = [ex for ex in fresh if _share(ex) < gate_share]
-    held_out = {ex.prompt_key() for ex in gate}
-    newer: dict[str, Example] = {}
+    latest: dict[str, Example] = {}
     for ex in fresh:  # feedback after new data, each oldest first: the last answer to a question wins
-        if ex.prompt_key() not in held_out:
-            newer.pop(ex.prompt_key(), None)
-            newer[ex.prompt_key()] = ex
-    answered = held_out | newer.keys()
-    kept = [ex for ex in previous if ex.prompt_key() not in answered]
+        latest.pop(ex.prompt_key(), None)
+        latest[ex.prompt_key()] = ex
+    # The gate scores on the newest answers too: an outdated one would contradict it on the same question.
+    gate = [ex for ex in latest.values() if _share(ex) < gate_share]
+    newer = {key: ex for key, ex in latest.items() if _share(ex) >= gate_share}
+    kept = [ex for ex in previous if ex.prompt_key() not in latest]
     # Thinned by the same stable hash (not by a random draw): a retrain of a retrain keeps the same part.
     replayed = [ex for ex in kept if _share(ex) < replay] if replay < 1 else kept
     counts = {
@@ -147,7 +146,8 @@ def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -
             f"{alias}: a retrain would have {len(data.train)} training examples, fewer than the "
             f"{spec.data.min_examples} its spec requires ({_counts(data.counts)})"
         )
-    raw = spec.model_dump(mode="json")
+    # Only what the spec set: a full dump sets every method option, which parse_spec refuses.
+    raw = spec.model_dump(mode="json", exclude_unset=True)
     raw["data"]["train"] = TRAIN_FILE
     raw["output"]["parent"] = ref
     # Written to a scratch name and renamed last: a half-written folder is never a retrain.

@@ -135,7 +135,8 @@ def submit_spec(spec_path: Path, *, address: str | None = None) -> str:
     with staged_working_dir(spec_path) as (workdir, name):
         registry = Registry()
         # Recorded before submitting: the driver may report to this row as soon as it starts.
-        registry.add_job(job_id, spec.output.adapter, spec.model_dump(mode="json"))
+        # Only what the spec set, as the driver records it: it must validate again (retrains read it).
+        registry.add_job(job_id, spec.output.adapter, spec.model_dump(mode="json", exclude_unset=True))
         try:
             client.submit(
                 f"tuneloop train {shlex.quote(name)}",

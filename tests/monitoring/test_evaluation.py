@@ -19,8 +19,12 @@ from openai import OpenAI
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.evaluation import evaluate, golden_suite, labelled_examples, run_suite
+from tuneloop.monitoring.evaluation.feedback import captured_prompt, correctness, judged_answers
 from tuneloop.platform.registry import Registry
-from tuneloop.train.data.formats import DataError
+from tuneloop.serve.capture import prompt_text
+from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
+from tuneloop.serve.completions.protocol import CompletionRequest
+from tuneloop.train.data.formats import DataError, read_examples
 
 ANSWERS = {"2+2=": " 4", "capital of France?": " Paris"}
 
@@ -161,3 +165,69 @@ def test_feedback_with_a_right_answer_becomes_labelled_examples(tmp_path: Path) 
     examples = labelled_examples(store, "support")
     assert [(e.format, e.completion) for e in examples] == [("prompt_completion", "Paris"), ("chat", None)]
     assert examples[1].messages[-1].content == "4" and examples[1].messages[0].content == "2+2="
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CaptureStore:
+    return CaptureStore(f"sqlite:///{tmp_path / 'capture.db'}")
+
+
+@pytest.mark.parametrize(
+    ("feedback", "verdict"),
+    [
+        ({"corrected_answer": "the Paris."}, True),  # exact match after normalisation
+        ({"corrected_answer": "Lyon", "label": "good"}, False),  # a corrected answer decides first
+        ({"label": "Good"}, True),
+        ({"label": "wrong", "rating": 5}, False),  # a label decides before a rating
+        ({"label": "off-topic"}, None),
+        ({"label": "off-topic", "rating": 1}, False),
+        ({"rating": 4}, True),
+        ({"rating": 5}, True),
+        ({"rating": 2}, False),
+        ({"rating": 1}, False),
+        ({"rating": 3}, None),
+    ],
+)
+def test_correctness_of_one_feedback(
+    store: CaptureStore, feedback: dict[str, Any], verdict: bool | None
+) -> None:
+    store.add_requests([RequestRecord("r1", "support", "support@1", "capital of France?", " Paris", 0.1)])
+    row = store.add_feedback(FeedbackIn(request_id="r1", **feedback))
+    request = store.get("r1")
+    assert request is not None
+    assert correctness(request, row) is verdict
+
+
+def test_judged_answers_are_the_versions_latest_verdicts_by_feedback_time(store: CaptureStore) -> None:
+    store.add_requests(
+        [
+            RequestRecord("r1", "support", "support@1", "q1", "a", 0.1),
+            RequestRecord("r2", "support", "support@1", "q2", "a", 0.1),
+            RequestRecord("r3", "support", "support@2", "q3", "a", 0.1),  # another version
+            RequestRecord("r4", "support", "support@1", "q4", "a", 0.1),
+            RequestRecord("r5", "other", "support@1", "q5", "a", 0.1),  # another alias
+        ]
+    )
+    for request_id, verdict in [("r1", "good"), ("r2", "bad"), ("r3", "good"), ("r5", "good"), ("r1", "bad")]:
+        store.add_feedback(FeedbackIn(request_id=request_id, label=verdict))
+    store.add_feedback(FeedbackIn(request_id="r4", rating=3))  # says neither
+    assert judged_answers(store, "support", "support@1") == [False, False]  # r2, then r1's newer "bad"
+    store.add_feedback(FeedbackIn(request_id="r2", rating=5))
+    assert judged_answers(store, "support", "support@1") == [False, True]  # r1, then r2's newer rating
+    assert judged_answers(store, "support", "support@2") == [True]
+    assert judged_answers(store, "support", "support@9") == []
+
+
+def test_captured_prompt_is_what_the_gateway_captures(tmp_path: Path) -> None:
+    turns = [{"role": "system", "content": "Sé breve."}, {"role": "user", "content": "¿2+2=?"}]
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [{"messages": [*turns, {"role": "assistant", "content": "4"}]}]
+    )
+    (example,) = read_examples(path)
+    sent = ChatCompletionRequest.model_validate({"model": "support", "messages": turns})
+    assert captured_prompt(example) == prompt_text(sent)
+    assert "¿2+2=?" in captured_prompt(example) and "4" not in captured_prompt(example)
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2+2=", "completion": " 4"}])
+    (example,) = read_examples(path)
+    sent_text = CompletionRequest.model_validate({"model": "support", "prompt": "2+2="})
+    assert captured_prompt(example) == prompt_text(sent_text) == "2+2="

@@ -23,7 +23,7 @@ from tuneloop.platform.procs import free_port
 from tuneloop.platform.rayjobs import JobNotFoundError, JobsClient, RayAuthError, RayUnreachableError
 from tuneloop.platform.registry import Registry
 from tuneloop.train.data.formats import DataError
-from tuneloop.train.spec import load_spec
+from tuneloop.train.spec import load_spec, parse_spec
 
 TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
 
@@ -194,3 +194,4 @@ def test_submitted_spec_runs_tuneloop_train_and_its_failure_surfaces(
     job = Registry().get_job(job_id)
     assert (job.adapter_name, job.status) == ("jobs-test", "failed")
     assert job.spec["base_model"] == "smollm2-135m"
+    assert parse_spec(job.spec).output.adapter == "jobs-test"  # a retrain reads the spec back from here

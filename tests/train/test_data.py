@@ -158,6 +158,44 @@ def test_sft_refuses_raw_text_and_points_to_uft(tmp_path: Path) -> None:
     assert len(read_examples(path, task="uft")) == 2
 
 
+def test_prompt_key_names_the_question_whatever_its_answer(tmp_path: Path) -> None:
+    system = {"role": "system", "content": "Be brief."}
+    rows = [
+        qa(1),
+        {**qa(1), "completion": " another answer"},
+        qa(2),
+    ]
+    first, corrected, other = read_examples(write(tmp_path / "pc.jsonl", rows))
+    assert first.prompt_key() == corrected.prompt_key() != other.prompt_key()
+    assert first.key() != corrected.key()
+
+    def with_answer(answer: str, *earlier: dict[str, str]) -> dict[str, Any]:
+        return {"messages": [*earlier, CHAT["messages"][0], {"role": "assistant", "content": answer}]}
+
+    chats = [with_answer("General Kenobi"), with_answer("Hi"), with_answer("Hi", system)]
+    kenobi, hi, briefly = read_examples(write(tmp_path / "chat.jsonl", chats))
+    assert kenobi.prompt_key() == hi.prompt_key() and kenobi.key() != hi.key()
+    assert briefly.prompt_key() != hi.prompt_key()  # every turn but the last is the question
+    (as_text,) = read_examples(write(tmp_path / "text.jsonl", [{"text": "Hello there"}]))
+    (as_prompt,) = read_examples(write(tmp_path / "p.jsonl", [{"prompt": "Hello there", "completion": "x"}]))
+    assert as_text.prompt_key() != as_prompt.prompt_key()  # the format is part of the key
+
+
+def test_record_reads_back_as_the_same_example(tmp_path: Path) -> None:
+    system = {"role": "system", "content": "Sé breve."}
+    files: dict[str, list[dict[str, Any]]] = {
+        "chat": [{"messages": [system, *CHAT["messages"]]}, CHAT],
+        "prompt_completion": [qa(1), qa(2)],
+        "text": [{"text": "Once upon a time."}, {"text": "Érase una vez."}],
+    }
+    for name, rows in files.items():
+        examples = read_examples(write(tmp_path / f"{name}.jsonl", rows))
+        assert [ex.record() for ex in examples] == rows
+        again = read_examples(write(tmp_path / f"{name}-again.jsonl", [ex.record() for ex in examples]))
+        assert [ex.key() for ex in again] == [ex.key() for ex in examples]
+        assert {ex.format for ex in again} == {name}
+
+
 # --- splits --------------------------------------------------------------------------------------
 
 
