@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from tuneloop.monitoring import metrics
-from tuneloop.platform.procs import ManagedProcess, free_port
+from tuneloop.platform.procs import ManagedProcess
+from tuneloop.platform.prometheus import ScrapeTarget, prometheus_process
 from tuneloop.platform.settings import LOOPBACK
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -67,16 +67,6 @@ def declared_metrics() -> dict[str, set[str]]:
             for name in series_names(metric):
                 declared[name] = labels | ({"le"} if name.endswith("_bucket") else set())
     return declared
-
-
-@dataclass(frozen=True)
-class ScrapeTarget:
-    """One scrape job: a loopback port and path, with an optional bearer token (the gateway's admin key)."""
-
-    job: str
-    port: int
-    path: str = "/metrics"
-    bearer: str | None = None
 
 
 @dataclass
@@ -153,48 +143,13 @@ def by_labels(result: Result, *names: str) -> dict[tuple[str, ...], float]:
     return {tuple(s["metric"].get(n, "") for n in names): float(s["value"][1]) for s in result}
 
 
-def _config(targets: Sequence[ScrapeTarget], secrets: Path) -> dict[str, Any]:
-    jobs = []
-    for target in targets:
-        job: dict[str, Any] = {
-            "job_name": target.job,
-            "metrics_path": target.path,
-            "static_configs": [{"targets": [f"{LOOPBACK}:{target.port}"]}],
-        }
-        if target.bearer is not None:
-            key = secrets / f"{target.job}.token"
-            key.write_text(target.bearer)
-            key.chmod(0o600)
-            job["authorization"] = {"type": "Bearer", "credentials_file": str(key)}
-        jobs.append(job)
-    interval = f"{SCRAPE_INTERVAL_S}s"
-    return {
-        "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
-        "scrape_configs": jobs,
-    }
-
-
 @contextmanager
 def start_prometheus(
     targets: Sequence[ScrapeTarget], workdir: Path, *, ready_timeout: float = 60.0
 ) -> Iterator[Prometheus]:
     """Prometheus on a free loopback port scraping `targets` every second; stopped by its PID on exit."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(_config(targets, workdir)))
-    port = free_port()
-    process = ManagedProcess(
-        [
-            str(PROMETHEUS),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            "--storage.tsdb.retention.time=1h",
-            f"--web.listen-address={LOOPBACK}:{port}",
-        ],
-        log_path=workdir / "prometheus.log",
-        health_url=f"http://{LOOPBACK}:{port}/-/ready",
-        name="prometheus",
-        ready_timeout=ready_timeout,
+    process, port = prometheus_process(
+        targets, workdir, binary=PROMETHEUS, interval_s=SCRAPE_INTERVAL_S, ready_timeout=ready_timeout
     )
     with process:
         yield Prometheus(process=process, port=port)
