@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tuneloop.monitoring import metrics
+from tuneloop.monitoring.evaluation.suite import last_spec
 from tuneloop.monitoring.policy import RETRAIN_STARTED
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from tuneloop.monitoring.gate import GateDecision
     from tuneloop.platform.rayjobs import JobsClient
     from tuneloop.platform.registry import Registry
-    from tuneloop.train.spec import JobSpec
 
 log = logging.getLogger(__name__)
 RETRAIN_FINISHED = "retrain.finished"
@@ -103,24 +103,6 @@ def refresh(
         "train": len(replayed) + len(newer),
     }
     return RetrainData(train=[*replayed, *newer.values()], gate=gate, counts=counts)
-
-
-def last_spec(registry: Registry, ref: str) -> JobSpec:
-    """The job spec that trained `ref`: the job's own record (the submitter's paths) where there is
-    one, else the spec in the version's lineage. An imported version has neither: a ConfigError."""
-    from tuneloop.train.spec import parse_spec
-
-    version = registry.get_version(ref)
-    raw: Any = None
-    if version.job_id:
-        try:
-            raw = registry.get_job(version.job_id).spec
-        except NotFoundError:
-            raw = None
-    raw = raw or version.manifest.get("spec")
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{ref} has no recorded job spec (imported?): there is nothing to retrain it from")
-    return parse_spec(raw, source=f"job spec of {ref}")
 
 
 def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -> RetrainData:

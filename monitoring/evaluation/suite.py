@@ -3,7 +3,8 @@
 The golden set is `<alias>.jsonl` under TUNELOOP_EVAL_GOLDEN_DIR (or a file given by hand), read with
 the training data reader, so a bad line is reported with its line number like training data is.
 Published artifacts hold weights and configs only (no JSONL), so the *test split* is rebuilt from
-the job spec recorded in the version's lineage: splitting is deterministic and seeded, and the
+the job spec that trained the version (`last_spec`: the job's record, with the submitter's paths,
+else the spec in the version's lineage): splitting is deterministic and seeded, and the
 rebuilt split counts only when its data hash equals the version's, i.e. it is exactly the split the
 job held out. Where the data files are not reachable from here, that suite is skipped (logged).
 """
@@ -13,11 +14,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.platform import settings
-from tuneloop.platform.errors import TuneloopError
+from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
 from tuneloop.platform.registry import Registry
 from tuneloop.train.data.formats import Example, read_examples
+
+if TYPE_CHECKING:
+    from tuneloop.train.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +52,32 @@ def golden_suite(alias: str, path: Path | None = None) -> Suite | None:
     return Suite(GOLDEN, tuple(read_examples(chosen)), str(chosen))
 
 
+def last_spec(registry: Registry, ref: str) -> JobSpec:
+    """The job spec that trained `ref`: the job's own record (the submitter's paths) where there is
+    one, else the spec in the version's lineage. An imported version has neither: a ConfigError."""
+    from tuneloop.train.spec import parse_spec
+
+    version = registry.get_version(ref)
+    raw: Any = None
+    if version.job_id:
+        try:
+            raw = registry.get_job(version.job_id).spec
+        except NotFoundError:
+            raw = None
+    raw = raw or version.manifest.get("spec")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{ref} has no recorded job spec (imported?): there is nothing to retrain it from")
+    return parse_spec(raw, source=f"job spec of {ref}")
+
+
 def test_split_suite(registry: Registry, ref: str) -> Suite | None:
     """The held-out test split of the job that trained `ref`, rebuilt from its lineage; None if it
     cannot be rebuilt exactly (no recorded spec, data not reachable here, or other data now)."""
     from tuneloop.train.data.splits import data_hash, make_splits
-    from tuneloop.train.spec import parse_spec
 
     version = registry.get_version(ref)
-    raw = version.manifest.get("spec")
-    if not isinstance(raw, dict):
-        log.info("%s has no recorded job spec (imported?): no test-split suite", version.ref)
-        return None
     try:
-        spec = parse_spec(raw, source=f"{version.ref} lineage")
+        spec = last_spec(registry, ref)
         splits = make_splits(spec.data, spec.task)
     except TuneloopError as exc:
         log.info("cannot rebuild the test split of %s here: %s", version.ref, str(exc).splitlines()[0])
