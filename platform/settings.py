@@ -318,6 +318,12 @@ TUNELOOP_EVAL_MAX_EXAMPLES: Var[int] = Var(
 TUNELOOP_EVAL_MAX_TOKENS: Var[int] = Var(
     "TUNELOOP_EVAL_MAX_TOKENS", int, lambda: 64, "Most tokens an evaluated answer may have (greedy)."
 )
+TUNELOOP_EVAL_CONCURRENCY: Var[int] = Var(
+    "TUNELOOP_EVAL_CONCURRENCY",
+    int,
+    lambda: 4,
+    "Evaluation requests in flight at once (the engine batches them).",
+)
 TUNELOOP_SCHEDULER: Var[bool] = Var(
     "TUNELOOP_SCHEDULER",
     _bool,

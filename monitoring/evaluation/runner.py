@@ -1,6 +1,7 @@
 """Run a suite against the live gateway with the official openai client, score it, record it.
 
-Answers are greedy (temperature 0) with at most TUNELOOP_EVAL_MAX_TOKENS tokens: chat examples go to
+Answers are greedy (temperature 0) with at most TUNELOOP_EVAL_MAX_TOKENS tokens, asked
+TUNELOOP_EVAL_CONCURRENCY at a time: chat examples go to
 /v1/chat/completions with every turn but the last, prompt/completion examples to /v1/completions.
 The model sent is the version the alias points at (`adapter@N`), so a promotion halfway through a
 run cannot mix two versions' answers into one score.
@@ -20,12 +21,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.evaluation.scorers import SCORERS, get_scorer
 from tuneloop.monitoring.evaluation.suite import Suite
+from tuneloop.platform import settings
 from tuneloop.platform.errors import NotFoundError
 from tuneloop.train.data.formats import Example, reference_answer
 
@@ -78,8 +81,10 @@ def evaluate(
         result.skipped.update({name: "no example has a reference answer" for name in funcs})
     for name in funcs:
         result.per_example.setdefault(name, [])
-    for example, reference in answered:
-        prediction = _answer(client, model, example, max_tokens)
+    # A few requests at once: the engine batches them, and the order of the scores is kept.
+    with ThreadPoolExecutor(settings.TUNELOOP_EVAL_CONCURRENCY.get()) as pool:
+        predictions = list(pool.map(lambda pair: _answer(client, model, pair[0], max_tokens), answered))
+    for (_, reference), prediction in zip(answered, predictions, strict=True):
         for name, func in funcs.items():
             result.per_example[name].append(func(prediction, reference))
     for name, values in result.per_example.items():
