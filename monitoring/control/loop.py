@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RETRAIN_DUE = "retrain.due"
+RETRAIN_FAILED = "retrain.failed"  # a due retrain that could not be built or submitted
 RECENT_WINDOW = timedelta(days=1)
 
 
@@ -151,6 +152,7 @@ def check_alias(
     from tuneloop.monitoring import retrain
     from tuneloop.monitoring.evaluation.runner import run_suite
     from tuneloop.monitoring.evaluation.suite import suites_for
+    from tuneloop.platform.errors import TuneloopError
     from tuneloop.platform.rayjobs import JobsClient
 
     result = RoundResult(alias)
@@ -168,9 +170,18 @@ def check_alias(
         if retrain.open_retrains(registry, alias):
             log.info("%s: a retrain is already running; not starting another", alias)
         else:
-            result.started_job = retrain.start(
-                registry, store, alias, result.decision.reason, address=jobs_address
-            )
+            try:
+                result.started_job = retrain.start(
+                    registry, store, alias, result.decision.reason, address=jobs_address
+                )
+            except TuneloopError as exc:  # no spec, unreadable data, too few examples, Ray unreachable
+                result.error = f"retrain not started: {exc}"
+                detail = {"alias": alias, "reason": str(exc)}
+                registry.add_event(
+                    adapter_of(registry, alias), RETRAIN_FAILED, f"{alias}: {result.error}", detail
+                )
+                metrics.RETRAINS_FAILED.labels(alias).inc()
+                log.error("%s: %s", alias, result.error)
     return result
 
 

@@ -15,7 +15,7 @@ import uvicorn
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.control import create_app
-from tuneloop.monitoring.control.loop import check_alias, feedback_check
+from tuneloop.monitoring.control.loop import RETRAIN_FAILED, check_alias, feedback_check
 from tuneloop.monitoring.policy import DRIFT_ALERT, DRIFT_CHECKED, RETRAIN_STARTED
 from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
@@ -156,3 +156,22 @@ def test_a_round_checks_and_asks_the_policy_but_starts_nothing_before_drift_is_s
     kinds = [e.kind for e in registry.history("support")]
     assert kinds.count(DRIFT_CHECKED) == 4
     assert RETRAIN_STARTED not in kinds and "retrain.due" not in kinds
+
+
+def test_a_due_retrain_that_cannot_be_built_is_a_recorded_failure(
+    registry: Registry, store: CaptureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """support@1 was imported (no job spec): the policy asks for a retrain, which cannot be built."""
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUNELOOP_DRIFT_FEEDBACK_WINDOW", "30")
+    monkeypatch.setenv("TUNELOOP_RETRAIN_SUSTAIN", "1")
+    concept_drift(store)
+    before = metrics.REGISTRY.get_sample_value("tuneloop_retrains_failed_total", {"alias": "support"}) or 0.0
+    result = check_alias(registry, store, "support", client=None)
+    assert result.decision is not None and result.decision.retrain and result.started_job is None
+    assert result.error is not None and "no recorded job spec" in result.error
+    event = registry.history("support")[-1]
+    assert event.kind == RETRAIN_FAILED and "no recorded job spec" in event.detail["reason"]
+    after = metrics.REGISTRY.get_sample_value("tuneloop_retrains_failed_total", {"alias": "support"})
+    assert after == before + 1
+    assert not (tmp_path / "home" / "retrains").exists()  # nothing half-written was left
