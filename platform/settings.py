@@ -318,6 +318,13 @@ TUNELOOP_EVAL_MAX_EXAMPLES: Var[int] = Var(
 TUNELOOP_EVAL_MAX_TOKENS: Var[int] = Var(
     "TUNELOOP_EVAL_MAX_TOKENS", int, lambda: 64, "Most tokens an evaluated answer may have (greedy)."
 )
+TUNELOOP_EVAL_JUDGE: Var[str] = Var(
+    "TUNELOOP_EVAL_JUDGE",
+    str,
+    lambda: "",
+    "An alias (or model) that grades scheduled evaluations' answers against the references: the "
+    "`judge` metric. Empty: no judge.",
+)
 TUNELOOP_EVAL_CONCURRENCY: Var[int] = Var(
     "TUNELOOP_EVAL_CONCURRENCY",
     int,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitoring import metrics
+from tuneloop.monitoring.evaluation.judge import METRIC as JUDGE
 from tuneloop.monitoring.evaluation.scorers import SCORERS, get_scorer
 from tuneloop.monitoring.evaluation.suite import Suite
 from tuneloop.platform import settings
@@ -71,8 +72,10 @@ def evaluate(
     max_tokens: int = 64,
     scorers: Sequence[str] = DEFAULT_METRICS,
     loss: bool = True,
+    judge: str | None = None,
 ) -> EvalResult:
-    """Answer every example with `model` through the gateway and score the answers."""
+    """Answer every example with `model` through the gateway and score the answers (and have
+    `judge`, another model, grade them: monitoring/evaluation/judge.py)."""
     started = time.monotonic()
     result = EvalResult(suite=suite, model=model, n=len(examples))
     funcs = {name: get_scorer(name) for name in scorers}
@@ -87,6 +90,8 @@ def evaluate(
     for (_, reference), prediction in zip(answered, predictions, strict=True):
         for name, func in funcs.items():
             result.per_example[name].append(func(prediction, reference))
+    if judge and answered:
+        _add_judge(client, judge, answered, predictions, result)
     for name, values in result.per_example.items():
         if values:
             result.scores[name] = sum(values) / len(values)
@@ -100,7 +105,7 @@ def record(registry: Registry, alias: str, result: EvalResult) -> None:
     """Store the result under its version in the registry and set the alias's evaluation gauges."""
     registry.add_evaluation(result.model, result.suite, result.as_metrics())
     for name, value in result.scores.items():
-        if name in SCORERS:  # the 0-1, higher-is-better scores the gauge is for (not loss)
+        if name in SCORERS or name == JUDGE:  # the 0-1, higher-is-better scores the gauge is for
             metrics.EVAL_SCORE.labels(alias, result.model, result.suite, name).set(value)
 
 
@@ -111,7 +116,8 @@ def run_suite(
     ref = registry.aliases().get(alias)
     if ref is None:
         raise NotFoundError(f"no alias named {alias!r}; see `tuneloop adapters list`")
-    result = evaluate(client, ref, suite.examples, suite=suite.name, max_tokens=max_tokens)
+    judge = settings.TUNELOOP_EVAL_JUDGE.get() or None
+    result = evaluate(client, ref, suite.examples, suite=suite.name, max_tokens=max_tokens, judge=judge)
     record(registry, alias, result)
     return result
 
@@ -127,6 +133,27 @@ def _answer(client: OpenAI, model: str, example: Example, max_tokens: int) -> st
         model=model, prompt=example.prompt or "", temperature=0.0, max_tokens=max_tokens
     )
     return done.choices[0].text
+
+
+def _add_judge(
+    client: OpenAI,
+    judge: str,
+    answered: Sequence[tuple[Example, str]],
+    predictions: Sequence[str],
+    result: EvalResult,
+) -> None:
+    import openai
+
+    from tuneloop.monitoring.evaluation import judge as judging
+
+    graded = [(ex, ref, pred) for (ex, ref), pred in zip(answered, predictions, strict=True)]
+    try:
+        scores = judging.grade(client, judge, graded, concurrency=settings.TUNELOOP_EVAL_CONCURRENCY.get())
+    except openai.APIError as exc:
+        result.skipped[judging.METRIC] = f"the judge {judge} could not grade: {exc}"
+        log.warning("%s: %s", result.model, result.skipped[judging.METRIC])
+        return
+    result.per_example[judging.METRIC] = scores
 
 
 class _NoLogprobs(Exception):

@@ -33,6 +33,19 @@ def fake_gateway(requests: list[dict[str, Any]], *, logprobs: bool = True) -> Op
     def handle(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         requests.append({"path": request.url.path, **body})
+        if body["model"] == "missing-judge":
+            error = {"message": "The model `missing-judge` does not exist", "type": "NotFoundError"}
+            return httpx.Response(404, json={"error": {**error, "param": "model", "code": "model_not_found"}})
+        if body["model"] == "judge":  # a strict grader: the graded answer must be the reference
+            text = body["messages"][-1]["content"]
+            reference = text.split("Reference answer:\n")[1].split("\n\n")[0]
+            graded = text.split("Answer to grade:\n")[1].split("\n\n")[0]
+            message = {
+                "role": "assistant",
+                "content": "Yes." if graded.strip() == reference.strip() else "No",
+            }
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            return httpx.Response(200, json=_envelope("chat.completion", body, [choice]))
         if request.url.path.endswith("/chat/completions"):
             question = body["messages"][-1]["content"]
             message = {"role": "assistant", "content": ANSWERS.get(question, "no idea").strip()}
@@ -138,6 +151,32 @@ def test_run_suite_records_in_registry_and_gauges(golden: Path, registry: Regist
     gauge = metrics.REGISTRY.get_sample_value(
         "tuneloop_eval_score",
         {"alias": "support", "version": "support@1", "suite": "golden", "metric": "exact_match"},
+    )
+    assert gauge == 0.5
+
+
+def test_a_judge_grades_every_answer_and_its_failure_only_skips_its_metric(
+    golden: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = golden_suite("support", golden)
+    assert suite is not None
+    sent: list[dict[str, Any]] = []
+    judged = evaluate(fake_gateway(sent), "support@1", suite.examples, loss=False, judge="judge")
+    assert judged.per_example["judge"] == [1.0, 0.0]  # " 4" is right; " Paris" is not " Lyon"
+    grading = [r for r in sent if r["model"] == "judge"]
+    assert len(grading) == 2 and all(r["temperature"] == 0 for r in grading)
+    assert "Question:\n2+2=" in grading[0]["messages"][-1]["content"]
+
+    failed = evaluate(fake_gateway([]), "support@1", suite.examples, loss=False, judge="missing-judge")
+    assert "judge" not in failed.scores and "missing-judge could not grade" in failed.skipped["judge"]
+    assert failed.scores["exact_match"] == 0.5
+
+    monkeypatch.setenv("TUNELOOP_EVAL_JUDGE", "judge")  # scheduled runs use the configured judge
+    run_suite(registry, fake_gateway([]), "support", suite)
+    assert registry.history("support")[-1].detail["judge"] == 0.5
+    gauge = metrics.REGISTRY.get_sample_value(
+        "tuneloop_eval_score",
+        {"alias": "support", "version": "support@1", "suite": "golden", "metric": "judge"},
     )
     assert gauge == 0.5
 
