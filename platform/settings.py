@@ -396,6 +396,13 @@ TUNELOOP_RETRAIN_FEEDBACK_LIMIT: Var[int] = Var(
     "Most feedback-labelled examples (the latest) a retrain uses: older feedback may give answers "
     "that are no longer right.",
 )
+TUNELOOP_DRIFT_INPUT_DETECTORS: Var[tuple[str, ...]] = Var(
+    "TUNELOOP_DRIFT_INPUT_DETECTORS",
+    _names,
+    lambda: ("prompt_length",),
+    "Comma-separated drift detectors the scheduler runs on each alias's recent prompts against its "
+    "training inputs: prompt_length, oov_rate, embedding (MiniLM when installed).",
+)
 TUNELOOP_DRIFT_FEEDBACK_WINDOW: Var[int] = Var(
     "TUNELOOP_DRIFT_FEEDBACK_WINDOW",
     int,

@@ -5,9 +5,10 @@ A round, for each alias:
 1. follows its open retrains (monitoring/retrain.py `advance`): a job that has ended is closed and
    its candidate goes through the gate, which promotes or rejects it;
 2. evaluates the live version through the gateway on its suites (when TUNELOOP_EVAL_KEY is set);
-3. checks drift and records each check as a `drift.checked` event with its gauges: `prompt_length`
-   (the alias's prompts of the last day against the live version's training inputs, or its suites'
-   prompts where the training data is not reachable) and `feedback_accuracy` (the live version's
+3. checks drift and records each check as a `drift.checked` event with its gauges: the input
+   detectors of TUNELOOP_DRIFT_INPUT_DETECTORS (`prompt_length` by default; the alias's prompts of
+   the last day against the live version's training inputs, or its suites' prompts where the
+   training data is not reachable) and `feedback_accuracy` (the live version's
    latest TUNELOOP_DRIFT_FEEDBACK_WINDOW judged answers against its first ones, i.e. its accuracy at
    deploy time: the concept-drift check);
 4. asks the drift policy, and starts a retrain when one is due and none is open.
@@ -63,14 +64,20 @@ def record_check(registry: Registry, alias: str, result: DriftResult, now: datet
 
 
 def drift_check(
-    registry: Registry, store: CaptureStore, alias: str, reference: Sequence[str], now: datetime | None = None
+    registry: Registry,
+    store: CaptureStore,
+    alias: str,
+    reference: Sequence[str],
+    now: datetime | None = None,
+    detector: str = "prompt_length",
 ) -> DriftResult:
-    """Compare the alias's prompts of the last day with `reference` prompts (`prompt_length`); record it."""
+    """Compare the alias's prompts of the last day with `reference` prompts with an input detector
+    (`prompt_length`, `oov_rate`, `embedding`); record it."""
     from tuneloop.monitoring import drift
 
     now = now or datetime.now(UTC)
     recent = [r.prompt for r in store.recent(alias, since=now - RECENT_WINDOW)]
-    result = drift.get("prompt_length").check(list(reference), recent)
+    result = drift.get(detector).check(list(reference), recent)
     record_check(registry, alias, result, now)
     return result
 
@@ -163,7 +170,9 @@ def check_alias(
     if client is not None:
         for suite in suites:
             run_suite(registry, client, alias, suite, max_tokens=settings.TUNELOOP_EVAL_MAX_TOKENS.get())
-    result.checks.append(drift_check(registry, store, alias, reference_prompts(registry, alias, suites)))
+    reference = reference_prompts(registry, alias, suites)
+    for detector in settings.TUNELOOP_DRIFT_INPUT_DETECTORS.get():
+        result.checks.append(drift_check(registry, store, alias, reference, detector=detector))
     result.checks.append(feedback_check(registry, store, alias))
     result.decision = consider_retrain(registry, alias)
     if result.decision.retrain:

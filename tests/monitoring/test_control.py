@@ -15,7 +15,7 @@ import uvicorn
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.control import create_app
-from tuneloop.monitoring.control.loop import RETRAIN_FAILED, check_alias, feedback_check
+from tuneloop.monitoring.control.loop import RETRAIN_FAILED, check_alias, feedback_check, run_round
 from tuneloop.monitoring.policy import DRIFT_ALERT, DRIFT_CHECKED, RETRAIN_STARTED
 from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
@@ -175,3 +175,17 @@ def test_a_due_retrain_that_cannot_be_built_is_a_recorded_failure(
     after = metrics.REGISTRY.get_sample_value("tuneloop_retrains_failed_total", {"alias": "support"})
     assert after == before + 1
     assert not (tmp_path / "home" / "retrains").exists()  # nothing half-written was left
+
+
+def test_the_input_detectors_of_a_round_are_configurable(
+    registry: Registry, store: CaptureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUNELOOP_DRIFT_INPUT_DETECTORS", "oov_rate, prompt_length")
+    result = check_alias(registry, store, "support", client=None)
+    assert [c.detector for c in result.checks] == ["oov_rate", "prompt_length", "feedback_accuracy"]
+    checked = [e.detail["detector"] for e in registry.history("support") if e.kind == DRIFT_CHECKED]
+    assert checked == ["oov_rate", "prompt_length", "feedback_accuracy"]
+    monkeypatch.setenv("TUNELOOP_DRIFT_INPUT_DETECTORS", "no_such_detector")
+    failed = run_round(registry, store)[0]  # one alias's bad configuration is reported, not raised
+    assert failed.error is not None and "unknown drift detector 'no_such_detector'" in failed.error
