@@ -1,22 +1,23 @@
 """The drift policy: when sustained drift should start a retrain, within a cool-down and a budget.
 
 Pure logic over the recorded history of an alias (its registry events), so every decision can be
-replayed and tested without a clock, a database or a cluster. The history holds three kinds of
+replayed and tested without a clock, a database or a cluster. The history holds four kinds of
 observation, oldest first:
 
 * a drift check (`drift.checked`, decision `drift`, `no_drift` or `not_enough_data`),
 * a drift alert from Alertmanager (`drift.alert`, status `firing` or `resolved`),
-* a retrain the loop started (`retrain.started`).
+* a retrain the loop started (`retrain.started`),
+* a promotion of any version of the alias's adapter (`alias.promoted`).
 
 The *streak* counts drift evidence since the last reset, per source (a detector, or an alert by
 name), since detectors watch different things: a concept drift leaves prompt lengths as they were,
 so a `no_drift` from the length check must not erase what the feedback check found. A `drift` check
-or a firing alert adds one to its source's streak; a `no_drift` check resets its source to 0, and a
-started retrain resets every source (its result is judged by the gate, and only new evidence should
-start another). The policy acts on the longest streak. A `not_enough_data` check neither counts nor resets:
-it is no evidence either way (monitoring/drift/base.py), so a quiet night of little traffic does not
-erase a drift seen before it, nor add to it. A resolved alert is not evidence of no drift either
-(alerts resolve when a series disappears), so it too leaves the streak as it is.
+or a firing alert adds one to its source's streak; a `no_drift` check or a resolved alert resets
+its source to 0; a started retrain or a promotion resets every source (a retrain's result is judged
+by the gate, a newly promoted version has shown no drift yet, and only new evidence should start
+another). A `not_enough_data` check neither counts nor resets: it is no evidence either way
+(monitoring/drift/base.py), so a quiet night of little traffic does not erase a drift seen before
+it, nor add to it. The policy acts on the longest streak.
 
 A retrain is due when the streak reaches `sustain`, the last retrain started more than `cooldown`
 ago, and fewer than `daily_budget` retrains started in the last 24 hours.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 DRIFT_CHECKED: Final = "drift.checked"
 DRIFT_ALERT: Final = "drift.alert"
 RETRAIN_STARTED: Final = "retrain.started"
+PROMOTED: Final = "alias.promoted"  # Registry.promote's event
 DAY = timedelta(days=1)
 
 
@@ -44,7 +46,7 @@ DAY = timedelta(days=1)
 class Observation:
     """One event of the history the policy reads; `value` is the check's decision or the alert's status."""
 
-    kind: Literal["drift.checked", "drift.alert", "retrain.started"]
+    kind: Literal["drift.checked", "drift.alert", "retrain.started", "alias.promoted"]
     at: datetime
     value: str = ""
     source: str = ""  # the detector of a check, the alertname of an alert
@@ -106,9 +108,9 @@ def drift_streak(history: Iterable[Observation]) -> int:
     streaks: dict[tuple[str, str], int] = {}
     for obs in history:
         key = (obs.kind, obs.source)
-        if obs.kind == RETRAIN_STARTED:
+        if obs.kind in (RETRAIN_STARTED, PROMOTED):
             streaks.clear()
-        elif obs.kind == DRIFT_CHECKED and obs.value == "no_drift":
+        elif (obs.kind, obs.value) in ((DRIFT_CHECKED, "no_drift"), (DRIFT_ALERT, "resolved")):
             streaks[key] = 0
         elif (obs.kind == DRIFT_CHECKED and obs.value == "drift") or (
             obs.kind == DRIFT_ALERT and obs.value == "firing"
@@ -122,6 +124,9 @@ def observations(events: Iterable[Event], alias: str) -> list[Observation]:
     found = []
     for event in events:
         detail: dict[str, Any] = event.detail or {}
+        if event.kind == PROMOTED:  # a new version is live: drift seen on the old one is no evidence
+            found.append(Observation(PROMOTED, event.created_at))
+            continue
         if detail.get("alias") != alias:
             continue
         if event.kind == DRIFT_CHECKED:

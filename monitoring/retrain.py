@@ -113,14 +113,16 @@ def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -
     if ref is None:
         raise NotFoundError(f"no alias named {alias!r}; see `tuneloop adapters list`")
     spec = last_spec(registry, ref)
-    previous = read_examples(spec.data.train, task=spec.task)
+    replay = settings.TUNELOOP_RETRAIN_REPLAY.get()
+    # With replay 0 nothing of the previous file is kept, so it need not be reachable from here.
+    previous = read_examples(spec.data.train, task=spec.task) if replay > 0 else []
     new_path = settings.TUNELOOP_RETRAIN_DATA_DIR.get() / f"{alias}.jsonl"
     new = read_examples(new_path, task=spec.task) if new_path.is_file() else []
     data = refresh(
         previous,
         new,
-        labelled_examples(store, alias)[-settings.TUNELOOP_RETRAIN_FEEDBACK_LIMIT.get() :],
-        replay=settings.TUNELOOP_RETRAIN_REPLAY.get(),
+        _latest(labelled_examples(store, alias), settings.TUNELOOP_RETRAIN_FEEDBACK_LIMIT.get()),
+        replay=replay,
         gate_share=settings.TUNELOOP_RETRAIN_GATE_SHARE.get(),
     )
     if len(data.train) < spec.data.min_examples:
@@ -149,13 +151,14 @@ def start(
 ) -> str:
     """Prepare and submit a retrain of `alias`; record `retrain.started`; return the Ray job id."""
     from tuneloop.monitoring.control.loop import adapter_of
-    from tuneloop.platform.jobs import submit_spec
+    from tuneloop.platform.jobs import new_job_id, submit_spec
 
     ref = registry.aliases().get(alias)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     folder = settings.TUNELOOP_HOME.get() / "retrains" / alias / stamp
     data = prepare(registry, store, alias, folder)
-    job_id = submit_spec(folder / SPEC_FILE, address=address)
+    adapter = adapter_of(registry, alias)
+    job_id = new_job_id(adapter)
     detail = {
         "alias": alias,
         "job_id": job_id,
@@ -164,8 +167,16 @@ def start(
         "counts": data.counts,
         "reason": reason,
     }
+    # Recorded before submitting, so a job Ray runs is never one the loop does not know about; a
+    # submission that fails closes the record at once.
     message = f"{alias}: retraining {ref} as job {job_id} ({_counts(data.counts)}): {reason}"
-    registry.add_event(adapter_of(registry, alias), RETRAIN_STARTED, message, detail)
+    registry.add_event(adapter, RETRAIN_STARTED, message, detail)
+    try:
+        submit_spec(folder / SPEC_FILE, address=address, job_id=job_id)
+    except Exception as exc:
+        _finish(registry, alias, job_id, "FAILED", None, f"job {job_id} could not be submitted: {exc}")
+        metrics.RETRAINS_FAILED.labels(alias).inc()
+        raise
     metrics.RETRAINS_STARTED.labels(alias).inc()
     log.info("%s", message)
     return job_id
@@ -198,43 +209,50 @@ def advance(
     from tuneloop.monitoring.control.loop import adapter_of
     from tuneloop.monitoring.evaluation.suite import golden_suite
     from tuneloop.monitoring.gate import run_gate
+    from tuneloop.platform.errors import TuneloopError
     from tuneloop.platform.jobs import record_outcome
-    from tuneloop.platform.rayjobs import TERMINAL
+    from tuneloop.platform.rayjobs import TERMINAL, JobNotFoundError
+    from tuneloop.platform.registry.models import VersionStatus
 
     closed: list[GateDecision | None] = []
     for retrain in open_retrains(registry, alias):
         job_id = retrain["job_id"]
-        status = str(record_outcome(jobs, job_id).status.value)
-        if status not in TERMINAL:
+        try:
+            status = str(record_outcome(jobs, job_id).status.value)
+        except JobNotFoundError:
+            status = "LOST"  # the cluster forgot it (a restarted head): it will never end
+        except TuneloopError as exc:  # Ray unreachable: ask again next round
+            log.warning("%s: cannot ask Ray about retrain job %s: %s", alias, job_id, exc)
             continue
-        candidates = [
-            v.ref for v in registry.list_versions(adapter_of(registry, alias)) if v.job_id == job_id
-        ]
-        if status != "SUCCEEDED" or not candidates:
-            why = f"job {job_id} ended {status}" + ("" if candidates else " without registering a version")
+        if status not in TERMINAL and status != "LOST":
+            continue
+        versions = [v for v in registry.list_versions(adapter_of(registry, alias)) if v.job_id == job_id]
+        if status != "SUCCEEDED" or not versions:
+            why = f"job {job_id} ended {status}" + ("" if versions else " without registering a version")
             _finish(registry, alias, job_id, status, None, why)
             metrics.RETRAINS_FAILED.labels(alias).inc()
             closed.append(None)
             continue
-        if client is None:
-            log.warning(
-                "%s: %s is ready, but the gate needs TUNELOOP_EVAL_KEY to compare it", alias, candidates[0]
-            )
+        candidate = versions[-1]
+        if candidate.status != VersionStatus.CANDIDATE:  # decided before a crash cut this round short
+            _finish(registry, alias, job_id, status, candidate.ref, f"{candidate.ref} is {candidate.status}")
             continue
-        candidate = candidates[-1]
-        _finish(registry, alias, job_id, status, candidate, f"job {job_id} registered {candidate}")
-        metrics.RETRAINS_SUCCEEDED.labels(alias).inc()
+        if client is None:
+            log.warning("%s: %s is ready, but the gate needs TUNELOOP_EVAL_KEY", alias, candidate.ref)
+            continue
         recent = (
             read_examples(Path(retrain["folder"]) / GATE_FILE)
             if retrain.get("counts", {}).get("held_out_for_gate")
             else []
         )
         golden = golden_suite(alias)
-        closed.append(
-            run_gate(
-                registry, client, alias, candidate, recent=recent, golden=golden.examples if golden else ()
-            )
+        decision = run_gate(
+            registry, client, alias, candidate.ref, recent=recent, golden=golden.examples if golden else ()
         )
+        # Closed only once the gate has decided: a gate that fails leaves the retrain open for the next round.
+        _finish(registry, alias, job_id, status, candidate.ref, f"job {job_id} registered {candidate.ref}")
+        metrics.RETRAINS_SUCCEEDED.labels(alias).inc()
+        closed.append(decision)
     return closed
 
 
@@ -245,6 +263,10 @@ def _finish(
 
     detail = {"alias": alias, "job_id": job_id, "status": status, "candidate": candidate}
     registry.add_event(adapter_of(registry, alias), RETRAIN_FINISHED, f"{alias}: {why}", detail)
+
+
+def _latest(examples: list[Example], limit: int) -> list[Example]:
+    return examples[-limit:] if limit > 0 else []
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -312,11 +312,10 @@ def _rounds(
     while time.monotonic() < deadline:
         results = run_round(registry, store)
         show_round(results, started)
-        for gated in (g for r in results for g in r.gated):
-            if gated is not None and gated.promote:
-                return registry.aliases()[ALIAS]
-            if gated is not None:
-                return None
+        for gated in (g for r in results for g in r.gated):  # a closed retrain ends the rounds
+            if gated is None:
+                print(f"the retrain registered no candidate: see `tuneloop adapters history {ALIAS}`")
+            return registry.aliases()[ALIAS] if gated is not None and gated.promote else None
         running = [r["job_id"] for r in open_retrains(registry, ALIAS)]
         if running:
             # The scheduler would keep evaluating the live version meanwhile; on 2 cores that takes

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tuneloop.platform.demo_data import Tweet
-from tuneloop.serve.proxy import VERSION_HEADER
-from tuneloop.train.answers import exact_match
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -31,6 +29,8 @@ class Served:
 def ask(client: OpenAI, model: str, tweet: Tweet, max_tokens: int = 8) -> tuple[str, str, str]:
     """(request id, answering version, answer) for one tweet, greedy. The version comes from the
     gateway's X-Tuneloop-Version header (the body keeps the `model` the client asked for)."""
+    from tuneloop.serve.proxy import VERSION_HEADER
+
     messages: Any = tweet.messages()  # plain dicts: what the SDK's TypedDicts describe
     raw = client.chat.completions.with_raw_response.create(
         model=model, messages=messages, max_tokens=max_tokens, temperature=0.0
@@ -44,6 +44,8 @@ def serve_and_judge(
     client: OpenAI, gateway: str, key: str, alias: str, tweets: Sequence[Tweet], *, drifted: bool
 ) -> list[Served]:
     """Send every tweet to `alias`, then post feedback on each answer: `correct`, or the right answer."""
+    from tuneloop.train.answers import exact_match
+
     with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
 
         def one(tweet: Tweet) -> Served:
@@ -64,6 +66,7 @@ def accuracy(served: Sequence[Served]) -> float:
 
 def score(client: OpenAI, model: str, tweets: Sequence[Tweet], *, drifted: bool) -> float:
     """Exact-match accuracy of `model` (an alias or `adapter@N`) on `tweets`, no feedback sent."""
+    from tuneloop.train.answers import exact_match
 
     def one(tweet: Tweet) -> bool:
         return exact_match(ask(client, model, tweet)[2], tweet.answer(drifted)) == 1.0

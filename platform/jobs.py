@@ -124,14 +124,15 @@ def new_job_id(adapter: str) -> str:
     return f"tuneloop-{adapter}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def submit_spec(spec_path: Path, *, address: str | None = None) -> str:
-    """Validate, record and submit a job spec as a Ray job running `tuneloop train`; return its id."""
+def submit_spec(spec_path: Path, *, address: str | None = None, job_id: str | None = None) -> str:
+    """Validate, record and submit a job spec as a Ray job running `tuneloop train`; return its id
+    (`job_id` when given: the monitoring loop records it before submitting)."""
     from tuneloop.platform.registry import Registry
     from tuneloop.platform.registry.models import JobStatus
 
     spec = load_and_check(spec_path)
     client = JobsClient(address)  # an unreachable cluster or a missing token fails before any record
-    job_id = new_job_id(spec.output.adapter)
+    job_id = job_id or new_job_id(spec.output.adapter)
     with staged_working_dir(spec_path) as (workdir, name):
         registry = Registry()
         # Recorded before submitting: the driver may report to this row as soon as it starts.

@@ -9,6 +9,7 @@ gateway's admin key) go to files readable by the owner only, never into the conf
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ def config(
         }
         if target.bearer is not None:
             key = secrets / f"{target.job}.token"
-            key.write_text(target.bearer)
-            key.chmod(0o600)
+            key.unlink(missing_ok=True)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+            with os.fdopen(fd, "w") as f:
+                f.write(target.bearer)
             job["authorization"] = {"type": "Bearer", "credentials_file": str(key)}
         jobs.append(job)
     interval = f"{interval_s:g}s"

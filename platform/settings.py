@@ -249,6 +249,13 @@ RAY_JOB_CONFIG_JSON_ENV_VAR: Var[dict[str, Any]] = Var(
 
 
 # -- capture of sampled traffic and feedback (monitoring/capture)
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
 def _fraction(raw: str) -> float:
     value = float(raw)
     if not 0.0 <= value <= 1.0:
@@ -327,7 +334,7 @@ TUNELOOP_EVAL_JUDGE: Var[str] = Var(
 )
 TUNELOOP_EVAL_CONCURRENCY: Var[int] = Var(
     "TUNELOOP_EVAL_CONCURRENCY",
-    int,
+    _positive,
     lambda: 4,
     "Evaluation requests in flight at once (the engine batches them).",
 )
@@ -391,7 +398,7 @@ TUNELOOP_RETRAIN_GATE_SHARE: Var[float] = Var(
 )
 TUNELOOP_RETRAIN_FEEDBACK_LIMIT: Var[int] = Var(
     "TUNELOOP_RETRAIN_FEEDBACK_LIMIT",
-    int,
+    _positive,
     lambda: 1000,
     "Most feedback-labelled examples (the latest) a retrain uses: older feedback may give answers "
     "that are no longer right.",
@@ -405,7 +412,7 @@ TUNELOOP_DRIFT_INPUT_DETECTORS: Var[tuple[str, ...]] = Var(
 )
 TUNELOOP_DRIFT_FEEDBACK_WINDOW: Var[int] = Var(
     "TUNELOOP_DRIFT_FEEDBACK_WINDOW",
-    int,
+    _positive,
     lambda: 100,
     "Feedback labels per side of the feedback-accuracy check: a live version's first labels (its "
     "accuracy at deploy time) against its latest ones; decisions need min(this, 30) labels a side.",

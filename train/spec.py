@@ -182,9 +182,10 @@ def load_spec(path: Path) -> JobSpec:
         raise ConfigError(f"{path} must hold a mapping at the top level")
     data = raw.get("data")
     if isinstance(data, dict):
+        # Absolute, so a recorded spec (the registry's job row) does not depend on the cwd.
         for key in ("train", "validation", "test"):
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str(path.parent / data[key])
+                data[key] = str(path.resolve().parent / data[key])
     return parse_spec(raw, source=str(path))
 
 

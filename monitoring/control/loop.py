@@ -163,9 +163,13 @@ def check_alias(
     from tuneloop.platform.rayjobs import JobsClient
 
     result = RoundResult(alias)
-    open_retrains = retrain.open_retrains(registry, alias)
-    if open_retrains:
-        result.gated = retrain.advance(registry, alias, JobsClient(jobs_address), client)
+    if retrain.open_retrains(registry, alias):
+        try:
+            jobs = JobsClient(jobs_address)
+        except TuneloopError as exc:  # Ray unreachable or no token: the retrain waits, the checks go on
+            log.warning("%s: cannot follow its retrain: %s", alias, exc)
+        else:
+            result.gated = retrain.advance(registry, alias, jobs, client)
     suites = suites_for(registry, alias)
     if client is not None:
         for suite in suites:
@@ -183,7 +187,7 @@ def check_alias(
                 result.started_job = retrain.start(
                     registry, store, alias, result.decision.reason, address=jobs_address
                 )
-            except TuneloopError as exc:  # no spec, unreadable data, too few examples, Ray unreachable
+            except Exception as exc:  # no spec, unreadable data, too few examples, Ray or disk trouble
                 result.error = f"retrain not started: {exc}"
                 detail = {"alias": alias, "reason": str(exc)}
                 registry.add_event(
@@ -229,5 +233,8 @@ class Scheduler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             started = time.monotonic()
-            run_round(self.registry, self.store)
+            try:
+                run_round(self.registry, self.store)
+            except Exception:  # the registry or the gateway key failing: the next round tries again
+                log.exception("monitoring round failed")
             log.info("monitoring round took %.1fs", time.monotonic() - started)

@@ -11,6 +11,7 @@ job held out. Where the data files are not reachable from here, that suite is sk
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,16 +59,20 @@ def last_spec(registry: Registry, ref: str) -> JobSpec:
     from tuneloop.train.spec import parse_spec
 
     version = registry.get_version(ref)
-    raw: Any = None
+    candidates: list[Any] = []
     if version.job_id:
-        try:
-            raw = registry.get_job(version.job_id).spec
-        except NotFoundError:
-            raw = None
-    raw = raw or version.manifest.get("spec")
-    if not isinstance(raw, dict) or not raw:
+        with contextlib.suppress(NotFoundError):
+            candidates.append(registry.get_job(version.job_id).spec)
+    candidates.append(version.manifest.get("spec"))
+    records = [raw for raw in candidates if isinstance(raw, dict) and raw]
+    if not records:
         raise ConfigError(f"{ref} has no recorded job spec (imported?): there is nothing to retrain it from")
-    return parse_spec(raw, source=f"job spec of {ref}")
+    for raw in records[:-1]:
+        try:
+            return parse_spec(raw, source=f"job spec of {ref}")
+        except ConfigError:  # a record written before job rows kept only what the spec set
+            log.info("the job record of %s does not validate; using the spec in its lineage", ref)
+    return parse_spec(records[-1], source=f"job spec of {ref}")
 
 
 def test_split_suite(registry: Registry, ref: str) -> Suite | None:

@@ -10,6 +10,7 @@ import pytest
 from tuneloop.monitoring.policy import (
     DRIFT_ALERT,
     DRIFT_CHECKED,
+    PROMOTED,
     RETRAIN_STARTED,
     Observation,
     RetrainPolicy,
@@ -46,13 +47,16 @@ def test_not_enough_data_neither_counts_nor_resets() -> None:
     assert POLICY.decide(history, T0 + timedelta(hours=5)).retrain
 
 
-def test_firing_alerts_count_and_resolved_alerts_do_not_reset() -> None:
+def test_firing_alerts_count_and_a_resolved_alert_resets_its_own_streak() -> None:
     def alert(hours: int, status: str, name: str = "TuneloopDrift") -> Observation:
         return Observation(DRIFT_ALERT, T0 + timedelta(hours=hours), status, name)
 
-    history = [alert(0, "firing"), alert(1, "resolved"), alert(2, "firing"), alert(3, "firing")]
+    history = [alert(0, "firing"), alert(1, "firing"), alert(2, "firing")]
     assert drift_streak(history) == 3
     assert POLICY.decide(history, T0 + timedelta(hours=4)).retrain
+    # A resolved alert ends its own streak only: another alert's and the checks' go on.
+    mixed = [*history, alert(3, "firing", "Other"), alert(4, "resolved"), *checks("drift", start=T0)]
+    assert drift_streak(mixed) == 1
 
 
 def test_each_detector_keeps_its_own_streak() -> None:
@@ -115,6 +119,25 @@ def test_reads_the_history_from_registry_events(tmp_path: Path) -> None:
         registry.add_event("support", DRIFT_CHECKED, decision, {"alias": "support", "decision": decision})
     registry.add_event("support", DRIFT_CHECKED, "other alias", {"alias": "other", "decision": "no_drift"})
     history = observations(registry.history("support"), "support")
-    assert [o.value for o in history] == ["drift", "drift", "drift"]
+    assert [o.kind for o in history] == [PROMOTED, DRIFT_CHECKED, DRIFT_CHECKED, DRIFT_CHECKED]
+    assert [o.value for o in history[1:]] == ["drift", "drift", "drift"]
     # Registry timestamps come back naive from SQLite; the policy treats them as UTC.
     assert POLICY.decide(history, datetime.now(UTC)).retrain
+
+
+def test_a_promotion_resets_every_streak() -> None:
+    history = [*checks("drift", "drift"), Observation(PROMOTED, T0 + timedelta(hours=2))]
+    assert drift_streak(history) == 0
+    assert drift_streak([*history, *checks("drift", start=T0 + timedelta(hours=3))]) == 1
+
+
+def test_promotions_of_the_adapter_are_read_from_the_registry(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    for _ in range(2):
+        registry.add_version("support", base_model="m", method="lora", store=lambda n: f"mem://{n}")
+    registry.promote("support", "support@1")
+    for _ in range(3):
+        registry.add_event("support", DRIFT_CHECKED, "drift", {"alias": "support", "decision": "drift"})
+    registry.promote("support", "support@2")
+    history = observations(registry.history("support"), "support")
+    assert [o.kind for o in history][-1] == PROMOTED and drift_streak(history) == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.servers import RayHead
 
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.policy import RETRAIN_STARTED
@@ -17,12 +18,14 @@ from tuneloop.monitoring.retrain import (
     RETRAIN_FINISHED,
     SPEC_FILE,
     TRAIN_FILE,
+    advance,
     last_spec,
     open_retrains,
     prepare,
     refresh,
 )
 from tuneloop.platform.errors import ConfigError, NotFoundError
+from tuneloop.platform.rayjobs import JobsClient
 from tuneloop.platform.registry import Registry
 from tuneloop.train.data.formats import Example, Message, read_examples
 from tuneloop.train.spec import load_spec
@@ -260,3 +263,45 @@ def test_open_retrains_are_started_and_not_finished(registry: Registry) -> None:
     registry.add_event("support", RETRAIN_FINISHED, "done", {"alias": "canary", "job_id": "job-b"})
     assert [r["job_id"] for r in open_retrains(registry, "support")] == ["job-b"]
     assert [r["job_id"] for r in open_retrains(registry, "canary")] == ["job-c"]
+
+
+def test_a_job_record_that_no_longer_validates_falls_back_to_the_lineage(
+    registry: Registry, tmp_path: Path
+) -> None:
+    old_style = {
+        **spec_for(tmp_path / "submitter.jsonl"),
+        "method": {"name": "lora", "num_virtual_tokens": 8},
+    }
+    registry.add_job("job-1", "support", old_style)  # every default dumped, as job rows once were
+    ref = add_version(registry, job_id="job-1", manifest={"spec": spec_for(tmp_path / "lineage.jsonl")})
+    assert last_spec(registry, ref).data.train == tmp_path / "lineage.jsonl"
+
+
+def test_replay_zero_needs_no_previous_file(
+    registry: Registry, store: CaptureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Kubernetes the control pod may not see the file the last job was submitted with."""
+    registry.add_job("job-1", "support", spec_for(tmp_path / "on-a-laptop" / "train.jsonl"))
+    registry.promote("support", add_version(registry, job_id="job-1"))
+    monkeypatch.setenv("TUNELOOP_RETRAIN_REPLAY", "0")
+    monkeypatch.setenv("TUNELOOP_RETRAIN_GATE_SHARE", "0")
+    monkeypatch.setenv("TUNELOOP_RETRAIN_DATA_DIR", str(tmp_path / "new"))
+    write_jsonl(
+        tmp_path / "new" / "support.jsonl", [{"prompt": f"q{i}", "completion": "a"} for i in range(6)]
+    )
+    data = prepare(registry, store, "support", tmp_path / "retrain")
+    assert data.counts["previous"] == 0 and data.counts["train"] == 6
+
+
+@pytest.mark.slow
+def test_a_job_the_cluster_forgot_is_closed_as_lost(
+    registry: Registry, ray_head: RayHead, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.promote("support", add_version(registry))
+    detail = {"alias": "support", "job_id": "tuneloop-support-gone", "folder": "/nowhere", "counts": {}}
+    registry.add_event("support", RETRAIN_STARTED, "started", detail)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", ray_head.env["RAY_AUTH_TOKEN_PATH"])
+    closed = advance(registry, "support", JobsClient(ray_head.address), client=None)
+    assert closed == [None] and open_retrains(registry, "support") == []
+    finished = registry.history("support")[-1]
+    assert finished.kind == RETRAIN_FINISHED and finished.detail["status"] == "LOST"
