@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     "adapters rollback": "tuneloop.platform.commands:adapters_rollback",
     "adapters history": "tuneloop.platform.commands:adapters_history",
     "keys create": "tuneloop.platform.commands:keys_create",
+    "keys list": "tuneloop.platform.commands:keys_list",
+    "keys revoke": "tuneloop.platform.commands:keys_revoke",
     "serve": "tuneloop.serve.cli:serve",
     "ray up": "tuneloop.platform.ray_embedded:ray_up",
     "ray down": "tuneloop.platform.ray_embedded:ray_down",

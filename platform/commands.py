@@ -191,3 +191,29 @@ def keys_create(scope: str | None = None, admin: bool = False) -> None:
 
     key = create_key(Registry(), scopes=(scope or "").split(","), admin=admin)
     print(key.secret)
+
+
+def keys_list() -> None:
+    """List the active gateway API keys: the prefix each is shown by, its scopes, when it was made."""
+    from tuneloop.platform.registry import Registry
+
+    keys = sorted(Registry().api_keys(), key=lambda k: k.created_at)
+    if not keys:
+        print("no keys (create one with `tuneloop keys create`)")
+        return
+    print(f"{'KEY':<14} {'CREATED':<19} SCOPES")
+    for key in keys:
+        when = key.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{key.prefix + '...':<14} {when:<19} {'admin' if key.admin else ','.join(key.scopes)}")
+
+
+def keys_revoke(prefix: str) -> None:
+    """Revoke a gateway API key; serving replicas refuse it within a registry poll (0.5 s).
+
+    Args:
+        prefix: The key as `tuneloop keys list` shows it (its first 10 characters; a trailing ... is fine).
+    """
+    from tuneloop.platform.registry import Registry
+
+    key = Registry().revoke_api_key(prefix.removesuffix("..."))
+    print(f"revoked {key.prefix}... ({'admin' if key.admin else ','.join(key.scopes)})")

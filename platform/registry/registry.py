@@ -277,6 +277,24 @@ class Registry:
         with self.transaction() as session:
             return list(session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))))
 
+    def revoke_api_key(self, prefix: str) -> ApiKey:
+        """Revoke the unrevoked key shown as `prefix` (`tuneloop keys list`); gateways refuse it from
+        their next registry poll. An unknown or ambiguous prefix is an error, and nothing changes."""
+        with self.transaction() as session:
+            rows = list(
+                session.scalars(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)))
+            )
+            if not rows:
+                raise NotFoundError(f"no active key {prefix!r}; see `tuneloop keys list`")
+            if len(rows) > 1:
+                raise ConflictError(
+                    f"{len(rows)} active keys share the prefix {prefix!r}: revoke by another way"
+                )
+            rows[0].revoked_at = utcnow()
+            session.add(Event(adapter_id=None, kind="key.revoked", message=f"key {prefix}... revoked"))
+            session.flush()
+            return rows[0]
+
     def find_api_key(self, key_hash: str) -> ApiKey | None:
         """The unrevoked key with this hash, or None."""
         with self.transaction() as session:

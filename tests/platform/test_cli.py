@@ -98,3 +98,16 @@ def test_env_prints_every_variable(tmp_path: Path) -> None:
     assert out.returncode == 0
     assert f"TUNELOOP_HOME={tmp_path / 'tl'}" in out.stdout
     assert "TUNELOOP_HOST=127.0.0.1" in out.stdout
+
+
+def test_keys_list_and_revoke(tmp_path: Path) -> None:
+    created = run("keys", "create", "--admin", home=tmp_path)
+    assert created.returncode == 0, created.stderr
+    shown = created.stdout.strip()[:10]
+    listed = run("keys", "list", home=tmp_path)
+    assert listed.returncode == 0 and f"{shown}..." in listed.stdout and "admin" in listed.stdout
+    revoked = run("keys", "revoke", f"{shown}...", home=tmp_path)
+    assert revoked.returncode == 0 and revoked.stdout.startswith(f"revoked {shown}...")
+    assert "no keys" in run("keys", "list", home=tmp_path).stdout
+    again = run("keys", "revoke", shown, home=tmp_path)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "no active key" in again.stderr

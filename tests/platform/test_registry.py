@@ -138,3 +138,19 @@ def test_bad_url_is_a_config_error() -> None:
         Registry("not a url")
     with pytest.raises(ConfigError, match="cannot open registry"):
         Registry("nosuchdialect://x")
+
+
+def test_a_revoked_key_is_found_no_more_and_bumps_the_event_id(registry: Registry) -> None:
+    registry.add_api_key("ab" * 32, "tl-abcdefg", scopes=["a"], admin=False)
+    registry.add_api_key("cd" * 32, "tl-hijklmn", scopes=[], admin=True)
+    before = registry.last_event_id()
+    revoked = registry.revoke_api_key("tl-abcdefg")
+    assert revoked.revoked_at is not None and registry.last_event_id() > before
+    assert registry.find_api_key("ab" * 32) is None
+    assert [k.prefix for k in registry.api_keys()] == ["tl-hijklmn"]
+    with pytest.raises(NotFoundError, match="no active key 'tl-abcdefg'"):
+        registry.revoke_api_key("tl-abcdefg")  # already revoked: an error, and nothing changes
+    registry.add_api_key("ef" * 32, "tl-hijklmn", scopes=["a"], admin=False)  # same shown prefix
+    with pytest.raises(ConflictError, match="2 active keys share the prefix"):
+        registry.revoke_api_key("tl-hijklmn")
+    assert len(registry.api_keys()) == 2

@@ -196,7 +196,9 @@ def test_a_key_never_learns_of_adapters_outside_its_scope(replica: Replica) -> N
     assert missing.value.body == json.loads(next(iter(bodies)).replace("NAME", "other"))["error"]
 
 
-def test_missing_or_bad_keys_are_401_and_a_new_key_works_at_once(replica: Replica) -> None:
+def test_missing_or_bad_keys_are_401_a_new_key_works_at_once_and_a_revoked_one_stops(
+    replica: Replica,
+) -> None:
     body = {"model": replica.base, "prompt": PROMPT, "max_tokens": 1}
     assert replica.post("/v1/completions", body, key=None).status_code == 401
     bad = httpx.post(
@@ -208,9 +210,18 @@ def test_missing_or_bad_keys_are_401_and_a_new_key_works_at_once(replica: Replic
     )
     with pytest.raises(openai.AuthenticationError):
         OpenAI(base_url=replica.gateway.base_url, api_key="tl-wrong", max_retries=0).models.list()
-    fresh = create_key(replica.registry, scopes=["other"], admin=False).secret
-    client = OpenAI(base_url=replica.gateway.base_url, api_key=fresh, max_retries=0)
+    fresh = create_key(replica.registry, scopes=["other"], admin=False)
+    client = OpenAI(base_url=replica.gateway.base_url, api_key=fresh.secret, max_retries=0)
     assert _complete(client, "other", max_tokens=2)
+    # Revoked: refused from the gateway's next registry poll (0.5 s), by the openai client too.
+    replica.registry.revoke_api_key(fresh.prefix)
+    deadline = time.monotonic() + 2.0
+    auth = {"Authorization": f"Bearer {fresh.secret}"}
+    while httpx.get(f"{replica.gateway.url}/v1/models", headers=auth, timeout=10).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key still worked 2 s later"
+        time.sleep(0.1)
+    with pytest.raises(openai.AuthenticationError):
+        _complete(client, "other", max_tokens=2)
 
 
 def test_versions_this_replica_cannot_serve_are_refused_with_the_reason(replica: Replica) -> None:
