@@ -70,9 +70,16 @@ class Resolver:
         self.prompt_embeds = prompt_embeds
         self._same_base: dict[str, bool] = {}
 
+    @property
+    def base_version(self) -> str:
+        """The version label of the base model: `adapter@N` for a stored fine-tune, else `base`."""
+        return self.base.version or BASE_VERSION
+
     def resolve(self, model: str, principal: Principal, snapshot: Snapshot, live: dict[str, str]) -> Target:
         if model in self.base.names():
-            return Target(requested=model, engine_model=self.base.engine, kind="base")
+            return Target(
+                requested=model, engine_model=self.base.engine, kind="base", version=self.base_version
+            )
         adapter = snapshot.adapter_of_alias(model)
         if adapter is not None:
             if not principal.may_use(adapter, snapshot):
@@ -148,7 +155,13 @@ class Resolver:
         if info is None:  # an alias switched to a version the registry no longer lists
             raise model_not_found(requested)
         if info.ref == self.base.version:
-            return Target(requested=requested, engine_model=self.base.engine, kind="base", alias=alias)
+            return Target(
+                requested=requested,
+                engine_model=self.base.engine,
+                kind="base",
+                alias=alias,
+                version=self.base_version,
+            )
         kind: Kind = "prompt_embeddings" if info.serving == "prompt_embeddings" else "lora"
         engine_model = info.ref if kind == "lora" else self.base.engine
         return Target(requested, engine_model, kind, alias=alias, version=info.ref, info=info)

@@ -456,3 +456,18 @@ def test_killed_engine_gives_quick_503s_then_recovers_with_its_adapters(replica:
     assert "bot@1" in replica.engine_adapters(), "the alias's adapter was not reloaded after the restart"
     assert _complete(client, "bot") == before
     assert replica.metrics()[("tuneloop_engine_restarts_total", ())] == 1
+
+
+def test_a_full_finetune_is_served_by_a_replica_of_its_own(replica: Replica) -> None:
+    """`tuneloop serve --model ft@1`: the stored fine-tune is fetched (checksummed) into the replica's
+    cache and its engine serves it as the base model, under the version's name."""
+    with start_gateway("ft@1", replica.gateway.home, extra_env={"TUNELOOP_CAPTURE_ENABLED": "0"}) as own:
+        client = OpenAI(base_url=own.base_url, api_key=replica.keys["admin"], max_retries=0)
+        assert "ft@1" in {model.id for model in client.models.list()}
+        raw = client.completions.with_raw_response.create(
+            model="ft@1", prompt=PROMPT, max_tokens=4, temperature=0.0, extra_body=NO_EOS
+        )
+        assert raw.headers["x-tuneloop-version"] == "ft@1"
+        assert raw.parse().usage.completion_tokens == 4  # type: ignore[union-attr]
+        engine_models = httpx.get(f"{own.engine_url}/v1/models", timeout=10).json()["data"]
+        assert any(Path(m["id"]).parts[-2:] == ("ft", "v1") for m in engine_models), engine_models
