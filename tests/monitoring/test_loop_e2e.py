@@ -169,4 +169,5 @@ def test_concept_drift_is_detected_retrained_gated_and_served(serving: Gateway) 
     kinds = [e.kind for e in registry.history("colours")]
     for kind in ("drift.checked", "retrain.started", RETRAIN_FINISHED, "gate.decided", "alias.promoted"):
         assert kind in kinds, kinds
-    assert kinds.index("retrain.started") < kinds.index(RETRAIN_FINISHED) < kinds.index("gate.decided")
+    # A retrain is closed only once the gate has decided (a failed gate leaves it open for the next round).
+    assert kinds.index("retrain.started") < kinds.index("gate.decided") < kinds.index(RETRAIN_FINISHED)
