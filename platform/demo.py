@@ -341,12 +341,23 @@ def _table(
     before: Sequence[Any],
     after: Sequence[Any],
 ) -> None:
-    from tuneloop.platform.demo_traffic import accuracy, score
+    from tuneloop.monitoring.evaluation.runner import evaluate
+    from tuneloop.platform.demo_traffic import accuracy
+    from tuneloop.train.data.formats import Example, Message
+
+    def score(model: str, tweets: list[Tweet], drifted: bool) -> float:
+        """Exact match through the gateway with the loop's own evaluation (nothing recorded)."""
+        examples = [
+            Example(format="chat", line=i, messages=tuple(Message(**m) for m in t.row(drifted)["messages"]))
+            for i, t in enumerate(tweets, 1)
+        ]
+        result = evaluate(client, model, examples, max_tokens=8, scorers=("exact_match",), loss=False)
+        return result.scores["exact_match"]
 
     models = [old, *([new] if new else [])]
     rows = [
-        ("new policy, unseen tweets", {m: score(client, m, fresh, drifted=True) for m in models}),
-        ("golden set (labels unchanged)", {m: score(client, m, golden, drifted=False) for m in models}),
+        ("new policy, unseen tweets", {m: score(m, fresh, drifted=True) for m in models}),
+        ("golden set (labels unchanged)", {m: score(m, golden, drifted=False) for m in models}),
     ]
     print(f"{'exact match':<32}" + "".join(f"{m:>14}" for m in models))
     for name, scores in rows:

@@ -62,15 +62,3 @@ def serve_and_judge(
 
 def accuracy(served: Sequence[Served]) -> float:
     return sum(s.right for s in served) / len(served) if served else float("nan")
-
-
-def score(client: OpenAI, model: str, tweets: Sequence[Tweet], *, drifted: bool) -> float:
-    """Exact-match accuracy of `model` (an alias or `adapter@N`) on `tweets`, no feedback sent."""
-    from tuneloop.train.answers import exact_match
-
-    def one(tweet: Tweet) -> bool:
-        return exact_match(ask(client, model, tweet)[2], tweet.answer(drifted)) == 1.0
-
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        hits = list(pool.map(one, tweets))
-    return sum(hits) / len(hits) if hits else float("nan")
