@@ -23,14 +23,6 @@ from tuneloop.platform.settings import LOOPBACK
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
-    reg.add_version("support", base_model="m", method="lora", store=lambda n: f"mem://{n}")
-    reg.promote("support", "support@1")
-    return reg
-
-
-@pytest.fixture
 def control_url(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("TUNELOOP_RETRAIN_SUSTAIN", "2")
     port = free_port()

@@ -95,14 +95,6 @@ def golden(tmp_path: Path) -> Path:
     )
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
-    reg.add_version("support", base_model="m", method="lora", store=lambda n: f"mem://{n}")
-    reg.promote("support", "support@1")
-    return reg
-
-
 def test_scores_answers_and_answer_loss(golden: Path) -> None:
     sent: list[dict[str, Any]] = []
     suite = golden_suite("support", golden)
