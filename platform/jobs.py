@@ -11,7 +11,9 @@ artifact and model locations travel in the runtime env: the driver writes the sa
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import secrets
 import shlex
 import shutil
@@ -39,24 +41,62 @@ DATA_KEYS = ("train", "validation", "test")
 # Ray job metadata keys (string values only): tell tuneloop's jobs from others on a shared cluster.
 META_ADAPTER = "tuneloop_adapter"
 META_SPEC = "tuneloop_spec"
+META_SOURCES = "tuneloop_sources"  # JSON: staged data path -> the submitter's file
+# A data file inside Ray's unpacked working dir: ".../working_dir_files/_ray_pkg_<hash>/data/test/x.jsonl".
+STAGED_PATH = re.compile(r"[^\s'\"]*_ray_pkg_[0-9a-f]+/(data/(?:train|validation|test)/[^\s:'\"]+)")
 
 
 def load_and_check(spec_path: Path) -> JobSpec:
-    """Validate the spec, then every data file it names that exists here, reporting every bad line."""
+    """Validate the spec, then every data file it names that exists here, reporting every bad line;
+    where all of them are here, split them as the job will, so a leak between the given splits or
+    too few examples after carving fails here too, before anything reaches the cluster."""
     from tuneloop.train.data.formats import read_examples
+    from tuneloop.train.data.splits import make_splits
     from tuneloop.train.spec import load_spec
 
     spec = load_spec(spec_path)
+    remote = False
     for key in DATA_KEYS:
         path = getattr(spec.data, key)
         if path is None:
             continue
         if not path.exists() and not _was_relative(spec_path, key):
             log.warning("data.%s %s is not on this machine; it must exist where the job runs", key, path)
+            remote = True
             continue
         minimum = spec.data.min_examples if key == "train" else 1
         read_examples(path, task=spec.task, min_examples=minimum)
+    if not remote:
+        make_splits(spec.data, spec.task)
     return spec
+
+
+def staged_sources(spec_path: Path) -> dict[str, str]:
+    """Where each data file of the spec lands in the staged working dir (`data/<key>/<name>`), mapped
+    to the file the user named, so messages from the cluster can name the user's files."""
+    data = _raw(spec_path).get("data")
+    found: dict[str, str] = {}
+    for key in DATA_KEYS:
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, str):
+            source = Path(value).expanduser()
+            source = source if source.is_absolute() else spec_path.parent / source
+            found[f"data/{key}/{source.name}"] = str(source.resolve())
+    return found
+
+
+def unstage(text: str, sources: dict[str, str]) -> str:
+    """`text` with every staged data path inside Ray's working dir replaced by the user's file."""
+    return STAGED_PATH.sub(lambda m: sources.get(m.group(1), m.group(1)), text)
+
+
+def job_sources(info: JobDetails) -> dict[str, str]:
+    """The staged -> user file map a tuneloop job carries in its metadata ({} for other jobs)."""
+    try:
+        found = json.loads((info.metadata or {}).get(META_SOURCES, "{}"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def _was_relative(spec_path: Path, key: str) -> bool:
@@ -144,7 +184,11 @@ def submit_spec(spec_path: Path, *, address: str | None = None, job_id: str | No
                 submission_id=job_id,
                 working_dir=workdir,
                 env_vars=job_env(),
-                metadata={META_ADAPTER: spec.output.adapter, META_SPEC: str(spec_path.resolve())},
+                metadata={
+                    META_ADAPTER: spec.output.adapter,
+                    META_SPEC: str(spec_path.resolve()),
+                    META_SOURCES: json.dumps(staged_sources(spec_path)),
+                },
             )
         except Exception as exc:
             registry.finish_job(job_id, JobStatus.FAILED, {"error": f"submission failed: {exc}"})
@@ -223,7 +267,7 @@ def jobs_logs(job_id: str, follow: bool = False, address: str | None = None) -> 
     client = JobsClient(address)
     if follow:
         return _finish(client, job_id, follow=True)
-    sys.stdout.write(client.logs(job_id))
+    sys.stdout.write(unstage(client.logs(job_id), job_sources(client.info(job_id))))
     return 0
 
 
@@ -267,7 +311,8 @@ def jobs_list(address: str | None = None) -> int:
 def _finish(client: JobsClient, job_id: str, follow: bool) -> int:
     """Wait for the end (printing the log if `follow`), record it, print the final status line."""
     if follow:
-        client.follow(job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+        sources = job_sources(client.info(job_id))
+        client.follow(job_id, lambda chunk: (sys.stdout.write(unstage(chunk, sources)), sys.stdout.flush()))
     client.wait(job_id)
     info = record_outcome(client, job_id)
     _print_status(info, brief=follow)
@@ -276,7 +321,7 @@ def _finish(client: JobsClient, job_id: str, follow: bool) -> int:
 
 def _print_status(info: JobDetails, brief: bool = False) -> None:
     """`ID STATUS: message`; `brief` keeps the message's first line (Ray appends the log tail to it)."""
-    message = (info.message or "").strip()
+    message = unstage((info.message or "").strip(), job_sources(info))
     if brief:
         message = message.splitlines()[0] if message else ""
     print(f"{info.submission_id} {info.status.value}" + (f": {message}" if message else ""), flush=True)

@@ -108,6 +108,27 @@ def test_bad_spec_or_data_fails_before_submission(
     assert not (home / "registry.db").exists(), "nothing may be recorded for a job that was never submitted"
 
 
+def test_a_leak_between_given_splits_fails_before_submission(tmp_path: Path, home: Path) -> None:
+    """`jobs submit` promises local checks: the leakage check runs here, not first on the cluster."""
+    spec_path = write_spec(
+        tmp_path, data={"train": "data/chat.jsonl", "test": "data/test.jsonl", "min_examples": 4}
+    )
+    (tmp_path / "data" / "test.jsonl").write_text(chat(3) + chat(100))
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens: only a local check can fail first
+    with pytest.raises(DataError, match=r"test\.jsonl:1 repeats .*chat\.jsonl:4"):
+        jobs.submit_spec(spec_path, address=address)
+    assert not (home / "registry.db").exists()
+
+
+def test_messages_from_the_cluster_name_the_users_files(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path)
+    sources = jobs.staged_sources(spec_path)
+    assert sources == {"data/train/chat.jsonl": str(tmp_path / "data" / "chat.jsonl")}
+    ray_path = "/tmp/ray/session_x/runtime_resources/working_dir_files/_ray_pkg_0a1b2c/data/train/chat.jsonl"
+    shown = jobs.unstage(f"DataError: {ray_path}:20 repeats {ray_path}:3", sources)
+    assert shown == f"DataError: {tmp_path}/data/chat.jsonl:20 repeats {tmp_path}/data/chat.jsonl:3"
+
+
 def test_unreachable_ray_and_missing_token_are_one_line_errors(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("t" * 64)
