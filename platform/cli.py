@@ -106,6 +106,8 @@ def _add_arguments(parser: argparse.ArgumentParser, func: Callable[..., Any]) ->
             parser.add_argument(name, **kwargs)
         else:
             kwargs["default"] = param.default
+            if param.default not in (None, False) and kwargs["help"]:
+                kwargs["help"] += f" (default: {param.default})"
             flag = "--" + name.replace("_", "-")
             parser.add_argument(flag, dest=name, **kwargs)
 

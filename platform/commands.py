@@ -176,7 +176,19 @@ def adapters_history(alias: str) -> None:
         raise NotFoundError(f"no alias or adapter named {alias!r}; see `tuneloop adapters list`") from None
     for event in events:
         when = event.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{when}  {event.kind:<22} {event.message}")
+        print(f"{when}  {event.kind:<22} {event_line(event.kind, event.message, event.detail or {})}")
+
+
+def event_line(kind: str, message: str, detail: dict[str, object]) -> str:
+    """An event's message on one line (a multi-line one joined with " | "); an evaluation with its scores."""
+    text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
+    if kind == "evaluation":
+        scores = [f"{k} {v:.3f}" for k, v in detail.items() if isinstance(v, float)]
+        count = detail.get("examples")
+        text += (
+            ": " + ", ".join(scores or ["no score"]) + (f" ({count} examples)" if count is not None else "")
+        )
+    return text
 
 
 def keys_create(scope: str | None = None, admin: bool = False) -> None:
