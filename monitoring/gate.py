@@ -1,27 +1,37 @@
 """The promotion gate: a retrained candidate goes live only when it is measurably better.
 
-Two conditions, on one metric (token F1 by default), both versions scored on the same examples:
+Both versions answer the same examples through the live gateway, and each example is scored (token
+F1 by default) for each of them. Three sets, each judged by its own rule:
 
-* on the *recent labelled data* (captured traffic whose feedback says the right answer), the suite
-  that shows the drift, the candidate must beat the live version by more than `min_gain`;
-* on the *golden set*, what the alias must keep getting right, it may not fall below the live
-  version's score by more than `golden_tolerance` (absolute), so a fix for new traffic cannot
-  silently break old behaviour.
+* **new ground truth** (`feedback`): labels users gave since the drift's onset, held out of
+  training. Corrections and confirmations alike: each says what is right now. The candidate must
+  win here, by a *paired* one-sided sign test: among the examples where the two versions score
+  differently, the candidate must be the better one often enough that chance alone would do so
+  with probability below TUNELOOP_GATE_ALPHA. A raw comparison of two means would let noise promote.
+* **unchanged questions** (`unchanged`): the previous job's held-out test split, less the questions
+  whose answer feedback changed. What was right and still is: the candidate may not fall below the
+  live version by more than TUNELOOP_GATE_GOLDEN_TOLERANCE (absolute).
+* **golden set** (`golden`), what the alias must always get right: the same non-regression rule.
 
-`decide` is the rule on score dicts; `apply` carries it out (promote: `Registry.promote`, which
-the gateways follow and hot-load; reject: status `rejected` with the reason) and records an event;
-`run_gate` scores both versions through the live gateway first, recording every evaluation.
+With neither unchanged questions nor a golden set, the decision would rest on feedback alone, which
+anyone holding a key can write; the gate then refuses unless TUNELOOP_GATE_ALLOW_FEEDBACK_ONLY is on.
+The candidate is promoted only if the alias still points at the version it was compared with.
+
+`gate.decided` records the action, the reason, the rule, and per set both means, the wins and
+losses and the p-value. A promotion also records the candidate's exact-match accuracy on the gate's
+labelled data (`baseline`): the reference the feedback drift check starts from (`promotion_reference`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitoring import metrics
-from tuneloop.monitoring.evaluation.runner import evaluate, record
-from tuneloop.monitoring.evaluation.suite import FEEDBACK, GOLDEN
+from tuneloop.monitoring.evaluation.runner import EvalResult, evaluate, record
+from tuneloop.monitoring.evaluation.suite import FEEDBACK, GOLDEN, UNCHANGED
 from tuneloop.platform import settings
 from tuneloop.platform.errors import TuneloopError
 from tuneloop.platform.registry.models import VersionStatus
@@ -33,6 +43,31 @@ if TYPE_CHECKING:
     from tuneloop.train.data.formats import Example
 
 GATE_EVENT = "gate.decided"
+KEEP_SUITES = (UNCHANGED, GOLDEN)  # the non-regression sets
+BASELINE_METRIC = "exact_match"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both versions on one set: means, how often each was the better one, and the sign test's p."""
+
+    suite: str
+    n: int
+    live: float
+    candidate: float
+    wins: int  # examples where the candidate scored higher
+    losses: int  # examples where the live version scored higher
+
+    @property
+    def p_better(self) -> float:
+        """One-sided sign test: P(at least `wins` of the untied examples by chance)."""
+        return sign_test(self.wins, self.losses)
+
+    def line(self) -> str:
+        return (
+            f"{self.suite} ({self.n}): live {self.live:.4f} -> candidate {self.candidate:.4f}, "
+            f"{self.wins} better / {self.losses} worse (p={self.p_better:.3g})"
+        )
 
 
 @dataclass(frozen=True)
@@ -42,46 +77,113 @@ class GateDecision:
     promote: bool
     reason: str
     reject_reason: str | None = None  # one of metrics.RETRAIN_REJECT_REASONS
+    comparisons: tuple[Comparison, ...] = field(default=())
+    rule: str = ""
 
     @property
     def action(self) -> str:
         return "promote" if self.promote else "reject"
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """P(X >= wins) for X ~ Binomial(wins + losses, 1/2); 1 when there is no untied example."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    log_half = n * math.log(0.5)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + log_half
+        for k in range(wins, n + 1)
+    ]
+    peak = max(terms)
+    return min(1.0, math.exp(peak) * sum(math.exp(t - peak) for t in terms))
+
+
+def compare(suite: str, live: Sequence[float], candidate: Sequence[float]) -> Comparison:
+    """Pair the two versions' per-example scores on one set."""
+    if len(live) != len(candidate) or not live:
+        raise ValueError(f"{suite}: {len(live)} live and {len(candidate)} candidate scores cannot be paired")
+    wins = sum(1 for a, b in zip(live, candidate, strict=True) if b > a)
+    losses = sum(1 for a, b in zip(live, candidate, strict=True) if b < a)
+    return Comparison(suite, len(live), sum(live) / len(live), sum(candidate) / len(candidate), wins, losses)
+
+
+def rule_text(metric: str, alpha: float, tolerance: float) -> str:
+    return (
+        f"promote when the candidate beats the live version on labels given since the drift's onset "
+        f"(paired one-sided sign test on {metric}, p < {alpha:g}) and loses at most {tolerance:g} of "
+        f"mean {metric} on unchanged questions and the golden set"
+    )
+
+
 def decide(
-    candidate: Mapping[str, float],
-    live: Mapping[str, float] | None,
+    comparisons: Mapping[str, Comparison],
     *,
+    live: bool = True,
     metric: str = "token_f1",
-    golden_tolerance: float = 0.02,
-    min_gain: float = 0.0,
+    alpha: float = 0.05,
+    tolerance: float = 0.02,
+    allow_feedback_only: bool = False,
 ) -> GateDecision:
-    """The gate's rule on per-suite scores (`{"feedback": 0.71, "golden": 0.80}`) of one metric."""
-    if live is None:
-        return GateDecision(True, "no live version to compare with")
-    missing = [s for s in (FEEDBACK, GOLDEN) if s in live and s not in candidate]
-    if FEEDBACK not in live or missing:
-        what = ", ".join(missing) or f"{FEEDBACK} (the live version has no score on recent labelled data)"
-        return GateDecision(False, f"cannot compare: no {metric} on {what}", "evaluation_failed")
-    new, old = candidate[FEEDBACK], live[FEEDBACK]
-    if not new > old + min_gain:
-        why = f"{metric} on recent labelled data {new:.4f} does not beat live {old:.4f}"
-        return GateDecision(False, why + (f" by more than {min_gain:g}" if min_gain else ""), "not_better")
-    if GOLDEN in live:
-        g_new, g_old = candidate[GOLDEN], live[GOLDEN]
-        if g_new < g_old - golden_tolerance:
-            fell = f"{g_old:.4f} -> {g_new:.4f}"
-            why = f"{metric} on the golden set fell {fell}, beyond tolerance {golden_tolerance:g}"
-            return GateDecision(False, why, "not_better")
-        golden = f"; golden {g_old:.4f} -> {g_new:.4f} (tolerance {golden_tolerance:g})"
-    else:
-        golden = "; no golden set"
-    return GateDecision(True, f"{metric} on recent labelled data {old:.4f} -> {new:.4f}{golden}")
+    """The gate's rule on paired comparisons keyed by suite (module docstring)."""
+    rule = rule_text(metric, alpha, tolerance)
+    shown = tuple(comparisons.values())
+    if not live:
+        return GateDecision(True, "no live version to compare with", comparisons=shown, rule=rule)
+    new = comparisons.get(FEEDBACK)
+    if new is None:
+        why = f"cannot compare: no {metric} on labels given since the drift's onset"
+        return GateDecision(False, why, "evaluation_failed", shown, rule)
+    if not any(s in comparisons for s in KEEP_SUITES) and not allow_feedback_only:
+        why = (
+            "feedback alone cannot promote: no golden set and no held-out unchanged questions to show "
+            "nothing regressed (TUNELOOP_GATE_ALLOW_FEEDBACK_ONLY)"
+        )
+        return GateDecision(False, why, "feedback_only", shown, rule)
+    if not (new.candidate > new.live and new.p_better < alpha):
+        why = f"not significantly better on new ground truth: {new.line()}, needs p < {alpha:g}"
+        return GateDecision(False, why, "not_better", shown, rule)
+    for suite in KEEP_SUITES:
+        kept = comparisons.get(suite)
+        if kept is not None and kept.candidate < kept.live - tolerance:
+            why = f"regressed on {suite}: {kept.line()}, beyond tolerance {tolerance:g}"
+            return GateDecision(False, why, "not_better", shown, rule)
+    return GateDecision(True, "; ".join(c.line() for c in shown), comparisons=shown, rule=rule)
 
 
-def apply(registry: Registry, alias: str, candidate: str, decision: GateDecision) -> None:
-    """Carry out a decision on `candidate` (`adapter@N`) for `alias`, recording it as an event first."""
-    detail = {"alias": alias, "candidate": candidate, "action": decision.action, "reason": decision.reason}
+def apply(
+    registry: Registry,
+    alias: str,
+    candidate: str,
+    decision: GateDecision,
+    *,
+    compared_with: str | None = None,
+    baseline: Mapping[str, Any] | None = None,
+) -> GateDecision:
+    """Carry out a decision on `candidate` (`adapter@N`) for `alias`, recording it as an event first.
+
+    A promotion happens only if the alias still points at `compared_with` (an operator may have
+    rolled back or promoted while the gate evaluated); otherwise the candidate is rejected."""
+    if decision.promote and compared_with is not None and registry.aliases().get(alias) != compared_with:
+        now = registry.aliases().get(alias)
+        decision = GateDecision(
+            False,
+            f"{alias} moved from {compared_with} to {now} while the gate evaluated; compare again",
+            "superseded",
+            decision.comparisons,
+            decision.rule,
+        )
+    detail: dict[str, Any] = {
+        "alias": alias,
+        "candidate": candidate,
+        "live": compared_with,
+        "action": decision.action,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "comparisons": {c.suite: {**asdict(c), "p_better": c.p_better} for c in decision.comparisons},
+    }
+    if decision.promote and baseline:
+        detail["baseline"] = dict(baseline)
     registry.add_event(
         candidate, GATE_EVENT, f"{candidate} for {alias}: {decision.action} ({decision.reason})", detail
     )
@@ -93,6 +195,7 @@ def apply(registry: Registry, alias: str, candidate: str, decision: GateDecision
             candidate, VersionStatus.REJECTED, reason=f"{candidate} rejected: {decision.reason}"
         )
         metrics.RETRAINS_REJECTED.labels(alias, decision.reject_reason or "not_better").inc()
+    return decision
 
 
 def run_gate(
@@ -102,9 +205,9 @@ def run_gate(
     candidate: str,
     *,
     recent: Sequence[Example],
+    unchanged: Sequence[Example] = (),
     golden: Sequence[Example] = (),
     metric: str = "token_f1",
-    golden_tolerance: float | None = None,
 ) -> GateDecision:
     """Score the live version and `candidate` through the gateway on the same data, decide, apply.
 
@@ -116,25 +219,53 @@ def run_gate(
     try:
         check_promotable(registry.get_version(candidate), ArtifactStore())
     except TuneloopError as exc:  # a method vLLM cannot serve, weights it would refuse, a missing artifact
-        decision = GateDecision(False, str(exc), "unservable")
-        apply(registry, alias, candidate, decision)
-        return decision
-    tolerance = (
-        settings.TUNELOOP_GATE_GOLDEN_TOLERANCE.get() if golden_tolerance is None else golden_tolerance
-    )
+        return apply(registry, alias, candidate, GateDecision(False, str(exc), "unservable"))
     live_ref = registry.aliases().get(alias)
-    scores: dict[str, dict[str, float]] = {candidate: {}, **({live_ref: {}} if live_ref else {})}
     max_tokens = settings.TUNELOOP_EVAL_MAX_TOKENS.get()
-    for suite, examples in ((FEEDBACK, recent), (GOLDEN, golden)):
+    comparisons: dict[str, Comparison] = {}
+    labelled: list[float] = []  # the candidate's exact match on data labelled with today's truth
+    for suite, examples in ((FEEDBACK, recent), (UNCHANGED, unchanged), (GOLDEN, golden)):
         if not examples:
             continue
-        for ref in scores:
-            result = evaluate(client, ref, examples, suite=suite, max_tokens=max_tokens, loss=False)
-            record(registry, alias, result)
-            if metric in result.scores:
-                scores[ref][suite] = result.scores[metric]
+        results: dict[str, EvalResult] = {}
+        for ref in (candidate, live_ref) if live_ref else (candidate,):
+            results[ref] = evaluate(client, ref, examples, suite=suite, max_tokens=max_tokens, loss=False)
+            record(registry, alias, results[ref])
+        ours = results[candidate].per_example
+        if suite != GOLDEN:
+            labelled += ours.get(BASELINE_METRIC, [])
+        if live_ref and ours.get(metric):
+            comparisons[suite] = compare(suite, results[live_ref].per_example[metric], ours[metric])
     decision = decide(
-        scores[candidate], scores[live_ref] if live_ref else None, metric=metric, golden_tolerance=tolerance
+        comparisons,
+        live=live_ref is not None,
+        metric=metric,
+        alpha=settings.TUNELOOP_GATE_ALPHA.get(),
+        tolerance=settings.TUNELOOP_GATE_GOLDEN_TOLERANCE.get(),
+        allow_feedback_only=settings.TUNELOOP_GATE_ALLOW_FEEDBACK_ONLY.get(),
     )
-    apply(registry, alias, candidate, decision)
-    return decision
+    baseline = {"metric": BASELINE_METRIC, "correct": int(sum(labelled)), "n": len(labelled)}
+    return apply(registry, alias, candidate, decision, compared_with=live_ref, baseline=baseline)
+
+
+def promotion_reference(registry: Registry, ref: str) -> tuple[list[bool], str] | None:
+    """What `ref` scored when it was accepted, as per-example right/wrong labels, and where from.
+
+    A version the gate promoted: its exact match on the gate's labelled data. Any other version with
+    a test evaluation from its training job: exact match on that held-out test split. None where
+    neither was measured (an imported version)."""
+    adapter = ref.partition("@")[0]
+    for event in reversed(registry.history(adapter)):
+        detail = event.detail or {}
+        if event.kind == GATE_EVENT and detail.get("candidate") == ref and detail.get("action") == "promote":
+            base = detail.get("baseline") or {}
+            if int(base.get("n", 0)) > 0:
+                n, k = int(base["n"]), int(base["correct"])
+                return [True] * k + [False] * (n - k), f"gate data at promotion ({k}/{n} exact)"
+    version = registry.get_version(ref)
+    score = (version.metrics or {}).get(BASELINE_METRIC)
+    tested = ((version.manifest or {}).get("data") or {}).get("test")
+    if isinstance(score, int | float) and isinstance(tested, int) and tested > 0:
+        k = round(float(score) * tested)
+        return [True] * k + [False] * (tested - k), f"its job's test split ({k}/{tested} exact)"
+    return None

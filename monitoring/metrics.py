@@ -122,6 +122,8 @@ RETRAIN_REJECT_REASONS = (
     "not_better",  # it did not beat the live version on the same test data
     "evaluation_failed",  # it could not be evaluated, so it cannot be compared
     "unservable",  # its method cannot be served by this deployment's engines
+    "feedback_only",  # nothing but feedback to judge it on, and TUNELOOP_GATE_ALLOW_FEEDBACK_ONLY is off
+    "superseded",  # the alias moved to another version while the gate evaluated
 )
 
 EVAL_SCORE = Gauge(

@@ -1,25 +1,36 @@
 """The retrain step of the loop: the alias's last job spec on refreshed data, as a Ray job, then the gate.
 
-`start` builds the training data of a retrain from three sources, newest answer winning:
+`start` rebuilds the data of the live version's job (its splits, exactly as the job made them) and
+refreshes it with what has been learnt since, the newest answer to a question winning:
 
-* the previous job's training file, less every example whose question (`Example.prompt_key`) has
-  a newer answer below, and thinned to TUNELOOP_RETRAIN_REPLAY of itself (1: all of it; 0: none,
-  for a concept drift where the old answers are wrong now);
-* new data configured for the alias (TUNELOOP_RETRAIN_DATA_DIR/<alias>.jsonl);
-* captured traffic whose feedback gives the right answer (monitoring/evaluation/feedback.py), the
-  latest TUNELOOP_RETRAIN_FEEDBACK_LIMIT of them.
+* feedback that gives the right answer (monitoring/evaluation/feedback.py), the latest
+  TUNELOOP_RETRAIN_FEEDBACK_LIMIT, split at the drift's *onset* (the feedback check's change point,
+  else the live version's promotion): labels from before it, and labels since it;
+* new data configured for the alias (TUNELOOP_RETRAIN_DATA_DIR/<alias>.jsonl), counted as recent.
 
-A share of the new and feedback examples (TUNELOOP_RETRAIN_GATE_SHARE, chosen by a hash of the
-question, so the same question always lands on the same side) is held out of training: it is the
-"recent labelled data" the gate scores both versions on. The spec is the previous one with the new
-training file and `output.parent` set to the live version; it is written with its data under
+A question whose newest answer differs from the one the previous data gave has *changed*. The files:
+
+* `test.jsonl`: the previous job's test split with the newest answers, so the retrain's own test
+  score is on today's truth and no question of it is ever trained on;
+* `gate.jsonl`: the new ground truth, recent labels of a share of the questions
+  (TUNELOOP_RETRAIN_GATE_SHARE, by a stable hash of the question), plus recent labels of test
+  questions; held out of training;
+* `unchanged.jsonl`: the previous test split less the changed questions, for the gate's check that
+  nothing that was right regressed;
+* `train.jsonl`: the previous training and validation examples less every question with a newer
+  answer or held out above (thinned to TUNELOOP_RETRAIN_REPLAY by the same stable hash), plus the
+  remaining fresh examples. Replaying what is still true keeps the retrained version from
+  forgetting it; leaving out what changed keeps the old answer from fighting the new one.
+
+No question of `train.jsonl` is in another file, and none is in it twice, so the job's leakage
+check cannot refuse data the loop built itself. The spec is the previous one with these files
+(validation is carved from train) and `output.parent` set to the live version; everything is written under
 TUNELOOP_HOME/retrains/<alias>/<time>/ and submitted through the Ray Jobs API (platform/jobs.py).
 
-`advance` follows the open retrains of an alias: when a job has ended it records `retrain.finished`,
-and a job that registered a candidate goes through the gate (monitoring/gate.py), which promotes it
-(the gateways hot-load it) or rejects it with the reason. The state lives in registry events only
-(`retrain.started` opens a retrain, `retrain.finished` closes it), so a restarted control process
-picks up where the last one was.
+`advance` follows the open retrains of an alias: when a job has ended it records `retrain.finished`
+(a failure with the job's own error, naming the retrain's files rather than Ray's copies), and a job
+that registered a candidate goes through the gate (monitoring/gate.py). The state lives in registry
+events only, so a restarted control process picks up where the last one was.
 """
 
 from __future__ import annotations
@@ -37,10 +48,11 @@ import yaml
 
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.evaluation.suite import last_spec
-from tuneloop.monitoring.policy import RETRAIN_STARTED
+from tuneloop.monitoring.policy import DRIFT_CHECKED, PROMOTED, RETRAIN_FINISHED, RETRAIN_STARTED, aware
 from tuneloop.platform import settings
-from tuneloop.platform.errors import ConfigError, NotFoundError
-from tuneloop.train.data.formats import Example, read_examples
+from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
+from tuneloop.train.answers import normalize_answer
+from tuneloop.train.data.formats import Example, read_examples, reference_answer
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -51,16 +63,24 @@ if TYPE_CHECKING:
     from tuneloop.platform.registry import Registry
 
 log = logging.getLogger(__name__)
-RETRAIN_FINISHED = "retrain.finished"
-TRAIN_FILE, GATE_FILE, SPEC_FILE = "train.jsonl", "gate.jsonl", "job.yaml"
+TRAIN_FILE, TEST_FILE, GATE_FILE, UNCHANGED_FILE, SPEC_FILE = (
+    "train.jsonl",
+    "test.jsonl",
+    "gate.jsonl",
+    "unchanged.jsonl",
+    "job.yaml",
+)
+ONSET_DETECTOR = "feedback_cusum"  # the check whose drift decisions carry a change point
 
 
 @dataclass
 class RetrainData:
-    """What a retrain trains on, what the gate holds out, and how many examples came from where."""
+    """What a retrain trains and tests on, what the gate holds out, and the counts of each source."""
 
     train: list[Example]
     gate: list[Example]
+    unchanged: list[Example] = field(default_factory=list)
+    test: list[Example] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -70,58 +90,125 @@ def _share(example: Example) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def _answer(example: Example) -> str | None:
+    found = reference_answer(example)
+    return None if found is None else normalize_answer(found)
+
+
 def refresh(
     previous: Sequence[Example],
-    new: Sequence[Example],
-    feedback: Sequence[Example],
+    previous_test: Sequence[Example],
+    earlier: Sequence[Example],
+    recent: Sequence[Example],
     *,
     replay: float,
     gate_share: float,
 ) -> RetrainData:
-    """Merge the three sources (module docstring); examples of another format than `previous` are left
-    out (one file holds one format) and counted."""
-    fmt = previous[0].format if previous else None
-    fresh = [ex for ex in (*new, *feedback) if fmt is None or ex.format == fmt]
+    """Merge the sources (module docstring). `earlier` and `recent` are fresh answers (labels from
+    before and since the onset; new data counts as recent), each oldest first. Fresh examples of
+    another format than the previous data are left out (one file holds one format) and counted."""
+    first = [*previous[:1], *previous_test[:1]]
+    fmt_name = first[0].format if first else None
     latest: dict[str, Example] = {}
-    for ex in fresh:  # feedback after new data, each oldest first: the last answer to a question wins
-        latest.pop(ex.prompt_key(), None)
-        latest[ex.prompt_key()] = ex
-    # The gate scores on the newest answers too: an outdated one would contradict it on the same question.
-    gate = [ex for ex in latest.values() if _share(ex) < gate_share]
-    newer = {key: ex for key, ex in latest.items() if _share(ex) >= gate_share}
-    kept = [ex for ex in previous if ex.prompt_key() not in latest]
-    # Thinned by the same stable hash (not by a random draw): a retrain of a retrain keeps the same part.
+    recent_keys: set[str] = set()
+    other = 0
+    for is_recent, group in ((False, earlier), (True, recent)):
+        for ex in group:
+            if fmt_name is not None and ex.format != fmt_name:
+                other += 1
+                continue
+            key = ex.prompt_key()
+            latest.pop(key, None)  # re-insert: the last answer to a question wins
+            latest[key] = ex
+            (recent_keys.add if is_recent else recent_keys.discard)(key)
+    old_answers = {ex.prompt_key(): _answer(ex) for ex in (*previous, *previous_test)}
+    changed = {key for key, ex in latest.items() if key in old_answers and _answer(ex) != old_answers[key]}
+    test_keys = {ex.prompt_key() for ex in previous_test}
+    test = [latest.get(ex.prompt_key(), ex) for ex in previous_test]
+    unchanged = [ex for ex in previous_test if ex.prompt_key() not in changed]
+    gate = [
+        ex
+        for key, ex in latest.items()
+        if key in recent_keys and (key in test_keys or _share(ex) < gate_share)
+    ]
+    held = test_keys | {ex.prompt_key() for ex in gate}
+    fresh = [ex for key, ex in latest.items() if key not in held]
+    kept, seen = [], set()
+    for ex in previous:
+        key = ex.prompt_key()
+        if key in latest or key in held or ex.key() in seen:
+            continue
+        seen.add(ex.key())
+        kept.append(ex)
+    # Thinned by the same stable hash (not a random draw): a retrain of a retrain keeps the same part.
     replayed = [ex for ex in kept if _share(ex) < replay] if replay < 1 else kept
     counts = {
         "previous": len(previous),
-        "previous_superseded": len(previous) - len(kept),
+        "previous_superseded": sum(1 for ex in previous if ex.prompt_key() in latest),
         "previous_replayed": len(replayed),
-        "new": len(new),
-        "feedback": len(feedback),
-        "other_format": len(new) + len(feedback) - len(fresh),
+        "changed": len(changed),
+        "fresh": len(latest),
+        "fresh_recent": len(recent_keys),
+        "other_format": other,
         "held_out_for_gate": len(gate),
-        "train": len(replayed) + len(newer),
+        "unchanged_for_gate": len(unchanged),
+        "test": len(test),
+        "train": len(replayed) + len(fresh),
     }
-    return RetrainData(train=[*replayed, *newer.values()], gate=gate, counts=counts)
+    return RetrainData(train=[*replayed, *fresh], gate=gate, unchanged=unchanged, test=test, counts=counts)
+
+
+def drift_onset(registry: Registry, alias: str) -> datetime | None:
+    """When the drift being retrained for began: the change point of the feedback check's latest
+    drift decision since the live version went live, else that promotion; None if neither."""
+    from tuneloop.monitoring.control.loop import adapter_of
+
+    onset: datetime | None = None
+    for event in registry.history(adapter_of(registry, alias)):
+        detail = event.detail or {}
+        if event.kind == PROMOTED:
+            onset = aware(event.created_at)
+        elif (
+            event.kind == DRIFT_CHECKED
+            and detail.get("alias") == alias
+            and detail.get("detector") == ONSET_DETECTOR
+            and detail.get("decision") == "drift"
+            and detail.get("onset")
+        ):
+            onset = datetime.fromisoformat(str(detail["onset"]))
+    return onset
 
 
 def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -> RetrainData:
-    """Write the retrain's spec, training file and gate file into `folder` (which must not exist)."""
-    from tuneloop.monitoring.evaluation.feedback import labelled_examples
+    """Write the retrain's spec and data files into `folder` (which must not exist)."""
+    from tuneloop.monitoring.evaluation.feedback import labelled_with_times
+    from tuneloop.train.data.splits import make_splits
 
     ref = registry.aliases().get(alias)
     if ref is None:
         raise NotFoundError(f"no alias named {alias!r}; see `tuneloop adapters list`")
     spec = last_spec(registry, ref)
+    try:
+        old = make_splits(spec.data, spec.task)
+        previous, previous_test = [*old.train, *old.validation], old.test
+    except TuneloopError as exc:  # the data is not reachable from here, or no longer what it was
+        log.warning(
+            "%s: the data of %s cannot be rebuilt here (%s); retraining on fresh data only", alias, ref, exc
+        )
+        previous, previous_test = [], []
     replay = settings.TUNELOOP_RETRAIN_REPLAY.get()
-    # With replay 0 nothing of the previous file is kept, so it need not be reachable from here.
-    previous = read_examples(spec.data.train, task=spec.task) if replay > 0 else []
     new_path = settings.TUNELOOP_RETRAIN_DATA_DIR.get() / f"{alias}.jsonl"
     new = read_examples(new_path, task=spec.task) if new_path.is_file() else []
+    limit = settings.TUNELOOP_RETRAIN_FEEDBACK_LIMIT.get()
+    labelled = labelled_with_times(store, alias)[-limit:]
+    onset = drift_onset(registry, alias)
+    earlier = [ex for at, ex in labelled if onset is not None and aware(at) < onset]
+    since = [ex for at, ex in labelled if onset is None or aware(at) >= onset]
     data = refresh(
-        previous,
-        new,
-        _latest(labelled_examples(store, alias), settings.TUNELOOP_RETRAIN_FEEDBACK_LIMIT.get()),
+        previous if replay > 0 else [],
+        previous_test,
+        earlier,
+        [*new, *since],
         replay=replay,
         gate_share=settings.TUNELOOP_RETRAIN_GATE_SHARE.get(),
     )
@@ -133,14 +220,29 @@ def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -
     # Only what the spec set: a full dump sets every method option, which parse_spec refuses.
     raw = spec.model_dump(mode="json", exclude_unset=True)
     raw["data"]["train"] = TRAIN_FILE
+    raw["data"].pop("validation", None)  # carved from train: the old file may hold changed answers
+    if data.test:
+        raw["data"]["test"] = TEST_FILE
+    else:
+        raw["data"].pop("test", None)
     raw["output"]["parent"] = ref
     # Written to a scratch name and renamed last: a half-written folder is never a retrain.
     scratch = folder.with_name(folder.name + ".partial")
     scratch.mkdir(parents=True)
-    for name, examples in ((TRAIN_FILE, data.train), (GATE_FILE, data.gate)):
+    files = (
+        (TRAIN_FILE, data.train),
+        (TEST_FILE, data.test),
+        (GATE_FILE, data.gate),
+        (UNCHANGED_FILE, data.unchanged),
+    )
+    for name, examples in files:
         lines = (json.dumps(ex.record(), ensure_ascii=False) + "\n" for ex in examples)
         (scratch / name).write_text("".join(lines), encoding="utf-8")
-    header = f"# Retrain of {ref} for alias {alias}, written by tuneloop's monitoring loop.\n"
+    since_text = onset.isoformat(timespec="seconds") if onset else "the start"
+    header = (
+        f"# Retrain of {ref} for alias {alias} by tuneloop's monitoring loop; drift onset {since_text}.\n"
+        f"# Run again with: tuneloop jobs submit {folder / SPEC_FILE}\n"
+    )
     (scratch / SPEC_FILE).write_text(header + yaml.safe_dump(raw, sort_keys=False))
     scratch.rename(folder)
     return data
@@ -229,7 +331,8 @@ def advance(
         versions = [v for v in registry.list_versions(adapter_of(registry, alias)) if v.job_id == job_id]
         if status != "SUCCEEDED" or not versions:
             why = f"job {job_id} ended {status}" + ("" if versions else " without registering a version")
-            _finish(registry, alias, job_id, status, None, why)
+            error = _job_error(registry, job_id, Path(retrain["folder"]))
+            _finish(registry, alias, job_id, status, None, why + (f": {error}" if error else ""))
             metrics.RETRAINS_FAILED.labels(alias).inc()
             closed.append(None)
             continue
@@ -240,14 +343,17 @@ def advance(
         if client is None:
             log.warning("%s: %s is ready, but the gate needs TUNELOOP_EVAL_KEY", alias, candidate.ref)
             continue
-        recent = (
-            read_examples(Path(retrain["folder"]) / GATE_FILE)
-            if retrain.get("counts", {}).get("held_out_for_gate")
-            else []
-        )
+        folder = Path(retrain["folder"])
+        recent, unchanged = (_read_if_any(folder / name) for name in (GATE_FILE, UNCHANGED_FILE))
         golden = golden_suite(alias)
         decision = run_gate(
-            registry, client, alias, candidate.ref, recent=recent, golden=golden.examples if golden else ()
+            registry,
+            client,
+            alias,
+            candidate.ref,
+            recent=recent,
+            unchanged=unchanged,
+            golden=golden.examples if golden else (),
         )
         # Closed only once the gate has decided: a gate that fails leaves the retrain open for the next round.
         _finish(registry, alias, job_id, status, candidate.ref, f"job {job_id} registered {candidate.ref}")
@@ -265,13 +371,25 @@ def _finish(
     registry.add_event(adapter_of(registry, alias), RETRAIN_FINISHED, f"{alias}: {why}", detail)
 
 
-def _latest(examples: list[Example], limit: int) -> list[Example]:
-    return examples[-limit:] if limit > 0 else []
+def _read_if_any(path: Path) -> list[Example]:
+    return read_examples(path) if path.is_file() and path.stat().st_size else []
+
+
+def _job_error(registry: Registry, job_id: str, folder: Path) -> str:
+    """The error the job's driver recorded, naming the retrain's own files instead of Ray's copies."""
+    from tuneloop.platform.jobs import staged_sources, unstage
+
+    try:
+        error = str((registry.get_job(job_id).result or {}).get("error") or "")
+    except NotFoundError:
+        return ""
+    spec = folder / SPEC_FILE
+    return unstage(error, staged_sources(spec)) if spec.is_file() else error
 
 
 def _counts(counts: dict[str, int]) -> str:
     return (
-        f"{counts['train']} to train on: {counts['previous_replayed']} of {counts['previous']} previous, "
-        f"{counts['new']} new, {counts['feedback']} from feedback; {counts['held_out_for_gate']} held out "
-        "for the gate"
+        f"{counts['train']} to train on: {counts['previous_replayed']} of {counts['previous']} previous "
+        f"replayed, {counts['fresh']} fresh answers ({counts['changed']} changed); "
+        f"held out for the gate: {counts['held_out_for_gate']} new, {counts['unchanged_for_gate']} unchanged"
     )

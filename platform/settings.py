@@ -387,7 +387,8 @@ TUNELOOP_RETRAIN_REPLAY: Var[float] = Var(
     _fraction,
     lambda: 1.0,
     "Share (0-1) of the previous job's training examples a retrain keeps beside the new data and "
-    "feedback; 0 for a concept drift, where the old answers are no longer right.",
+    "feedback; questions whose answer feedback changed are always left out, so 1 keeps all that is "
+    "still true (less forgetting).",
 )
 TUNELOOP_RETRAIN_GATE_SHARE: Var[float] = Var(
     "TUNELOOP_RETRAIN_GATE_SHARE",
@@ -414,8 +415,50 @@ TUNELOOP_DRIFT_FEEDBACK_WINDOW: Var[int] = Var(
     "TUNELOOP_DRIFT_FEEDBACK_WINDOW",
     _positive,
     lambda: 100,
-    "Feedback labels per side of the feedback-accuracy check: a live version's first labels (its "
-    "accuracy at deploy time) against its latest ones; decisions need min(this, 30) labels a side.",
+    "Judged answers the tuneloop_feedback_accuracy gauge averages over; also the reference of the "
+    "feedback check (a live version's first labels) for a version with no accuracy measured at promotion.",
+)
+TUNELOOP_DRIFT_CUSUM_THRESHOLD: Var[float] = Var(
+    "TUNELOOP_DRIFT_CUSUM_THRESHOLD",
+    float,
+    lambda: 5.0,
+    "h of the feedback check's CUSUM (monitoring/drift/sequential.py): higher means fewer false alarms "
+    "and later detection (bench/drift.py --partial).",
+)
+TUNELOOP_DRIFT_CUSUM_SHIFT: Var[float] = Var(
+    "TUNELOOP_DRIFT_CUSUM_SHIFT",
+    _fraction,
+    lambda: 0.1,
+    "Rise of the error rate (absolute, 0-1) above the one measured at promotion that the feedback "
+    "check's CUSUM is tuned to catch.",
+)
+TUNELOOP_EVAL_INTERVAL_S: Var[float] = Var(
+    "TUNELOOP_EVAL_INTERVAL_S",
+    float,
+    lambda: 3600.0,
+    "Seconds between scheduled evaluations of an alias's live version on its suites; the scheduler's "
+    "cheap drift checks run every round in between.",
+)
+TUNELOOP_RETRAIN_BACKOFF_S: Var[float] = Var(
+    "TUNELOOP_RETRAIN_BACKOFF_S",
+    float,
+    lambda: 300.0,
+    "Wait before retrying a retrain that registered no candidate, doubled after each failure in a row "
+    "up to the cool-down; failed retrains spend neither the cool-down nor the daily budget.",
+)
+TUNELOOP_GATE_ALPHA: Var[float] = Var(
+    "TUNELOOP_GATE_ALPHA",
+    _fraction,
+    lambda: 0.05,
+    "The promotion gate's significance level: the candidate must win the paired sign test on labels "
+    "given since the drift's onset with a one-sided p-value below this.",
+)
+TUNELOOP_GATE_ALLOW_FEEDBACK_ONLY: Var[bool] = Var(
+    "TUNELOOP_GATE_ALLOW_FEEDBACK_ONLY",
+    _bool,
+    lambda: False,
+    "Let the gate promote on feedback-labelled data alone, with neither a golden set nor the previous "
+    "job's held-out test split to show that unchanged answers did not regress.",
 )
 
 ALL: tuple[Var[object], ...] = tuple(v for v in globals().values() if isinstance(v, Var))

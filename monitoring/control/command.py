@@ -28,8 +28,15 @@ def control(host: str | None = None, port: int = 8080) -> int:
     bind = settings.bind_host(host)
     registry = Registry()
     scheduler = None
+    log.info("control API on http://%s:%d (/health, /metrics, POST /v1/alerts)", bind, port)
     if settings.TUNELOOP_SCHEDULER.get():
-        scheduler = Scheduler(registry, CaptureStore(), settings.TUNELOOP_SCHEDULER_INTERVAL_S.get())
+        interval = settings.TUNELOOP_SCHEDULER_INTERVAL_S.get()
+        log.info(
+            "scheduler: a round every %gs (drift checks, retrains, gate); evaluation every %gs per alias",
+            interval,
+            settings.TUNELOOP_EVAL_INTERVAL_S.get(),
+        )
+        scheduler = Scheduler(registry, CaptureStore(), interval)
         scheduler.start()
     else:
         log.info("scheduler off (TUNELOOP_SCHEDULER): evaluation runs elsewhere")

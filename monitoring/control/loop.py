@@ -23,10 +23,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitoring import metrics
-from tuneloop.monitoring.policy import DRIFT_CHECKED, PolicyDecision, RetrainPolicy, observations
+from tuneloop.monitoring.policy import (
+    DRIFT_CHECKED,
+    RETRAIN_FAILED,
+    PolicyDecision,
+    RetrainPolicy,
+    aware,
+    observations,
+)
 from tuneloop.platform import settings
 
 if TYPE_CHECKING:
@@ -41,8 +48,8 @@ if TYPE_CHECKING:
     from tuneloop.platform.registry import Registry
 
 log = logging.getLogger(__name__)
+EVALUATED = "evaluation"  # Registry.add_evaluation's event
 RETRAIN_DUE = "retrain.due"
-RETRAIN_FAILED = "retrain.failed"  # a due retrain that could not be built or submitted
 RECENT_WINDOW = timedelta(days=1)
 
 
@@ -51,7 +58,13 @@ def adapter_of(registry: Registry, alias: str) -> str:
     return ref.partition("@")[0] if ref else alias
 
 
-def record_check(registry: Registry, alias: str, result: DriftResult, now: datetime | None = None) -> None:
+def record_check(
+    registry: Registry,
+    alias: str,
+    result: DriftResult,
+    now: datetime | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Set the drift gauges of one check and record it as a `drift.checked` event."""
     now = now or datetime.now(UTC)
     nan, name = float("nan"), result.detector
@@ -60,7 +73,12 @@ def record_check(registry: Registry, alias: str, result: DriftResult, now: datet
     metrics.DRIFT_DETECTED.labels(alias, name).set(1.0 if result.drifted else 0.0)
     metrics.DRIFT_LAST_CHECK.labels(alias, name).set(now.timestamp())
     detail = {"alias": alias, "decision": result.decision, "detector": name, "score": result.score}
-    registry.add_event(adapter_of(registry, alias), DRIFT_CHECKED, f"{alias}: {result.explanation}", detail)
+    registry.add_event(
+        adapter_of(registry, alias),
+        DRIFT_CHECKED,
+        f"{alias}: {result.explanation}",
+        {**detail, **(extra or {})},
+    )
 
 
 def drift_check(
@@ -83,26 +101,42 @@ def drift_check(
 
 
 def feedback_check(registry: Registry, store: CaptureStore, alias: str) -> DriftResult:
-    """The live version's latest judged answers against its first ones (`feedback_accuracy`); record it.
+    """The concept-drift check: a CUSUM over the live version's judged answers, oldest first, against
+    the accuracy it had when it was accepted (monitoring/drift/sequential.py); record it.
 
-    The two sides never share a label: with fewer than two windows of labels the first ones are the
-    reference and the rest, however few, the recent side (too few: not enough data)."""
+    The reference is what the version measured at promotion (monitoring/gate.py
+    `promotion_reference`): the gate's data for a version the gate promoted, its job's test split
+    otherwise. A version with neither (an imported one) is compared with its own first
+    TUNELOOP_DRIFT_FEEDBACK_WINDOW judged answers. A drift decision records its change point, the
+    time of the first label of the rise, as `onset`: the retrain step splits feedback there."""
     from tuneloop.monitoring import drift
-    from tuneloop.monitoring.evaluation.feedback import judged_answers
+    from tuneloop.monitoring.evaluation.feedback import judged_with_times
+    from tuneloop.monitoring.gate import promotion_reference
 
     ref = registry.aliases()[alias]
-    judged = judged_answers(store, alias, ref)
+    judged = judged_with_times(store, alias, ref)
     window = settings.TUNELOOP_DRIFT_FEEDBACK_WINDOW.get()
-    deploy_time = judged[:window]
-    latest = judged[max(window, len(judged) - window) :]
-    if latest:
+    labels = [verdict for _, verdict in judged]
+    if labels:
+        latest = labels[-window:]
         metrics.FEEDBACK_ACCURACY.labels(alias).set(sum(latest) / len(latest))
-    # Fisher's exact test never exceeds alpha, so a window under the detector's default minimum (30)
-    # is honoured rather than left at "not enough data" for ever.
-    least = min(window, 30)
-    detector = drift.get("feedback_accuracy", {"min_reference": least, "min_recent": least})
-    result = detector.check(deploy_time, latest)
-    record_check(registry, alias, result)
+    found = promotion_reference(registry, ref)
+    if found is not None:
+        (reference, source), skip = found, 0
+    else:
+        skip = min(window, len(labels))
+        reference, source = labels[:skip], f"its first {skip} judged answers"
+    config = {
+        "threshold": settings.TUNELOOP_DRIFT_CUSUM_THRESHOLD.get(),
+        "shift": settings.TUNELOOP_DRIFT_CUSUM_SHIFT.get(),
+        "min_reference": min(window, 20),
+    }
+    result = drift.get("feedback_cusum", config).check(reference, labels[skip:])
+    extra: dict[str, Any] = {"reference": source}
+    onset_index = result.details.get("onset_index")
+    if result.drifted and isinstance(onset_index, int) and skip + onset_index < len(judged):
+        extra["onset"] = aware(judged[skip + onset_index][0]).isoformat()
+    record_check(registry, alias, result, extra=extra)
     return result
 
 
@@ -136,6 +170,24 @@ def reference_prompts(registry: Registry, alias: str, suites: Sequence[Suite]) -
     return [captured_prompt(ex) for ex in examples]
 
 
+def evaluation_due(
+    registry: Registry, alias: str, suites: Sequence[Suite], now: datetime | None = None
+) -> bool:
+    """Whether the live version of `alias` has gone TUNELOOP_EVAL_INTERVAL_S without an evaluation
+    on one of `suites`: evaluating is the slow part of a round, the drift checks are cheap."""
+    ref = registry.aliases()[alias]
+    names = {suite.name for suite in suites}
+    now = now or datetime.now(UTC)
+    interval = timedelta(seconds=settings.TUNELOOP_EVAL_INTERVAL_S.get())
+    for event in reversed(registry.history(adapter_of(registry, alias))):
+        if now - aware(event.created_at) >= interval:
+            break
+        version, _, suite = event.message.partition(" on ")
+        if event.kind == EVALUATED and version == ref and suite in names:
+            return False
+    return True
+
+
 @dataclass
 class RoundResult:
     """What one round did for one alias (the demo and the tests print and check it)."""
@@ -146,6 +198,18 @@ class RoundResult:
     started_job: str | None = None
     gated: list[GateDecision | None] = field(default_factory=list)
     error: str | None = None
+
+    def summary(self) -> str:
+        """One line for the log: each check's decision, the policy's, and what was started or gated."""
+        parts = [f"{c.detector} {c.decision}" for c in self.checks]
+        if self.decision is not None:
+            parts.append("retrain due" if self.decision.retrain else "no retrain")
+        if self.started_job:
+            parts.append(f"started {self.started_job}")
+        parts += [f"gate {g.action}" for g in self.gated if g is not None]
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return f"{self.alias}: " + ", ".join(parts)
 
 
 def check_alias(
@@ -171,7 +235,7 @@ def check_alias(
         else:
             result.gated = retrain.advance(registry, alias, jobs, client)
     suites = suites_for(registry, alias)
-    if client is not None:
+    if client is not None and evaluation_due(registry, alias, suites):
         for suite in suites:
             run_suite(registry, client, alias, suite, max_tokens=settings.TUNELOOP_EVAL_MAX_TOKENS.get())
     reference = reference_prompts(registry, alias, suites)
@@ -216,7 +280,9 @@ def run_round(registry: Registry, store: CaptureStore, jobs_address: str | None 
 
 
 class Scheduler:
-    """Runs `run_round` every `interval_s` seconds in a daemon thread until `stop()`."""
+    """Runs `run_round` every `interval_s` seconds in a daemon thread until `stop()`; the first round
+    starts at once. A round that takes longer than the interval is followed by the next one at once
+    (rounds never overlap), and says so in the log."""
 
     def __init__(self, registry: Registry, store: CaptureStore, interval_s: float) -> None:
         self.registry, self.store, self.interval_s = registry, store, interval_s
@@ -231,10 +297,25 @@ class Scheduler:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait = 0.0
+        while not self._stop.wait(wait):
             started = time.monotonic()
+            log.info("monitoring round started")
             try:
-                run_round(self.registry, self.store)
+                results = run_round(self.registry, self.store)
             except Exception:  # the registry or the gateway key failing: the next round tries again
                 log.exception("monitoring round failed")
-            log.info("monitoring round took %.1fs", time.monotonic() - started)
+                results = []
+            took = time.monotonic() - started
+            log.info(
+                "monitoring round took %.1fs: %s",
+                took,
+                "; ".join(r.summary() for r in results) or "no aliases",
+            )
+            if took > self.interval_s:
+                log.warning(
+                    "round took %.0fs, longer than TUNELOOP_SCHEDULER_INTERVAL_S=%gs: the next starts now",
+                    took,
+                    self.interval_s,
+                )
+            wait = max(0.0, self.interval_s - took)

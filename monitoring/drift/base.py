@@ -27,7 +27,7 @@ from tuneloop.platform.errors import ConfigError, TuneloopError
 Decision = Literal["drift", "no_drift", "not_enough_data"]
 
 # Modules of this package that hold built-in detectors; importing one registers its classes.
-BUILTIN_MODULES = ("embedding", "covariate", "quality")
+BUILTIN_MODULES = ("embedding", "covariate", "quality", "sequential")
 
 
 class DriftInputError(TuneloopError):

@@ -40,14 +40,19 @@ def correctness(request: CapturedRequest, feedback: Feedback) -> bool | None:
 def judged_answers(store: CaptureStore, alias: str, version: str) -> list[bool]:
     """Right/wrong per answer of `version` served under `alias` whose feedback says which (its
     latest feedback counts), ordered by feedback time, oldest first: the feedback-accuracy sample."""
-    latest: dict[str, bool] = {}
+    return [verdict for _, verdict in judged_with_times(store, alias, version)]
+
+
+def judged_with_times(store: CaptureStore, alias: str, version: str) -> list[tuple[datetime, bool]]:
+    """`judged_answers` with the time of the feedback that decided each verdict."""
+    latest: dict[str, tuple[datetime, bool]] = {}
     for request, feedback in store.with_feedback(alias):
         if request.version != version:
             continue
         verdict = correctness(request, feedback)
         if verdict is not None:
             latest.pop(request.request_id, None)  # re-insert: order by the newest feedback
-            latest[request.request_id] = verdict
+            latest[request.request_id] = (feedback.created_at, verdict)
     return list(latest.values())
 
 
@@ -74,13 +79,22 @@ def to_example(request: CapturedRequest, answer: str, line: int) -> Example:
 
 def labelled_examples(store: CaptureStore, alias: str, since: datetime | None = None) -> list[Example]:
     """One example per captured request of `alias` with usable feedback (its latest), oldest first."""
-    latest: dict[str, tuple[CapturedRequest, str]] = {}
+    return [example for _, example in labelled_with_times(store, alias, since)]
+
+
+def labelled_with_times(
+    store: CaptureStore, alias: str, since: datetime | None = None
+) -> list[tuple[datetime, Example]]:
+    """`labelled_examples` with the time of the feedback that gave each answer."""
+    latest: dict[str, tuple[CapturedRequest, str, datetime]] = {}
     for request, feedback in store.with_feedback(alias, since=since):
         answer = reference_of(request, feedback)
         if answer is not None:
             latest.pop(request.request_id, None)  # re-insert: order by the newest feedback
-            latest[request.request_id] = (request, answer)
-    return [to_example(request, answer, i) for i, (request, answer) in enumerate(latest.values(), 1)]
+            latest[request.request_id] = (request, answer, feedback.created_at)
+    return [
+        (at, to_example(request, answer, i)) for i, (request, answer, at) in enumerate(latest.values(), 1)
+    ]
 
 
 def captured_prompt(example: Example) -> str:

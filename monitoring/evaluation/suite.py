@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 GOLDEN = "golden"
 TEST_SPLIT = "test_split"
-FEEDBACK = "feedback"
+FEEDBACK = "feedback"  # labels given since a drift's onset: the gate's new ground truth
+UNCHANGED = "unchanged"  # held-out questions whose answer did not change: the gate's regression check
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@ and the loop's per-alias round on a real registry and capture store."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -16,7 +18,7 @@ from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.control import create_app
 from tuneloop.monitoring.control.loop import RETRAIN_FAILED, check_alias, feedback_check, run_round
-from tuneloop.monitoring.policy import DRIFT_ALERT, DRIFT_CHECKED, RETRAIN_STARTED
+from tuneloop.monitoring.policy import DRIFT_ALERT, DRIFT_CHECKED, RETRAIN_STARTED, aware
 from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.settings import LOOPBACK
@@ -90,28 +92,63 @@ def concept_drift(store: CaptureStore, version: str = "support@1") -> None:
 def test_feedback_check_finds_concept_drift_and_records_it(
     registry: Registry, store: CaptureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """support@1 has no accuracy measured at promotion: its first 30 labels are the reference."""
     monkeypatch.setenv("TUNELOOP_DRIFT_FEEDBACK_WINDOW", "30")
     concept_drift(store)
     judged(store, "support@2", [False] * 60, start=100)  # another version's labels do not count
     result = feedback_check(registry, store, "support")
     assert result.decision == "drift" and (result.n_reference, result.n_recent) == (30, 30)
-    assert result.details["reference_accuracy"] == pytest.approx(28 / 30)
+    assert result.detector == "feedback_cusum" and result.details["onset_index"] == 6
+    assert result.details["recent_error_rate"] == 1.0  # the 24 labels since the change point
     event = registry.history("support")[-1]
     assert event.kind == DRIFT_CHECKED
-    assert event.detail == {
-        "alias": "support", "decision": "drift", "detector": "feedback_accuracy", "score": result.score,
-    }  # fmt: skip
+    detail = event.detail or {}
+    assert (detail["decision"], detail["detector"], detail["score"]) == (
+        "drift",
+        "feedback_cusum",
+        result.score,
+    )
+    assert detail["reference"] == "its first 30 judged answers"
+    # The onset is the time of the first wrong answer of the run (the 37th label).
+    feedback_times = [f.created_at for _, f in store.with_feedback("support")]
+    assert datetime.fromisoformat(detail["onset"]) == aware(feedback_times[36])
     accuracy = metrics.REGISTRY.get_sample_value("tuneloop_feedback_accuracy", {"alias": "support"})
     assert accuracy == pytest.approx(6 / 30)
+
+
+def test_feedback_check_starts_from_the_accuracy_measured_at_promotion(
+    store: CaptureStore, tmp_path: Path
+) -> None:
+    """No label from before the drift is needed: the version's test split accuracy is the reference,
+    and a partial drift (a quarter of right answers changed) is found and stays found as labels come."""
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    version = registry.add_version(
+        "support",
+        base_model="m",
+        method="lora",
+        store=lambda n: f"mem://{n}",
+        metrics={"exact_match": 0.8},
+        manifest={"data": {"test": 100}},
+    )
+    registry.promote("support", version.ref)
+    rng = random.Random(3)
+    decisions = []
+    for batch in range(8):  # accuracy 0.8 x 0.75 = 0.6 from the first label on
+        judged(store, "support@1", [rng.random() < 0.6 for _ in range(25)], start=25 * batch)
+        decisions.append(feedback_check(registry, store, "support").decision)
+    first = decisions.index("drift")
+    assert all(d == "drift" for d in decisions[first:]), decisions
+    event = registry.history("support")[-1]
+    assert event.detail["reference"] == "its job's test split (80/100 exact)"
 
 
 def test_feedback_check_with_too_few_labels_is_not_enough_data(
     registry: Registry, store: CaptureStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUNELOOP_DRIFT_FEEDBACK_WINDOW", "30")
-    judged(store, "support@1", [True] * 30 + [False] * 10)  # 10 recent labels: the sides never overlap
+    judged(store, "support@1", [True] * 30 + [False] * 5)  # 5 recent labels: the sides never overlap
     result = feedback_check(registry, store, "support")
-    assert result.decision == "not_enough_data" and (result.n_reference, result.n_recent) == (30, 10)
+    assert result.decision == "not_enough_data" and (result.n_reference, result.n_recent) == (30, 5)
     event = registry.history("support")[-1]
     assert (event.kind, event.detail["decision"]) == (DRIFT_CHECKED, "not_enough_data")
 
@@ -138,7 +175,7 @@ def test_a_round_checks_and_asks_the_policy_but_starts_nothing_before_drift_is_s
         assert result.error is None and result.started_job is None and result.gated == []
         assert [(c.detector, c.decision) for c in result.checks] == [
             ("prompt_length", "not_enough_data"),  # no training data and no suites: no reference
-            ("feedback_accuracy", "drift"),
+            ("feedback_cusum", "drift"),
         ]
         assert result.decision is not None and not result.decision.retrain
         assert (
@@ -175,9 +212,9 @@ def test_the_input_detectors_of_a_round_are_configurable(
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TUNELOOP_DRIFT_INPUT_DETECTORS", "oov_rate, prompt_length")
     result = check_alias(registry, store, "support", client=None)
-    assert [c.detector for c in result.checks] == ["oov_rate", "prompt_length", "feedback_accuracy"]
+    assert [c.detector for c in result.checks] == ["oov_rate", "prompt_length", "feedback_cusum"]
     checked = [e.detail["detector"] for e in registry.history("support") if e.kind == DRIFT_CHECKED]
-    assert checked == ["oov_rate", "prompt_length", "feedback_accuracy"]
+    assert checked == ["oov_rate", "prompt_length", "feedback_cusum"]
     monkeypatch.setenv("TUNELOOP_DRIFT_INPUT_DETECTORS", "no_such_detector")
     failed = run_round(registry, store)[0]  # one alias's bad configuration is reported, not raised
     assert failed.error is not None and "unknown drift detector 'no_such_detector'" in failed.error

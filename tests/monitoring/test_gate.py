@@ -10,34 +10,66 @@ import pytest
 from openai import OpenAI
 
 from tuneloop.monitoring import metrics
-from tuneloop.monitoring.gate import GATE_EVENT, GateDecision, apply, decide, run_gate
+from tuneloop.monitoring.gate import (
+    GATE_EVENT,
+    GateDecision,
+    apply,
+    compare,
+    decide,
+    promotion_reference,
+    run_gate,
+    sign_test,
+)
 from tuneloop.platform.registry import Registry
 from tuneloop.train.data.formats import Example
 
 
-def test_a_worse_candidate_is_rejected() -> None:
-    decision = decide({"feedback": 0.60, "golden": 0.80}, {"feedback": 0.70, "golden": 0.80})
+def pair(suite: str, live: list[float], candidate: list[float]) -> dict[str, object]:
+    return {suite: compare(suite, live, candidate)}
+
+
+def test_the_sign_test_matches_the_binomial_tail() -> None:
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == 0.5**5
+    # P(X >= 8 | n=10, p=1/2) = (45 + 10 + 1) / 1024
+    assert abs(sign_test(8, 2) - 56 / 1024) < 1e-12
+    assert sign_test(0, 10) == pytest.approx(1.0)
+
+
+def test_a_candidate_better_on_new_ground_truth_by_a_paired_test_is_promoted() -> None:
+    new = pair("feedback", [0.0] * 10 + [1.0] * 10, [1.0] * 20)  # wins 10 of 10 untied
+    kept = pair("unchanged", [1.0] * 10, [1.0] * 10)
+    decision = decide({**new, **kept})
+    assert decision.promote, decision
+    assert "10 better / 0 worse" in decision.reason and "sign test" in decision.rule
+
+
+def test_a_higher_mean_that_chance_explains_is_not_better() -> None:
+    # 3 wins against 1 loss: p = 5/16, far above alpha, though the mean went up.
+    new = pair("feedback", [0, 0, 0, 1, 1], [1, 1, 1, 0, 1])
+    decision = decide({**new, **pair("golden", [1.0], [1.0])})
     assert not decision.promote and decision.reject_reason == "not_better"
-    assert "0.6000 does not beat live 0.7000" in decision.reason
+    assert "not significantly better" in decision.reason and "p=0.312" in decision.reason
 
 
-def test_a_better_candidate_is_promoted() -> None:
-    decision = decide({"feedback": 0.80, "golden": 0.79}, {"feedback": 0.70, "golden": 0.80})
-    assert decision.promote and "0.7000 -> 0.8000" in decision.reason
+def test_a_regression_on_unchanged_questions_is_rejected() -> None:
+    new = pair("feedback", [0.0] * 10, [1.0] * 10)
+    kept = pair("unchanged", [1.0] * 10, [1.0] * 8 + [0.0] * 2)
+    decision = decide({**new, **kept}, tolerance=0.05)
+    assert not decision.promote and "regressed on unchanged" in decision.reason
 
 
-def test_better_on_new_data_but_worse_on_golden_is_rejected() -> None:
-    decision = decide(
-        {"feedback": 0.90, "golden": 0.70}, {"feedback": 0.70, "golden": 0.80}, golden_tolerance=0.05
-    )
-    assert not decision.promote and "golden set fell" in decision.reason
+def test_feedback_alone_cannot_promote_unless_allowed() -> None:
+    new = pair("feedback", [0.0] * 10, [1.0] * 10)
+    refused = decide(new)
+    assert not refused.promote and refused.reject_reason == "feedback_only"
+    assert decide(new, allow_feedback_only=True).promote
 
 
-def test_a_tie_is_not_better_and_missing_scores_cannot_be_compared() -> None:
-    assert not decide({"feedback": 0.7}, {"feedback": 0.7}).promote
-    failed = decide({}, {"feedback": 0.7, "golden": 0.8})
+def test_missing_scores_cannot_be_compared_and_nothing_live_promotes() -> None:
+    failed = decide(pair("golden", [1.0], [1.0]))
     assert not failed.promote and failed.reject_reason == "evaluation_failed"
-    assert decide({"feedback": 0.1}, None).promote  # nothing live yet
+    assert decide({}, live=False).promote  # nothing live yet
 
 
 @pytest.fixture
@@ -87,7 +119,7 @@ def test_run_gate_scores_both_versions_and_rejects_the_worse(
         or 0.0
     )
     decision = run_gate(registry, client, "support", "support@2", recent=recent, golden=recent)
-    assert not decision.promote
+    assert not decision.promote and decision.reject_reason == "not_better"
     assert registry.get_version("support@2").status == "rejected"
     after = metrics.REGISTRY.get_sample_value(
         "tuneloop_retrains_rejected_total", {"alias": "support", "reason": "not_better"}
@@ -107,3 +139,36 @@ def test_an_unservable_candidate_is_rejected_before_any_scoring(registry: Regist
     assert "ia3" in decision.reason
     assert registry.get_version("support@4").status == "rejected"
     assert registry.aliases()["support"] == "support@1"
+
+
+def test_the_gate_records_both_numbers_the_rule_and_the_promoted_baseline(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_PROMPT_EMBEDS", "0")
+    questions = [f"q{i}?" for i in range(8)]
+    recent = [
+        Example(format="prompt_completion", line=i, prompt=q, completion="new")
+        for i, q in enumerate(questions)
+    ]
+    unchanged = [
+        Example(format="prompt_completion", line=i, prompt=f"u{i}?", completion="new") for i in (1, 2)
+    ]
+    client = gateway_where({"support@1": "old", "support@3": "new"})
+    decision = run_gate(registry, client, "support", "support@3", recent=recent, unchanged=unchanged)
+    assert decision.promote, decision
+    assert registry.aliases()["support"] == "support@3"
+    [event] = [e for e in registry.history("support") if e.kind == GATE_EVENT]
+    detail = event.detail or {}
+    assert detail["live"] == "support@1" and "sign test" in detail["rule"]
+    assert detail["comparisons"]["feedback"]["wins"] == 8 and detail["comparisons"]["feedback"]["live"] == 0.0
+    assert detail["baseline"] == {"metric": "exact_match", "correct": 10, "n": 10}
+    reference, source = promotion_reference(registry, "support@3") or ([], "")
+    assert reference == [True] * 10 and "gate data" in source
+
+
+def test_the_gate_does_not_promote_over_an_alias_that_moved(registry: Registry) -> None:
+    better = GateDecision(True, "better")
+    registry.promote("support", "support@2")  # an operator, while the gate evaluated support@1
+    done = apply(registry, "support", "support@3", better, compared_with="support@1")
+    assert not done.promote and done.reject_reason == "superseded"
+    assert registry.aliases()["support"] == "support@2"

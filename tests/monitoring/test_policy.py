@@ -11,6 +11,8 @@ from tuneloop.monitoring.policy import (
     DRIFT_ALERT,
     DRIFT_CHECKED,
     PROMOTED,
+    RETRAIN_FAILED,
+    RETRAIN_FINISHED,
     RETRAIN_STARTED,
     Observation,
     RetrainPolicy,
@@ -141,3 +143,48 @@ def test_promotions_of_the_adapter_are_read_from_the_registry(tmp_path: Path) ->
     registry.promote("support", "support@2")
     history = observations(registry.history("support"), "support")
     assert [o.kind for o in history][-1] == PROMOTED and drift_streak(history) == 0
+
+
+def test_a_failed_retrain_spends_no_budget_and_is_retried_with_backoff() -> None:
+    policy = RetrainPolicy(
+        sustain=1, cooldown=timedelta(hours=6), daily_budget=1, backoff=timedelta(minutes=5)
+    )
+    at = T0 + timedelta(hours=1)
+
+    def failed(minutes: int) -> list[Observation]:
+        start = at + timedelta(minutes=minutes)
+        return [
+            Observation(RETRAIN_STARTED, start, "failed"),
+            Observation(RETRAIN_FAILED, start + timedelta(seconds=30)),
+        ]
+
+    history = [*checks("drift"), *failed(0), *checks("drift", start=at + timedelta(minutes=1))]
+    # The failed retrain reset nothing: the streak goes on, and neither cool-down nor budget applies...
+    assert drift_streak(history) == 2
+    waiting = policy.decide(history, at + timedelta(minutes=3))
+    assert not waiting.retrain and "retrying after 1 failed retrain(s)" in waiting.reason
+    # ...only the back-off: 5 minutes after the first failure, 10 after the second.
+    assert policy.decide(history, at + timedelta(minutes=6)).retrain
+    twice = [*history, *failed(6)]
+    assert not policy.decide(twice, at + timedelta(minutes=15)).retrain
+    assert policy.decide(twice, at + timedelta(minutes=17)).retrain
+    # A retrain that trained spends the budget and starts the cool-down as before.
+    trained = [*twice, Observation(RETRAIN_STARTED, at + timedelta(minutes=20)), *checks("drift", start=at)]
+    assert "cooling down" in policy.decide(trained, at + timedelta(minutes=30)).reason
+
+
+def test_failed_retrains_are_read_from_the_registry(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    registry.add_version("support", base_model="m", method="lora", store=lambda n: f"mem://{n}")
+    for job, candidate in (("j1", None), ("j2", "support@2")):
+        registry.add_event("support", RETRAIN_STARTED, "s", {"alias": "support", "job_id": job})
+        detail = {"alias": "support", "job_id": job, "status": "FAILED", "candidate": candidate}
+        registry.add_event("support", RETRAIN_FINISHED, "f", detail)
+    registry.add_event("support", RETRAIN_FAILED, "could not build", {"alias": "support"})
+    seen = [(o.kind, o.value) for o in observations(registry.history("support"), "support")]
+    assert seen == [
+        (RETRAIN_STARTED, "failed"),
+        (RETRAIN_FAILED, ""),
+        (RETRAIN_STARTED, ""),
+        (RETRAIN_FAILED, ""),
+    ]

@@ -12,12 +12,13 @@ import pytest
 from helpers.servers import RayHead
 
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
-from tuneloop.monitoring.policy import RETRAIN_STARTED
+from tuneloop.monitoring.policy import RETRAIN_FINISHED, RETRAIN_STARTED
 from tuneloop.monitoring.retrain import (
     GATE_FILE,
-    RETRAIN_FINISHED,
     SPEC_FILE,
+    TEST_FILE,
     TRAIN_FILE,
+    UNCHANGED_FILE,
     advance,
     last_spec,
     open_retrains,
@@ -49,29 +50,58 @@ def pairs(examples: list[Example]) -> list[tuple[str | None, str | None]]:
 
 def test_the_newest_answer_to_a_question_wins() -> None:
     previous = [pc("q1", "old"), pc("q2", "kept")]
-    new = [pc("q1", "newer")]
-    feedback = [pc("q1", "newest"), pc("q3", "fresh")]
-    data = refresh(previous, new, feedback, replay=1.0, gate_share=0.0)
+    earlier = [pc("q1", "newer")]
+    recent = [pc("q1", "newest"), pc("q3", "fresh")]
+    data = refresh(previous, [], earlier, recent, replay=1.0, gate_share=0.0)
     assert pairs(data.train) == [("q2", "kept"), ("q1", "newest"), ("q3", "fresh")]
-    assert data.gate == []
+    assert data.gate == [] and data.test == [] and data.unchanged == []
     assert data.counts == {
         "previous": 2,
         "previous_superseded": 1,
         "previous_replayed": 1,
-        "new": 1,
-        "feedback": 2,
+        "changed": 1,
+        "fresh": 2,
+        "fresh_recent": 2,
         "other_format": 0,
         "held_out_for_gate": 0,
+        "unchanged_for_gate": 0,
+        "test": 0,
         "train": 3,
     }
+
+
+def test_test_questions_never_reach_training_and_carry_the_newest_answer() -> None:
+    """Live traffic repeats test questions: their labels must not leak into training (the job's
+    leakage check would refuse the retrain), changed ones leave the unchanged set, all go to the gate."""
+    previous = [pc(f"t{i}", "a") for i in range(10)]
+    test = [pc("x1", "a"), pc("x2", "a"), pc("x3", "a")]
+    recent = [pc("x1", "a"), pc("x2", "b"), pc("t1", "b")]  # x1 confirmed, x2 and t1 changed
+    data = refresh(previous, test, [], recent, replay=1.0, gate_share=0.0)
+    trained = {ex.prompt for ex in data.train}
+    assert not trained & {"x1", "x2", "x3"}
+    assert pairs(data.test) == [("x1", "a"), ("x2", "b"), ("x3", "a")]
+    assert pairs(data.unchanged) == [("x1", "a"), ("x3", "a")]
+    assert pairs(data.gate) == [("x1", "a"), ("x2", "b")]  # recent labels of test questions
+    assert ("t1", "b") in pairs(data.train) and ("t1", "a") not in pairs(data.train)
+    assert data.counts["changed"] == 2 and len(data.train) == len({ex.prompt_key() for ex in data.train})
+
+
+def test_only_labels_since_the_onset_are_new_ground_truth() -> None:
+    questions = [f"q{i}" for i in range(100)]
+    earlier = [pc(q, "before") for q in questions[:50]]
+    recent = [pc(q, "after") for q in questions[50:]]
+    data = refresh([], [], earlier, recent, replay=1.0, gate_share=0.5)
+    assert data.gate and all(ex.completion == "after" for ex in data.gate)
+    trained = {ex.prompt for ex in data.train}
+    assert set(questions[:50]) <= trained  # older labels train, never judge
 
 
 def test_the_gate_holds_out_whole_questions_and_they_never_reach_training() -> None:
     questions = [f"question {i}" for i in range(200)]
     previous = [pc(q, "old") for q in questions]
-    new = [pc(q, "new") for q in questions]
-    feedback = [pc(q, "from feedback") for q in questions]
-    data = refresh(previous, new, feedback, replay=1.0, gate_share=0.3)
+    earlier = [pc(q, "new") for q in questions]
+    recent = [pc(q, "from feedback") for q in questions]
+    data = refresh(previous, [], earlier, recent, replay=1.0, gate_share=0.3)
     gated = {ex.prompt for ex in data.gate}
     trained = {ex.prompt for ex in data.train}
     assert 0.2 * 200 < len(gated) < 0.4 * 200
@@ -85,31 +115,33 @@ def test_the_gate_holds_out_whole_questions_and_they_never_reach_training() -> N
 
 def test_the_gate_split_is_stable_across_runs_and_answers() -> None:
     questions = [f"q{i}" for i in range(100)]
-    first = refresh([], [pc(q, "a") for q in questions], [], replay=1.0, gate_share=0.5)
-    again = refresh([], [pc(q, "another answer") for q in questions], [], replay=1.0, gate_share=0.5)
+    first = refresh([], [], [], [pc(q, "a") for q in questions], replay=1.0, gate_share=0.5)
+    again = refresh([], [], [], [pc(q, "another answer") for q in questions], replay=1.0, gate_share=0.5)
     assert [ex.prompt for ex in first.gate] == [ex.prompt for ex in again.gate]
     assert 0 < len(first.gate) < 100
-    everything = refresh([], [pc(q, "a") for q in questions], [], replay=1.0, gate_share=1.0)
+    everything = refresh([], [], [], [pc(q, "a") for q in questions], replay=1.0, gate_share=1.0)
     assert len(everything.gate) == 100 and everything.train == []
 
 
 def test_replay_thins_the_previous_data_stably() -> None:
     previous = [pc(f"q{i}", "a") for i in range(300)]
-    full = refresh(previous, [], [], replay=1.0, gate_share=0.0)
-    half = refresh(previous, [], [], replay=0.5, gate_share=0.0)
-    quarter = refresh(previous, [], [], replay=0.25, gate_share=0.0)
-    none = refresh(previous, [], [], replay=0.0, gate_share=0.0)
+    full = refresh(previous, [], [], [], replay=1.0, gate_share=0.0)
+    half = refresh(previous, [], [], [], replay=0.5, gate_share=0.0)
+    quarter = refresh(previous, [], [], [], replay=0.25, gate_share=0.0)
+    none = refresh(previous, [], [], [], replay=0.0, gate_share=0.0)
     assert len(full.train) == 300 and none.train == []
     assert 0.4 * 300 < len(half.train) < 0.6 * 300
     # Thinned by a hash of the question, not a random draw: a thinner replay is part of a thicker one.
     assert set(pairs(quarter.train)) < set(pairs(half.train))
-    assert half.train == refresh(previous, [], [], replay=0.5, gate_share=0.0).train
+    assert half.train == refresh(previous, [], [], [], replay=0.5, gate_share=0.0).train
     assert half.counts["previous_replayed"] == len(half.train) and half.counts["previous_superseded"] == 0
 
 
 def test_examples_of_another_format_are_dropped_and_counted() -> None:
     previous = [pc("q1", "a")]
-    data = refresh(previous, [chat("q2", "b"), pc("q3", "c")], [chat("q1", "d")], replay=1.0, gate_share=0.0)
+    data = refresh(
+        previous, [], [chat("q2", "b"), pc("q3", "c")], [chat("q1", "d")], replay=1.0, gate_share=0.0
+    )
     assert [ex.format for ex in data.train] == ["prompt_completion", "prompt_completion"]
     assert pairs(data.train) == [("q1", "a"), ("q3", "c")]  # the chat "q1" did not supersede
     assert data.counts["other_format"] == 2 and data.counts["train"] == 2
@@ -204,7 +236,9 @@ def test_prepare_writes_a_runnable_retrain_of_the_live_version(
     folder = tmp_path / "retrains" / "support" / "1"
     data = prepare(registry, store, "support", folder)
 
-    assert sorted(p.name for p in folder.iterdir()) == [GATE_FILE, SPEC_FILE, TRAIN_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [GATE_FILE, SPEC_FILE, TEST_FILE, TRAIN_FILE, UNCHANGED_FILE]
+    )
     assert not folder.with_name("1.partial").exists()
     assert (folder / SPEC_FILE).read_text().startswith("# Retrain of support@1 for alias support")
     spec = load_spec(folder / SPEC_FILE)  # it must validate as `tuneloop train` reads it
@@ -212,11 +246,23 @@ def test_prepare_writes_a_runnable_retrain_of_the_live_version(
     assert spec.method.rank == 4 and spec.data.min_examples == 4 and spec.output.adapter == "support"
     written = read_examples(folder / TRAIN_FILE)
     assert [ex.key() for ex in written] == [ex.key() for ex in data.train]
-    assert dict(pairs(written)) == {
-        "q0": "corrected", "q1": "new", "q2": "old", "q3": "old", "q4": "old", "q5": "old", "q9": "right",
-    }  # fmt: skip
-    assert (folder / GATE_FILE).read_text() == ""
-    assert data.counts["previous_superseded"] == 2 and data.counts["feedback"] == 2
+    # The previous job held one of the six questions out as its test split: it stays out of training,
+    # in the retrain's test file, and in the gate's unchanged set (nobody changed its answer).
+    [held] = read_examples(folder / TEST_FILE)
+    assert spec.data.test == folder / TEST_FILE and spec.data.validation is None
+    expected = {
+        "q0": "corrected",
+        "q1": "new",
+        "q2": "old",
+        "q3": "old",
+        "q4": "old",
+        "q5": "old",
+        "q9": "right",
+    }
+    del expected[held.prompt or ""]
+    assert dict(pairs(written)) == expected
+    assert pairs(read_examples(folder / UNCHANGED_FILE)) == [(held.prompt, "old")]
+    assert data.counts["changed"] == 2 and data.counts["fresh"] == 3
     assert live.read_text().count("old") == 6  # the previous job's file is left as it was
 
 
@@ -229,7 +275,7 @@ def test_prepare_writes_the_held_out_questions_to_the_gate_file(
     assert pairs(read_examples(tmp_path / "retrain" / GATE_FILE)) == [("q1", "new")]
     assert pairs(data.gate) == [("q1", "new")]
     trained = pairs(read_examples(tmp_path / "retrain" / TRAIN_FILE))
-    assert "q1" not in dict(trained) and len(trained) == 5
+    assert "q1" not in dict(trained) and len(trained) == 4  # six, less q1 and the test question
 
 
 def test_too_few_examples_is_refused_and_leaves_no_folder(
