@@ -42,6 +42,8 @@ def lineage_problems(registry: Registry, spec: JobSpec, base_ref: str) -> list[s
             registry.get_version(spec.output.parent)
         except NotFoundError:
             problems.append(f"output.parent {spec.output.parent!r} is not a version in the registry")
+    if spec.output.init_from:
+        problems += _init_problems(registry, spec, base_ref)
     try:
         existing = registry.list_versions(spec.output.adapter)
     except NotFoundError:
@@ -51,4 +53,25 @@ def lineage_problems(registry: Registry, spec: JobSpec, base_ref: str) -> list[s
             f"output.adapter {spec.output.adapter!r} is trained on {existing[0].adapter.base_model!r}, not "
             f"{base_ref!r}: use a new adapter name for another base model"
         )
+    return problems
+
+
+def _init_problems(registry: Registry, spec: JobSpec, base_ref: str) -> list[str]:
+    """A warm start needs a stored version of the same method on the same base, of a PEFT method."""
+    from tuneloop.train import methods
+
+    ref = str(spec.output.init_from)
+    try:
+        version = registry.get_version(ref)
+    except NotFoundError:
+        return [f"output.init_from {ref!r} is not a version in the registry"]
+    problems = []
+    if not isinstance(methods.get(spec.method.name), methods.PeftMethod):
+        problems.append(f"output.init_from works for PEFT methods only, not {spec.method.name!r}")
+    if version.method != spec.method.name:
+        problems.append(
+            f"output.init_from {ref} was trained with {version.method!r}, not {spec.method.name!r}"
+        )
+    if version.adapter.base_model != base_ref:
+        problems.append(f"output.init_from {ref} is on {version.adapter.base_model!r}, not {base_ref!r}")
     return problems

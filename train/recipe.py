@@ -380,7 +380,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from tuneloop.train.dist import all_reduce_sum, broadcast_flag
     from tuneloop.train.progress import emit, progress_line, quiet_worker_logs
     from tuneloop.train.schedule import lr_factor
-    from tuneloop.train.state import load_checkpoint, save_checkpoint, staging_dir, trainable_snapshot
+    from tuneloop.train.state import (
+        load_checkpoint,
+        save_checkpoint,
+        staging_dir,
+        trainable_snapshot,
+        warm_start,
+    )
     from tuneloop.train.stopping import EarlyStopper
 
     # -- what to train, and where
@@ -401,6 +407,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = method.prepare(
         method.load_base(Path(config["model_dir"]), spec.method, dtype=dtype, device=device), spec.method
     )
+    if spec.output.init_from:  # continue from a stored version's weights (a checkpoint still wins)
+        warm_start(method, model, spec.output.init_from)
     model.train()
     torch.manual_seed(hp.seed + rank)  # same initial weights everywhere, different dropout per worker
     trainable = [param for param in model.parameters() if param.requires_grad]

@@ -154,6 +154,13 @@ class OutputSpec(_Strict):
 
     adapter: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Adapter name in the registry.")
     parent: str | None = Field(None, description="Version this retrains, as adapter@N (lineage).")
+    init_from: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}@[0-9]+$",
+        description="Start from the trained weights of this version (adapter@N: same method, options and "
+        "base) instead of fresh ones: a retrain continues from the live version and forgets less. PEFT "
+        "methods (lora, qlora, prompt_tuning, p_tuning, prefix_tuning, ia3).",
+    )
 
 
 class JobSpec(_Strict):

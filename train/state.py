@@ -24,6 +24,8 @@ from tuneloop.platform.errors import ArtifactError
 if TYPE_CHECKING:
     import torch
 
+    from tuneloop.train.methods import FineTuneMethod
+
 WEIGHTS = "weights.safetensors"
 BEST = "best.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -130,3 +132,13 @@ def training_summary(state: dict[str, Any]) -> dict[str, Any]:
         "world_size": state["world_size"],
         "tokens": state["tokens"],
     }
+
+
+def warm_start(method: FineTuneMethod, model: torch.nn.Module, ref: str) -> None:
+    """Load the trained weights of the stored version `ref` (`adapter@N`) into `model`: the job spec's
+    `output.init_from`. Each worker fetches it from the artifact store itself (checksums checked)."""
+    from tuneloop.platform.artifacts import ArtifactStore
+
+    adapter, _, number = ref.rpartition("@")
+    with tempfile.TemporaryDirectory(prefix="tuneloop-init-") as tmp:
+        method.warm_start(model, ArtifactStore().fetch(adapter, int(number), Path(tmp) / "init"))

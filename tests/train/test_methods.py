@@ -399,3 +399,30 @@ def test_bottleneck_unknown_target_is_a_config_error(tiny_model_dir: Path) -> No
     spec = MethodSpec(name="adapter", target_modules=["mlp", "feed_forward"])
     with pytest.raises(ConfigError, match="'feed_forward'"):
         method.prepare(method.load_base(tiny_model_dir, spec, dtype=torch.float32, device="cpu"), spec)
+
+
+@pytest.mark.parametrize("name", ["lora", "prompt_tuning", "ia3"])
+def test_a_warm_start_continues_from_the_saved_weights(
+    name: str, run: Callable[[str], Trained], tiny_model_dir: Path
+) -> None:
+    """`output.init_from`: a fresh prepare, then the saved weights: the same model as the trained one."""
+    trained = run(name)
+    options, _ = METHODS[name]
+    spec = MethodSpec(name=name, **options)
+    torch.manual_seed(1)  # other initial weights than the trained run's
+    fresh = trained.method.prepare(
+        trained.method.load_base(tiny_model_dir, spec, dtype=torch.float32, device="cpu"), spec
+    )
+    assert not torch.allclose(logits(fresh, trained.inputs), logits(trained.model, trained.inputs))
+    trained.method.warm_start(fresh, trained.out_dir)
+    torch.testing.assert_close(
+        logits(fresh, trained.inputs), logits(trained.model, trained.inputs), rtol=0, atol=1e-6
+    )
+    assert all(p.requires_grad for n, p in fresh.named_parameters() if OWN_PARAMETERS[name] in n)
+
+
+def test_a_warm_start_is_refused_for_other_methods(
+    run: Callable[[str], Trained], tiny_model_dir: Path
+) -> None:
+    with pytest.raises(ConfigError, match="PEFT methods only, not 'adapter'"):
+        base.get("adapter").warm_start(torch.nn.Linear(1, 1), run("adapter").out_dir)

@@ -5,6 +5,6 @@ p_tuning, prefix_tuning, adapter, ia3). Importing this package does not import t
 modules are imported on first lookup.
 """
 
-from tuneloop.train.methods.base import FineTuneMethod, get, names, register
+from tuneloop.train.methods.base import FineTuneMethod, PeftMethod, get, names, register
 
-__all__ = ["FineTuneMethod", "get", "names", "register"]
+__all__ = ["FineTuneMethod", "PeftMethod", "get", "names", "register"]

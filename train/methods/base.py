@@ -58,6 +58,10 @@ class FineTuneMethod(ABC):
     def load(self, model_dir: Path, out_dir: Path) -> torch.nn.Module:
         """Rebuild the trained model from the base in `model_dir` and the result in `out_dir` (eval mode)."""
 
+    def warm_start(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Copy trained weights saved in `out_dir` into `model` (a job's `output.init_from`)."""
+        raise ConfigError(f"output.init_from works for PEFT methods only, not {self.name!r}")
+
     def trainable_parameters(self, model: torch.nn.Module) -> tuple[int, int]:
         """(trainable, total) parameter counts; 4-bit weights count as their unquantized size."""
         trainable = total = 0
@@ -141,6 +145,29 @@ class PeftMethod(FineTuneMethod):
 
         read_adapter_config(out_dir)  # a clear ArtifactError rather than peft's own for a wrong folder
         return PeftModel.from_pretrained(self.base_for_load(model_dir), str(out_dir)).eval()
+
+    def warm_start(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Copy the trained weights saved in `out_dir` into `model` (from `prepare`, same options), so
+        training continues from them; every saved weight must find its place."""
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        read_adapter_config(out_dir)
+        saved = load_file(str(out_dir / ADAPTER_WEIGHTS))
+        target = unwrap(model)
+        result = set_peft_model_state_dict(target, saved)
+        # peft loads soft prompts into the prompt encoder itself, yet still lists their key as unexpected.
+        unexpected = [k for k in result.unexpected_keys if k != "prompt_embeddings"]  # type: ignore[attr-defined]
+        if unexpected:
+            shown = ", ".join(sorted(unexpected)[:3])
+            raise ConfigError(
+                f"output.init_from: {len(unexpected)} saved weights have no place in this "
+                f"{self.name} model (other options than the version's?), e.g. {shown}"
+            )
+        trainable = [p for p in target.parameters() if p.requires_grad]
+        if not trainable or not all(torch.isfinite(p).all() for p in trainable):
+            raise ConfigError(f"output.init_from: the weights in {out_dir} left no finite trainable weights")
 
     def base_for_load(self, model_dir: Path) -> PreTrainedModel:
         """The base that `load` puts the adapter on: the saved model in its stored dtype."""
