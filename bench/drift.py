@@ -16,6 +16,17 @@ streams:
 
 Detectors run with their default configs (alpha 0.01, PSI threshold 0.2), except the embedder.
 A script, not a test: MiniLM on a few thousand prompts takes minutes on two CPU cores.
+
+    .venv/bin/python bench/drift.py --partial                # concept drift on a share of answers
+
+`--partial` measures the feedback check the loop runs on *partial* concept drifts: a share (10%,
+20%, 30%) of the answers that were right become wrong at the onset. Labels arrive one at a time and
+the check runs every `--round` labels, as the scheduler does. Two ways side by side, on the same
+streams: `feedback_cusum` (the loop's check: a CUSUM from the accuracy measured at promotion on
+`--reference` held-out examples) and `feedback_accuracy` (two windows of `--window` labels: the
+version's first labels against its latest, Fisher's exact test). Per stream: a false alarm is a
+drift decision before the onset; the delay is labels from the onset to the first drift decision;
+a flip is a later round deciding "no drift" again (each one resets the policy's streak).
 """
 
 from __future__ import annotations
@@ -252,6 +263,76 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class PartialOutcome:
+    """One detector on one partial drift, over every stream."""
+
+    detector: str
+    accuracy: float
+    share: float
+    streams: int
+    false_alarms: int = 0
+    flips: int = 0
+    delays: list[int | None] = field(default_factory=list)
+
+
+def partial_streams(args: argparse.Namespace) -> list[PartialOutcome]:
+    """Both feedback checks on the same seeded label streams, for each accuracy and drifted share."""
+    cusum = drift.get("feedback_cusum")
+    window = drift.get("feedback_accuracy", {"min_reference": 30, "min_recent": 30})
+    outcomes = []
+    for accuracy in args.accuracy:
+        for share in (0.1, 0.2, 0.3):
+            pair = [
+                PartialOutcome(name, accuracy, share, args.streams)
+                for name in ("feedback_cusum", "feedback_accuracy")
+            ]
+            for stream in range(args.streams):
+                rng = np.random.default_rng(stream)
+                reference = (rng.random(args.reference) < accuracy).tolist()
+                before = (rng.random(args.onset) < accuracy).tolist()
+                after = (rng.random(args.max_after) < accuracy * (1 - share)).tolist()
+                labels = before + after
+                for outcome in pair:
+                    decisions = []
+                    for end in range(args.round, len(labels) + 1, args.round):
+                        if outcome.detector == "feedback_cusum":
+                            result = cusum.check(reference, labels[:end])
+                        else:
+                            first = min(args.window, end)
+                            result = window.check(labels[:first], labels[max(first, end - args.window) : end])
+                        decisions.append((end, result.decision))
+                    _score(outcome, decisions, args.onset)
+            outcomes += pair
+    return outcomes
+
+
+def _score(outcome: PartialOutcome, decisions: list[tuple[int, str]], onset: int) -> None:
+    if any(d == "drift" for end, d in decisions if end <= onset):
+        outcome.false_alarms += 1
+    after = [(end, d) for end, d in decisions if end > onset]
+    first = next((i for i, (_, d) in enumerate(after) if d == "drift"), None)
+    outcome.delays.append(None if first is None else after[first][0] - onset)
+    if first is not None:
+        outcome.flips += sum(1 for _, d in after[first:] if d != "drift")
+
+
+def partial_table(outcomes: Sequence[PartialOutcome]) -> str:
+    lines = [
+        "| check | accuracy | answers changed | streams | false alarms | detected | delay median "
+        "(min–max), labels | flips after detection |",
+        "|" + " --- |" * 8,
+    ]
+    for o in outcomes:
+        found = [d for d in o.delays if d is not None]
+        delay = f"{statistics.median(found):g} ({min(found)}–{max(found)})" if found else "—"
+        lines.append(
+            f"| {o.detector} | {o.accuracy:g} → {o.accuracy * (1 - o.share):.2f} | {o.share:.0%} "
+            f"| {o.streams} | {o.false_alarms}/{o.streams} | {len(found)}/{o.streams} | {delay} | {o.flips} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -262,7 +343,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--windows-before", type=int, default=30, help="whole windows before the onset")
     parser.add_argument("--max-after", type=int, default=2000, help="requests after onset before a miss")
     parser.add_argument("--json", help="also write the outcomes here")
+    partial = parser.add_argument_group("--partial: the feedback check on partial concept drifts")
+    partial.add_argument("--partial", action="store_true", help="run the partial concept-drift comparison")
+    partial.add_argument("--accuracy", type=float, nargs="+", default=[0.8, 0.95], help="accuracy before")
+    partial.add_argument("--reference", type=int, default=100, help="held-out examples measured at promotion")
+    partial.add_argument("--onset", type=int, default=1000, help="labels before the onset")
+    partial.add_argument("--round", type=int, default=25, help="labels between two checks")
+    partial.add_argument("--window", type=int, default=100, help="labels per window of feedback_accuracy")
     args = parser.parse_args(argv)
+    if args.partial:
+        args.max_after = min(args.max_after, 1000)
+        found = partial_streams(args)
+        print(partial_table(found))
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump([asdict(o) for o in found], out, indent=2)
+        return 0
 
     outcomes = []
     for scenario in scenarios():

@@ -24,7 +24,10 @@ A question whose newest answer differs from the one the previous data gave has *
 
 No question of `train.jsonl` is in another file, and none is in it twice, so the job's leakage
 check cannot refuse data the loop built itself. The spec is the previous one with these files
-(validation is carved from train) and `output.parent` set to the live version; everything is written under
+(validation is carved from train), `output.parent` set to the live version and, for PEFT methods (unless
+TUNELOOP_RETRAIN_WARM_START is off), `output.init_from` too: the retrain continues from the live
+weights rather than from scratch, so it needs few examples to learn what changed and keeps what did
+not. Everything is written under
 TUNELOOP_HOME/retrains/<alias>/<time>/ and submitted through the Ray Jobs API (platform/jobs.py).
 
 `advance` follows the open retrains of an alias: when a job has ended it records `retrain.finished`
@@ -182,6 +185,7 @@ def drift_onset(registry: Registry, alias: str) -> datetime | None:
 def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -> RetrainData:
     """Write the retrain's spec and data files into `folder` (which must not exist)."""
     from tuneloop.monitoring.evaluation.feedback import labelled_with_times
+    from tuneloop.train import methods
     from tuneloop.train.data.splits import make_splits
 
     ref = registry.aliases().get(alias)
@@ -226,6 +230,10 @@ def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -
     else:
         raw["data"].pop("test", None)
     raw["output"]["parent"] = ref
+    if settings.TUNELOOP_RETRAIN_WARM_START.get() and isinstance(
+        methods.get(spec.method.name), methods.PeftMethod
+    ):
+        raw["output"]["init_from"] = ref  # continue from the live weights: learns the change, forgets less
     # Written to a scratch name and renamed last: a half-written folder is never a retrain.
     scratch = folder.with_name(folder.name + ".partial")
     scratch.mkdir(parents=True)

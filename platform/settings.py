@@ -446,6 +446,13 @@ TUNELOOP_RETRAIN_BACKOFF_S: Var[float] = Var(
     "Wait before retrying a retrain that registered no candidate, doubled after each failure in a row "
     "up to the cool-down; failed retrains spend neither the cool-down nor the daily budget.",
 )
+TUNELOOP_RETRAIN_WARM_START: Var[bool] = Var(
+    "TUNELOOP_RETRAIN_WARM_START",
+    _bool,
+    lambda: True,
+    "Retrains of PEFT methods start from the live version's weights (the spec's output.init_from) "
+    "instead of fresh ones.",
+)
 TUNELOOP_GATE_ALPHA: Var[float] = Var(
     "TUNELOOP_GATE_ALPHA",
     _fraction,

@@ -6,14 +6,15 @@ held-out data at promotion, expanded to per-example labels). It is Page's CUSUM 
 each wrong answer adds log(e1/e0) to a running sum, each right one adds log((1-e1)/(1-e0)) (a small
 negative number), and the sum never goes below zero. e0 is the reference error rate and e1 = e0 +
 `shift`, the smallest rise worth acting on. The sum stays near zero while answers are as good as at
-promotion, and climbs steadily once a share of the right answers has changed. Drift is declared
-while the sum is at or above `threshold` (h); it falls back only when answers are right again.
+promotion, and climbs steadily once a share of the right answers has changed. Drift is declared once
+the sum reaches `threshold` (h), and holds until the sum is back at zero, i.e. until answers have
+been right again for long enough to undo the evidence (hysteresis, so the decision does not flip).
 
 Why not two windows compared with a test (the `feedback_accuracy` detector)? A partial drift (a
 quarter of the answers changing) gives two windows of 100 labels a p-value that wanders around
 alpha, so the decision flips from one round to the next, and it needs labels from before the drift
 as its reference. The CUSUM accumulates evidence instead of forgetting it, so a sustained shift
-keeps it above h, and its reference is what the version measured when it was promoted.
+keeps it up, and its reference is what the version measured when it was promoted.
 
 The reference is estimated from a finite sample, and an estimate that is too optimistic would alarm
 on a healthy model. So e0 is the Jeffreys estimate (errors + 1/2) / (n + 1), raised by
@@ -57,7 +58,7 @@ class FeedbackCusumConfig(DetectorConfig):
         "alarms, later detection; bench/drift.py --partial measures both).",
     )
     reference_margin: float = Field(
-        1.0, ge=0, description="Standard errors added to the reference error rate for its sampling noise."
+        1.5, ge=0, description="Standard errors added to the reference error rate for its sampling noise."
     )
 
 
@@ -79,13 +80,17 @@ class FeedbackCusumDetector(DriftDetector[bool, FeedbackCusumConfig]):
         level = path[-1]
         onset = excursion_start(path)
         since = recent[onset:]
-        drift = level >= cfg.threshold
+        peak = max(path[onset:])
+        # Drift from the moment the sum reaches h until it is back at zero: a sum wandering around h
+        # under a small sustained shift would otherwise flip the decision from round to round.
+        drift = peak >= cfg.threshold
         rate_since = 1 - sum(bool(v) for v in since) / len(since) if since else 0.0
         change = (
             f"error rate {fmt(rate_since)} over the last {len(since)} labels against {fmt(e0)} at promotion"
         )
         if drift:
-            verdict = f"rose: CUSUM {fmt(level)} >= {cfg.threshold:g}, {change}: the right answers changed"
+            reached = f"CUSUM {fmt(level)} (peak {fmt(peak)} >= {cfg.threshold:g})"
+            verdict = f"rose: {reached}, {change}: the right answers changed"
         else:
             verdict = f"holds: CUSUM {fmt(level)} < {cfg.threshold:g} ({change})"
         return DriftResult(
@@ -101,7 +106,7 @@ class FeedbackCusumDetector(DriftDetector[bool, FeedbackCusumConfig]):
                 "tuned_error_rate": e1,
                 "recent_error_rate": rate_since,
                 "onset_index": onset,
-                "peak": max(path),
+                "peak": peak,
             },
         )
 

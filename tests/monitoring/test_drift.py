@@ -106,6 +106,8 @@ def test_bad_config_reports_every_problem_at_once() -> None:
         ("oov_rate", prompts(300, 0), prompts(99, 1)),
         ("eval_score", [0.8] * 30, [0.1] * 29),
         ("feedback_accuracy", [True] * 10, [False] * 100),
+        ("feedback_cusum", [True] * 10, [False] * 100),
+        ("feedback_cusum", [True] * 100, [False] * 9),
     ],
 )
 def test_too_few_samples_never_decide(name: str, reference: list, recent: list) -> None:
@@ -336,3 +338,39 @@ def test_feedback_accuracy_false_alarm_rate_is_nominal(test: str) -> None:
     )
     print(f"feedback_accuracy ({test}) false-alarm rate: {rate:.3f} over {draws} draws at alpha={alpha}")
     assert rate <= alpha + 0.07
+
+
+# -- feedback_cusum: the loop's sequential concept-drift check
+
+
+def test_cusum_detects_a_partial_drift_and_estimates_its_onset() -> None:
+    rng = np.random.default_rng(0)
+    reference = [True] * 320 + [False] * 80  # 0.8 on 400 held-out examples at promotion
+    before = (rng.random(300) < 0.8).tolist()
+    after = (rng.random(300) < 0.8 * 0.75).tolist()  # a quarter of the right answers changed
+    detector = drift.get("feedback_cusum")
+    assert detector.check(reference, before).decision == "no_drift"
+    result = detector.check(reference, before + after)
+    assert result.decision == "drift" and result.score is not None and result.score >= 5.0
+    assert 250 <= int(result.details["onset_index"]) <= 350  # near the true change at 300
+    assert result.details["recent_error_rate"] > result.details["reference_error_rate"]
+
+
+def test_cusum_holds_its_decision_until_answers_are_right_again() -> None:
+    detector = drift.get("feedback_cusum")
+    reference = [True] * 90 + [False] * 10
+    drifted = [True, False] * 40  # error rate 0.5 against 0.1
+    assert detector.check(reference, drifted).decision == "drift"
+    # A few right answers lower the sum but do not undo the evidence: no flip back.
+    assert detector.check(reference, [*drifted, *[True] * 10]).decision == "drift"
+    # Enough right answers bring the sum back to zero: no drift any more.
+    assert detector.check(reference, [*drifted, *[True] * 400]).decision == "no_drift"
+
+
+def test_cusum_reference_error_rate_allows_for_its_sampling_noise() -> None:
+    from tuneloop.monitoring.drift.sequential import cusum_path, reference_error_rate
+
+    assert reference_error_rate(0, 100, 0.0) == pytest.approx(0.5 / 101)
+    assert reference_error_rate(20, 100, 1.5) > reference_error_rate(20, 100, 0.0) > 0.19
+    assert reference_error_rate(100, 100, 3.0) == 0.5  # capped: e1 must stay a valid rate
+    assert cusum_path([True, True], 0.1, 0.2) == [0.0, 0.0, 0.0]  # never below zero

@@ -1,19 +1,26 @@
-"""The whole loop on the tiny model: drift injected -> a retraining job on real Ray -> the gate ->
-promotion -> the gateway serves the new version.
+"""The whole loop, as deployed: `tuneloop control` runs as its own process and fixes a partial concept
+drift on live traffic by itself.
 
-Everything is real: the first version is trained by a job submitted through the Ray Jobs API, served
-by `tuneloop serve` (vLLM + gateway), called with the official openai client; users' feedback goes
-through POST /v1/feedback into the capture store; the monitoring round (monitoring/control/loop.py)
-runs exactly as the scheduler runs it. The task is one a tiny model learns in a few steps: every
-question about an animal's colour is answered `red`. The concept drift: from some point on, the right
-answer is `blue`, which the users' corrections say.
+The task is ticket routing on the tiny model: templated tickets ("Ticket 7: my parcel issue, which
+team?") go to one of four teams by their subject, and live traffic repeats the same tickets, the
+held-out test tickets included. Then a re-organisation moves one subject in four to a new team
+(`parcel` tickets go to `logistics` now): a quarter of the right answers change while the inputs look
+exactly the same. Users say so only through feedback.
+
+Everything is real: the first version is trained by a job submitted through the Ray Jobs API, served by
+`tuneloop serve` (vLLM + gateway), called with the official openai client; feedback goes through
+POST /v1/feedback; the control process runs the scheduler on its own and is only watched through the
+registry it writes. The test sees: no drift while answers are as good as at promotion; detection after
+the onset; a retrain that does not fail; a gate decision; the promotion; and the accuracy recovered on
+the new policy without loss on the tickets whose team did not change.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,151 +30,199 @@ from helpers.gateway import Gateway, start_gateway
 from helpers.servers import RayHead
 from openai import OpenAI
 
-from tuneloop.monitoring.capture import CaptureStore
-from tuneloop.monitoring.control.loop import run_round
-from tuneloop.monitoring.retrain import RETRAIN_FINISHED
 from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.jobs import submit_spec
+from tuneloop.platform.procs import ManagedProcess, free_port
 from tuneloop.platform.rayjobs import JobsClient
 from tuneloop.platform.registry import Registry
+from tuneloop.platform.registry.models import Event
+from tuneloop.platform.settings import LOOPBACK, child_env
 from tuneloop.serve.proxy import VERSION_HEADER
 
 pytestmark = pytest.mark.slow
-ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "pig", "hen", "ant", "bat", "elk", "yak"]
-WINDOW = 30  # feedback labels per side of the concept-drift check
+TUNELOOP = str(Path(__import__("sys").executable).parent / "tuneloop")
+BEFORE = {"invoice": "billing", "password": "access", "crash": "engineering", "parcel": "shipping"}
+AFTER = {**BEFORE, "parcel": "logistics"}  # the re-organisation: one subject in four moves
+TICKETS = [(subject, n) for subject in BEFORE for n in range(20)]
 
 
-def question(i: int) -> str:
-    return f"What colour is the {ANIMALS[i % len(ANIMALS)]} number {i}?"
-
-
-def messages(i: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": question(i)}]
+def question(subject: str, n: int) -> str:
+    return f"Ticket {n}: my {subject} issue, which team?"
 
 
 @pytest.fixture
 def home(tmp_path: Path, ray_head: RayHead, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's TUNELOOP_HOME, the session's Ray head, and a loop that acts on the first drift."""
     home = tmp_path / "home"
     for name in ("TUNELOOP_DB_URL", "TUNELOOP_ARTIFACTS", "TUNELOOP_CAPTURE_DB_URL", "TUNELOOP_MODELS_DIR"):
         monkeypatch.delenv(name, raising=False)
-    env = {
-        "TUNELOOP_HOME": str(home),
-        "TUNELOOP_RAY_ADDRESS": ray_head.address,
-        "RAY_AUTH_TOKEN_PATH": ray_head.env["RAY_AUTH_TOKEN_PATH"],
-        "TUNELOOP_RETRAIN_SUSTAIN": "1",
-        "TUNELOOP_DRIFT_FEEDBACK_WINDOW": str(WINDOW),
-        "TUNELOOP_RETRAIN_REPLAY": "0",  # the old answers are wrong now
-        "TUNELOOP_RETRAIN_FEEDBACK_LIMIT": str(WINDOW),  # only the corrections after the onset
-        "TUNELOOP_EVAL_MAX_TOKENS": "4",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TUNELOOP_HOME", str(home))
+    monkeypatch.setenv("TUNELOOP_RAY_ADDRESS", ray_head.address)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", ray_head.env["RAY_AUTH_TOKEN_PATH"])
     return home
 
 
 def write_job(folder: Path, model_dir: Path) -> Path:
     folder.mkdir(parents=True)
-    rows = [{"messages": [*messages(i), {"role": "assistant", "content": "red"}]} for i in range(48)]
-    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": question(s, n)},
+                {"role": "assistant", "content": BEFORE[s]},
+            ]
+        }
+        for s, n in TICKETS
+    ]
+    (folder / "tickets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = {
         "base_model": str(model_dir),
         "method": {"name": "lora", "rank": 8},
-        "data": {"train": "data.jsonl", "max_length": 64},
-        "hyperparameters": {"learning_rate": 0.01, "batch_size": 4, "max_steps": 24, "eval_every": 8},
+        # 24 held-out test tickets: the accuracy measured at promotion, and the gate's unchanged set.
+        "data": {"train": "tickets.jsonl", "max_length": 64, "split": [0.6, 0.1, 0.3]},
+        "hyperparameters": {"learning_rate": 0.01, "batch_size": 4, "max_steps": 60, "eval_every": 20},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
-        "output": {"adapter": "colours"},
+        "output": {"adapter": "tickets"},
     }
     (folder / "job.yaml").write_text(yaml.safe_dump(spec))
     return folder / "job.yaml"
 
 
-def train_and_wait(spec: Path) -> str:
-    job_id = submit_spec(spec)
-    status = JobsClient().wait(job_id, timeout=600)
-    assert status == "SUCCEEDED", JobsClient().logs(job_id)[-4000:]
-    return job_id
+@pytest.fixture
+def serving(home: Path, tiny_model_dir: Path) -> Iterator[tuple[Gateway, str]]:
+    """tickets@1 trained through Ray Jobs, promoted by hand and served; yields (gateway, admin key)."""
+    job_id = submit_spec(write_job(home.parent / "job", tiny_model_dir))
+    assert JobsClient().wait(job_id, timeout=600) == "SUCCEEDED", JobsClient().logs(job_id)[-4000:]
+    registry = Registry()
+    registry.promote("tickets", "tickets@1")
+    admin = create_key(registry, scopes=[], admin=True).secret
+    with start_gateway(str(tiny_model_dir), home, extra_env={"TUNELOOP_REGISTRY_POLL_S": "0.25"}) as gateway:
+        yield gateway, admin
 
 
 @pytest.fixture
-def serving(home: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
-    """The first version trained through Ray Jobs, promoted, and served; the loop's eval key set."""
-    train_and_wait(write_job(home.parent / "job", tiny_model_dir))
-    registry = Registry()
-    registry.promote("colours", "colours@1")
-    admin = create_key(registry, scopes=[], admin=True).secret
-    with start_gateway(str(tiny_model_dir), home, extra_env={"TUNELOOP_REGISTRY_POLL_S": "0.25"}) as gateway:
-        monkeypatch.setenv("TUNELOOP_EVAL_KEY", admin)
-        monkeypatch.setenv("TUNELOOP_GATEWAY_URL", gateway.url)
-        yield gateway
-
-
-def ask(client: OpenAI, i: int) -> tuple[str, str, str]:
-    """(request id, the version that answered, answer): the gateway names the version in a header."""
-    raw = client.chat.completions.with_raw_response.create(
-        model="colours",
-        messages=messages(i),
-        max_tokens=4,
-        temperature=0.0,  # type: ignore[arg-type]
+def control(serving: tuple[Gateway, str], home: Path) -> Iterator[ManagedProcess]:
+    """`tuneloop control` as a process, with settings for a fast loop on a small model."""
+    gateway, admin = serving
+    port = free_port()
+    env = child_env(
+        {
+            "TUNELOOP_EVAL_KEY": admin,
+            "TUNELOOP_GATEWAY_URL": gateway.url,
+            "TUNELOOP_SCHEDULER_INTERVAL_S": "3",
+            "TUNELOOP_RETRAIN_SUSTAIN": "2",
+            "TUNELOOP_EVAL_MAX_TOKENS": "6",
+        }
     )
-    out = raw.parse()
-    return out.id, raw.headers[VERSION_HEADER], out.choices[0].message.content or ""
+    process = ManagedProcess(
+        [TUNELOOP, "control", "--port", str(port)],
+        log_path=home / "control.log",
+        health_url=f"http://{LOOPBACK}:{port}/health",
+        env=env,
+        name="tuneloop-control",
+        ready_timeout=120,
+    )
+    with process:
+        yield process
 
 
-def ask_and_judge(gateway: Gateway, key: str, questions: range, right: str, lenient: bool) -> list[str]:
-    """Users ask; they mark an answer naming `right` correct (if `lenient`) or send `right` as the
-    correction. Returns the versions that answered."""
-    client = OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
-    versions = []
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as http:
-        for i in questions:
-            request_id, version, answer = ask(client, i)
-            ok = lenient and right in answer.split()
-            body = {"request_id": request_id, **({"label": "correct"} if ok else {"corrected_answer": right})}
+def traffic(gateway: Gateway, key: str, truth: dict[str, str], seed: int) -> dict[str, list[bool]]:
+    """Every ticket once, in a shuffled order, through the alias; users confirm a right answer and
+    correct a wrong one. Returns right/wrong per subject (the answering version must be one)."""
+    client = OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=60)
+    tickets = list(TICKETS)
+    random.Random(seed).shuffle(tickets)
+    right: dict[str, list[bool]] = {s: [] for s in truth}
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+        for subject, n in tickets:
+            raw = client.chat.completions.with_raw_response.create(
+                model="tickets",
+                messages=[{"role": "user", "content": question(subject, n)}],
+                max_tokens=6,
+                temperature=0.0,
+            )
+            out = raw.parse()
+            answer = (out.choices[0].message.content or "").strip()
+            ok = answer == truth[subject]
+            body = {
+                "request_id": out.id,
+                **({"label": "correct"} if ok else {"corrected_answer": truth[subject]}),
+            }
             http.post("/v1/feedback", json=body).raise_for_status()
-            versions.append(version)
-    return versions
+            right[subject].append(ok)
+    return right
 
 
-def test_concept_drift_is_detected_retrained_gated_and_served(serving: Gateway) -> None:
-    registry, store = Registry(), CaptureStore()
-    key = create_key(registry, scopes=["colours"], admin=False).secret
+def accuracy(right: dict[str, list[bool]], subjects: Callable[[str], bool]) -> float:
+    picked = [ok for s, oks in right.items() if subjects(s) for ok in oks]
+    return sum(picked) / len(picked)
 
-    # Before the onset: answers are right (the model learnt `red`), a deploy-time reference forms.
-    assert set(ask_and_judge(serving, key, range(WINDOW), "red", lenient=True)) == {"colours@1"}
-    quiet = run_round(registry, store)[0]
-    assert quiet.error is None and quiet.started_job is None
-    assert {c.detector: c.decision for c in quiet.checks}["feedback_accuracy"] == "not_enough_data"
 
-    # The onset: the same questions, but the right answer is `blue` now.
-    ask_and_judge(serving, key, range(WINDOW, 2 * WINDOW), "blue", lenient=False)
-    drifting = run_round(registry, store)[0]
-    assert drifting.error is None, drifting.error
-    decisions = {c.detector: c.decision for c in drifting.checks}
-    # Inputs look the same (48 training prompts are also below the length check's minimum of 100).
-    assert decisions["feedback_accuracy"] == "drift" and decisions["prompt_length"] != "drift"
-    assert drifting.decision is not None and drifting.decision.retrain
-    assert drifting.started_job is not None
+def wait_for(
+    what: str, found: Callable[[list[Event]], bool], process: ManagedProcess, timeout: float
+) -> list[Event]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = Registry().history("tickets")
+        if found(events):
+            return events
+        assert process.health_url and httpx.get(process.health_url, timeout=10).status_code == 200
+        time.sleep(2)
+    lines = "\n".join(f"{e.kind}: {e.message}" for e in Registry().history("tickets")[-25:])
+    raise AssertionError(f"no {what} within {timeout:.0f}s; last events:\n{lines}\n{process.log_tail()}")
 
-    # The retrain runs as a Ray job; the next round after it ends gates and promotes the candidate.
-    assert JobsClient().wait(drifting.started_job, timeout=600) == "SUCCEEDED"
-    closing = run_round(registry, store)[0]
-    assert closing.error is None, closing.error
-    [gate] = closing.gated
-    assert gate is not None and gate.promote, gate
-    assert registry.aliases()["colours"] == "colours@2"
-    v2 = registry.get_version("colours@2")
-    assert v2.job_id == drifting.started_job and v2.manifest["parent"] == "colours@1"
 
-    # The gateway follows the registry: the alias is now answered by the retrained version, `blue`.
-    deadline, client = time.monotonic() + 10, OpenAI(base_url=serving.base_url, api_key=key, max_retries=0)
-    while (served := ask(client, 999))[1] != "colours@2" and time.monotonic() < deadline:
+def test_control_fixes_a_partial_concept_drift_on_repeated_tickets(
+    serving: tuple[Gateway, str], control: ManagedProcess
+) -> None:
+    gateway, _ = serving
+    key = create_key(Registry(), scopes=["tickets"], admin=False).secret
+    changed, unchanged = (lambda s: BEFORE[s] != AFTER[s]), (lambda s: BEFORE[s] == AFTER[s])
+
+    before = traffic(gateway, key, BEFORE, seed=1)
+    old_accuracy = accuracy(before, lambda s: True)
+    assert old_accuracy >= 0.8, before  # the first version learnt the routing
+    time.sleep(8)  # a few rounds see these labels: answers are as good as at promotion
+    checks = [e for e in Registry().history("tickets") if e.kind == "drift.checked"]
+    feedback = [e.detail for e in checks if (e.detail or {}).get("detector") == "feedback_cusum"]
+    assert feedback and all(d["decision"] != "drift" for d in feedback), feedback
+
+    # The re-organisation: the same tickets, and parcels go to logistics now.
+    during = traffic(gateway, key, AFTER, seed=2)
+    assert accuracy(during, changed) <= 0.2  # the live version still answers `shipping`
+    events = wait_for(
+        "promotion",
+        lambda es: any(e.kind == "alias.promoted" and "tickets@2" in e.message for e in es),
+        control,
+        600,
+    )
+    kinds = [e.kind for e in events]
+    assert "retrain.failed" not in kinds, [e.message for e in events if e.kind == "retrain.failed"]
+    drift = [e for e in events if e.kind == "drift.checked" and (e.detail or {}).get("decision") == "drift"]
+    assert drift and drift[0].detail["detector"] == "feedback_cusum" and drift[0].detail.get("onset")
+    [finished] = [e for e in events if e.kind == "retrain.finished"]
+    assert finished.detail["status"] == "SUCCEEDED" and finished.detail["candidate"] == "tickets@2"
+    [gate] = [e for e in events if e.kind == "gate.decided"]
+    assert gate.detail["action"] == "promote" and gate.detail["live"] == "tickets@1"
+    new = gate.detail["comparisons"]["feedback"]
+    assert new["wins"] > new["losses"] and new["p_better"] < 0.05, gate.detail
+    assert "unchanged" in gate.detail["comparisons"] and "sign test" in gate.detail["rule"]
+    assert kinds.index("retrain.started") < kinds.index("gate.decided") < kinds.index("retrain.finished")
+
+    # The gateway follows the registry; the retrained version answers the new policy and kept the old one.
+    client = OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        raw = client.chat.completions.with_raw_response.create(
+            model="tickets", messages=[{"role": "user", "content": question("parcel", 3)}], max_tokens=6
+        )
+        if raw.headers[VERSION_HEADER] == "tickets@2":
+            break
         time.sleep(0.25)
-    assert served[1] == "colours@2"
-    assert "blue" in served[2].split()
-
-    kinds = [e.kind for e in registry.history("colours")]
-    for kind in ("drift.checked", "retrain.started", RETRAIN_FINISHED, "gate.decided", "alias.promoted"):
-        assert kind in kinds, kinds
-    # A retrain is closed only once the gate has decided (a failed gate leaves it open for the next round).
-    assert kinds.index("retrain.started") < kinds.index("gate.decided") < kinds.index(RETRAIN_FINISHED)
+    after = traffic(gateway, key, AFTER, seed=3)
+    new_accuracy = accuracy(after, lambda s: True)
+    print(
+        f"accuracy before {old_accuracy:.3f}, during {accuracy(during, lambda s: True):.3f}, "
+        f"after {new_accuracy:.3f}"
+    )
+    assert new_accuracy >= 0.95 * old_accuracy, after
+    assert accuracy(after, changed) >= 0.8, after
+    assert accuracy(after, unchanged) >= accuracy(before, unchanged) - 0.05, (before, after)

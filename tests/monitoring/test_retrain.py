@@ -243,6 +243,7 @@ def test_prepare_writes_a_runnable_retrain_of_the_live_version(
     assert (folder / SPEC_FILE).read_text().startswith("# Retrain of support@1 for alias support")
     spec = load_spec(folder / SPEC_FILE)  # it must validate as `tuneloop train` reads it
     assert spec.data.train == folder / TRAIN_FILE and spec.output.parent == "support@1"
+    assert spec.output.init_from == "support@1"  # a LoRA retrain continues from the live weights
     assert spec.method.rank == 4 and spec.data.min_examples == 4 and spec.output.adapter == "support"
     written = read_examples(folder / TRAIN_FILE)
     assert [ex.key() for ex in written] == [ex.key() for ex in data.train]
