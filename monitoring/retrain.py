@@ -24,10 +24,11 @@ A question whose newest answer differs from the one the previous data gave has *
 
 No question of `train.jsonl` is in another file, and none is in it twice, so the job's leakage
 check cannot refuse data the loop built itself. The spec is the previous one with these files
-(validation is carved from train), `output.parent` set to the live version and, for PEFT methods (unless
-TUNELOOP_RETRAIN_WARM_START is off), `output.init_from` too: the retrain continues from the live
-weights rather than from scratch, so it needs few examples to learn what changed and keeps what did
-not. Everything is written under
+(validation is carved from train) and `output.parent` set to the live version: the same recipe and
+hyperparameters that made the live version, on data that says today's truth. With
+TUNELOOP_RETRAIN_WARM_START on, PEFT methods also get `output.init_from`: the retrain continues from
+the live weights (which wants a lower learning rate than training from scratch). Everything is
+written under
 TUNELOOP_HOME/retrains/<alias>/<time>/ and submitted through the Ray Jobs API (platform/jobs.py).
 
 `advance` follows the open retrains of an alias: when a job has ended it records `retrain.finished`

@@ -449,9 +449,9 @@ TUNELOOP_RETRAIN_BACKOFF_S: Var[float] = Var(
 TUNELOOP_RETRAIN_WARM_START: Var[bool] = Var(
     "TUNELOOP_RETRAIN_WARM_START",
     _bool,
-    lambda: True,
+    lambda: False,
     "Retrains of PEFT methods start from the live version's weights (the spec's output.init_from) "
-    "instead of fresh ones.",
+    "instead of fresh ones, at the spec's learning rate: lower it in the spec for a warm start.",
 )
 TUNELOOP_GATE_ALPHA: Var[float] = Var(
     "TUNELOOP_GATE_ALPHA",

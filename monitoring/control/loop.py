@@ -140,11 +140,16 @@ def feedback_check(registry: Registry, store: CaptureStore, alias: str) -> Drift
     return result
 
 
-def consider_retrain(registry: Registry, alias: str, policy: RetrainPolicy | None = None) -> PolicyDecision:
-    """Ask the drift policy about `alias` over its recorded history; record a due retrain."""
+def consider_retrain(
+    registry: Registry, alias: str, policy: RetrainPolicy | None = None, *, running: bool = False
+) -> PolicyDecision:
+    """Ask the drift policy about `alias` over its recorded history; record a due retrain, unless one
+    is `running` already (the round then starts none, and the history stays readable)."""
     policy = policy or RetrainPolicy.from_settings()
     adapter = adapter_of(registry, alias)
     decision = policy.decide(observations(registry.history(adapter), alias), datetime.now(UTC))
+    if decision.retrain and running:
+        decision = PolicyDecision(False, "a retrain is already running", decision.streak)
     if decision.retrain:
         registry.add_event(adapter, RETRAIN_DUE, f"{alias}: {decision.reason}", {"alias": alias})
     log.info(
@@ -242,23 +247,20 @@ def check_alias(
     for detector in settings.TUNELOOP_DRIFT_INPUT_DETECTORS.get():
         result.checks.append(drift_check(registry, store, alias, reference, detector=detector))
     result.checks.append(feedback_check(registry, store, alias))
-    result.decision = consider_retrain(registry, alias)
+    result.decision = consider_retrain(registry, alias, running=bool(retrain.open_retrains(registry, alias)))
     if result.decision.retrain:
-        if retrain.open_retrains(registry, alias):
-            log.info("%s: a retrain is already running; not starting another", alias)
-        else:
-            try:
-                result.started_job = retrain.start(
-                    registry, store, alias, result.decision.reason, address=jobs_address
-                )
-            except Exception as exc:  # no spec, unreadable data, too few examples, Ray or disk trouble
-                result.error = f"retrain not started: {exc}"
-                detail = {"alias": alias, "reason": str(exc)}
-                registry.add_event(
-                    adapter_of(registry, alias), RETRAIN_FAILED, f"{alias}: {result.error}", detail
-                )
-                metrics.RETRAINS_FAILED.labels(alias).inc()
-                log.error("%s: %s", alias, result.error)
+        try:
+            result.started_job = retrain.start(
+                registry, store, alias, result.decision.reason, address=jobs_address
+            )
+        except Exception as exc:  # no spec, unreadable data, too few examples, Ray or disk trouble
+            result.error = f"retrain not started: {exc}"
+            detail = {"alias": alias, "reason": str(exc)}
+            registry.add_event(
+                adapter_of(registry, alias), RETRAIN_FAILED, f"{alias}: {result.error}", detail
+            )
+            metrics.RETRAINS_FAILED.labels(alias).inc()
+            log.error("%s: %s", alias, result.error)
     return result
 
 

@@ -74,8 +74,9 @@ class FeedbackCusumDetector(DriftDetector[bool, FeedbackCusumConfig]):
         cfg = self.config
         errors_ref = len(reference) - _count_correct(reference, "reference")
         _count_correct(recent, "recent")
-        e0 = reference_error_rate(errors_ref, len(reference), cfg.reference_margin)
-        e1 = min(e0 + cfg.shift, 0.999)
+        # Capped so that e1 stays a rate: a reference that bad leaves nothing to watch for anyway.
+        e0 = min(reference_error_rate(errors_ref, len(reference), cfg.reference_margin), 0.999 - cfg.shift)
+        e1 = e0 + cfg.shift
         path = cusum_path(recent, e0, e1)
         level = path[-1]
         onset = excursion_start(path)
@@ -112,9 +113,9 @@ class FeedbackCusumDetector(DriftDetector[bool, FeedbackCusumConfig]):
 
 
 def reference_error_rate(errors: int, n: int, margin: float) -> float:
-    """The reference error rate: Jeffreys' estimate raised by `margin` standard errors, within (0, 0.5]."""
+    """The reference error rate: Jeffreys' estimate raised by `margin` standard errors, below 1."""
     estimate = (errors + 0.5) / (n + 1)
-    return min(0.5, estimate + margin * math.sqrt(estimate * (1 - estimate) / n))
+    return min(0.999, estimate + margin * math.sqrt(estimate * (1 - estimate) / n))
 
 
 def cusum_path(labels: Sequence[bool], e0: float, e1: float) -> list[float]:

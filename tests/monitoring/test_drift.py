@@ -372,5 +372,8 @@ def test_cusum_reference_error_rate_allows_for_its_sampling_noise() -> None:
 
     assert reference_error_rate(0, 100, 0.0) == pytest.approx(0.5 / 101)
     assert reference_error_rate(20, 100, 1.5) > reference_error_rate(20, 100, 0.0) > 0.19
-    assert reference_error_rate(100, 100, 3.0) == 0.5  # capped: e1 must stay a valid rate
+    assert reference_error_rate(100, 100, 3.0) == 0.999
+    # A reference this bad (75% wrong) is not "drift" when answers stay as bad: e0 is not capped low.
+    bad = drift.get("feedback_cusum").check([True] * 25 + [False] * 75, [True, False, False, False] * 50)
+    assert bad.decision == "no_drift"
     assert cusum_path([True, True], 0.1, 0.2) == [0.0, 0.0, 0.0]  # never below zero

@@ -78,7 +78,7 @@ def write_job(folder: Path, model_dir: Path) -> Path:
         "method": {"name": "lora", "rank": 8},
         # 24 held-out test tickets: the accuracy measured at promotion, and the gate's unchanged set.
         "data": {"train": "tickets.jsonl", "max_length": 64, "split": [0.6, 0.1, 0.3]},
-        "hyperparameters": {"learning_rate": 0.01, "batch_size": 4, "max_steps": 60, "eval_every": 20},
+        "hyperparameters": {"learning_rate": 0.01, "batch_size": 4, "max_steps": 80, "eval_every": 20},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         "output": {"adapter": "tickets"},
     }
@@ -109,6 +109,7 @@ def control(serving: tuple[Gateway, str], home: Path) -> Iterator[ManagedProcess
             "TUNELOOP_GATEWAY_URL": gateway.url,
             "TUNELOOP_SCHEDULER_INTERVAL_S": "3",
             "TUNELOOP_RETRAIN_SUSTAIN": "2",
+            "TUNELOOP_RETRAIN_COOLDOWN_S": "30",
             "TUNELOOP_EVAL_MAX_TOKENS": "6",
         }
     )
@@ -190,22 +191,26 @@ def test_control_fixes_a_partial_concept_drift_on_repeated_tickets(
     assert accuracy(during, changed) <= 0.2  # the live version still answers `shipping`
     events = wait_for(
         "promotion",
-        lambda es: any(e.kind == "alias.promoted" and "tickets@2" in e.message for e in es),
+        lambda es: any(e.kind == "alias.promoted" and "tickets@1" not in e.message for e in es),
         control,
-        600,
+        900,
     )
     kinds = [e.kind for e in events]
     assert "retrain.failed" not in kinds, [e.message for e in events if e.kind == "retrain.failed"]
     drift = [e for e in events if e.kind == "drift.checked" and (e.detail or {}).get("decision") == "drift"]
     assert drift and drift[0].detail["detector"] == "feedback_cusum" and drift[0].detail.get("onset")
-    [finished] = [e for e in events if e.kind == "retrain.finished"]
-    assert finished.detail["status"] == "SUCCEEDED" and finished.detail["candidate"] == "tickets@2"
-    [gate] = [e for e in events if e.kind == "gate.decided"]
-    assert gate.detail["action"] == "promote" and gate.detail["live"] == "tickets@1"
+    # Every retrain trained and registered a candidate (one started before most parcels were labelled
+    # again may lose at the gate; the next one, on more labels, wins).
+    finished = [e for e in events if e.kind == "retrain.finished"]
+    assert finished and all(e.detail["status"] == "SUCCEEDED" and e.detail["candidate"] for e in finished)
+    gates = [e for e in events if e.kind == "gate.decided"]
+    gate = gates[-1]
+    assert gate.detail["action"] == "promote" and gate.detail["live"] == "tickets@1", gate.message
     new = gate.detail["comparisons"]["feedback"]
     assert new["wins"] > new["losses"] and new["p_better"] < 0.05, gate.detail
     assert "unchanged" in gate.detail["comparisons"] and "sign test" in gate.detail["rule"]
     assert kinds.index("retrain.started") < kinds.index("gate.decided") < kinds.index("retrain.finished")
+    print("\n".join(f"{e.kind}: {e.message}" for e in events if e.kind != "drift.checked"))
 
     # The gateway follows the registry; the retrained version answers the new policy and kept the old one.
     client = OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
@@ -214,7 +219,7 @@ def test_control_fixes_a_partial_concept_drift_on_repeated_tickets(
         raw = client.chat.completions.with_raw_response.create(
             model="tickets", messages=[{"role": "user", "content": question("parcel", 3)}], max_tokens=6
         )
-        if raw.headers[VERSION_HEADER] == "tickets@2":
+        if raw.headers[VERSION_HEADER] == Registry().aliases()["tickets"]:
             break
         time.sleep(0.25)
     after = traffic(gateway, key, AFTER, seed=3)

@@ -243,7 +243,7 @@ def test_prepare_writes_a_runnable_retrain_of_the_live_version(
     assert (folder / SPEC_FILE).read_text().startswith("# Retrain of support@1 for alias support")
     spec = load_spec(folder / SPEC_FILE)  # it must validate as `tuneloop train` reads it
     assert spec.data.train == folder / TRAIN_FILE and spec.output.parent == "support@1"
-    assert spec.output.init_from == "support@1"  # a LoRA retrain continues from the live weights
+    assert spec.output.init_from is None  # trained from the base, as support@1 was (by default)
     assert spec.method.rank == 4 and spec.data.min_examples == 4 and spec.output.adapter == "support"
     written = read_examples(folder / TRAIN_FILE)
     assert [ex.key() for ex in written] == [ex.key() for ex in data.train]
@@ -265,6 +265,15 @@ def test_prepare_writes_a_runnable_retrain_of_the_live_version(
     assert pairs(read_examples(folder / UNCHANGED_FILE)) == [(held.prompt, "old")]
     assert data.counts["changed"] == 2 and data.counts["fresh"] == 3
     assert live.read_text().count("old") == 6  # the previous job's file is left as it was
+
+
+def test_a_warm_start_is_a_setting(
+    registry: Registry, store: CaptureStore, live: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_RETRAIN_WARM_START", "1")
+    write_jsonl(tmp_path / "new-data" / "support.jsonl", [{"prompt": "q1", "completion": "new"}])
+    prepare(registry, store, "support", tmp_path / "retrain")
+    assert load_spec(tmp_path / "retrain" / SPEC_FILE).output.init_from == "support@1"
 
 
 def test_prepare_writes_the_held_out_questions_to_the_gate_file(
