@@ -12,9 +12,10 @@ A question whose newest answer differs from the one the previous data gave has *
 
 * `test.jsonl`: the previous job's test split with the newest answers, so the retrain's own test
   score is on today's truth and no question of it is ever trained on;
-* `gate.jsonl`: the new ground truth, recent labels of a share of the questions
-  (TUNELOOP_RETRAIN_GATE_SHARE, by a stable hash of the question), plus recent labels of test
-  questions; held out of training;
+* `gate.jsonl`: the new ground truth: recent labels of test questions, topped up with recent labels
+  of other questions (chosen by a stable hash of the question) until TUNELOOP_RETRAIN_GATE_SHARE of
+  the recently labelled questions are held out of training, and no more: every question held out
+  is one the retrain cannot learn from;
 * `unchanged.jsonl`: the previous test split less the changed questions, for the gate's check that
   nothing that was right regressed;
 * `train.jsonl`: the previous training and validation examples less every question with a newer
@@ -130,11 +131,15 @@ def refresh(
     test_keys = {ex.prompt_key() for ex in previous_test}
     test = [latest.get(ex.prompt_key(), ex) for ex in previous_test]
     unchanged = [ex for ex in previous_test if ex.prompt_key() not in changed]
-    gate = [
-        ex
-        for key, ex in latest.items()
-        if key in recent_keys and (key in test_keys or _share(ex) < gate_share)
-    ]
+    # The gate's new ground truth: recent labels of test questions (held out anyway), topped up to
+    # `gate_share` of all recently labelled questions with others, lowest stable hash first (so a
+    # question held out once is held out again by the next retrain).
+    recent_test = {key for key in latest if key in recent_keys and key in test_keys}
+    others = sorted(
+        (k for k in latest if k in recent_keys and k not in test_keys), key=lambda k: _share(latest[k])
+    )
+    extra = set(others[: max(0, round(gate_share * len(recent_keys)) - len(recent_test))])
+    gate = [ex for key, ex in latest.items() if key in extra or key in recent_test]
     held = test_keys | {ex.prompt_key() for ex in gate}
     fresh = [ex for key, ex in latest.items() if key not in held]
     kept, seen = [], set()

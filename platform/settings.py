@@ -394,8 +394,8 @@ TUNELOOP_RETRAIN_GATE_SHARE: Var[float] = Var(
     "TUNELOOP_RETRAIN_GATE_SHARE",
     _fraction,
     lambda: 0.3,
-    "Share (0-1) of a retrain's new and feedback-labelled examples held out of training, by question, "
-    "for the promotion gate to compare the candidate with the live version on.",
+    "Share (0-1) of the questions labelled since a drift's onset that a retrain holds out of training "
+    "for the promotion gate (test questions first, then others by a stable hash of the question).",
 )
 TUNELOOP_RETRAIN_FEEDBACK_LIMIT: Var[int] = Var(
     "TUNELOOP_RETRAIN_FEEDBACK_LIMIT",
@@ -421,7 +421,7 @@ TUNELOOP_DRIFT_FEEDBACK_WINDOW: Var[int] = Var(
 TUNELOOP_DRIFT_CUSUM_THRESHOLD: Var[float] = Var(
     "TUNELOOP_DRIFT_CUSUM_THRESHOLD",
     float,
-    lambda: 5.0,
+    lambda: 6.0,
     "h of the feedback check's CUSUM (monitoring/drift/sequential.py): higher means fewer false alarms "
     "and later detection (bench/drift.py --partial).",
 )

@@ -52,9 +52,9 @@ class FeedbackCusumConfig(DetectorConfig):
         0.1, gt=0, lt=1, description="The rise of the error rate (absolute, 0-1) the test is tuned to catch."
     )
     threshold: float = Field(
-        5.0,
+        6.0,
         gt=0,
-        description="h: drift while the CUSUM sum is at or above this (higher: fewer false "
+        description="h: drift once the CUSUM sum reaches this, until it is back at zero (higher: fewer false "
         "alarms, later detection; bench/drift.py --partial measures both).",
     )
     reference_margin: float = Field(

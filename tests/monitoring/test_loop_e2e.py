@@ -78,7 +78,7 @@ def write_job(folder: Path, model_dir: Path) -> Path:
         "method": {"name": "lora", "rank": 8},
         # 24 held-out test tickets: the accuracy measured at promotion, and the gate's unchanged set.
         "data": {"train": "tickets.jsonl", "max_length": 64, "split": [0.6, 0.1, 0.3]},
-        "hyperparameters": {"learning_rate": 0.01, "batch_size": 4, "max_steps": 80, "eval_every": 20},
+        "hyperparameters": {"learning_rate": 0.005, "batch_size": 4, "max_steps": 160, "eval_every": 40},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         "output": {"adapter": "tickets"},
     }
@@ -110,7 +110,7 @@ def control(serving: tuple[Gateway, str], home: Path) -> Iterator[ManagedProcess
             "TUNELOOP_SCHEDULER_INTERVAL_S": "3",
             "TUNELOOP_RETRAIN_SUSTAIN": "2",
             "TUNELOOP_RETRAIN_COOLDOWN_S": "30",
-            "TUNELOOP_EVAL_MAX_TOKENS": "6",
+            "TUNELOOP_EVAL_MAX_TOKENS": "16",
         }
     )
     process = ManagedProcess(
@@ -137,7 +137,7 @@ def traffic(gateway: Gateway, key: str, truth: dict[str, str], seed: int) -> dic
             raw = client.chat.completions.with_raw_response.create(
                 model="tickets",
                 messages=[{"role": "user", "content": question(subject, n)}],
-                max_tokens=6,
+                max_tokens=16,
                 temperature=0.0,
             )
             out = raw.parse()
@@ -217,7 +217,7 @@ def test_control_fixes_a_partial_concept_drift_on_repeated_tickets(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         raw = client.chat.completions.with_raw_response.create(
-            model="tickets", messages=[{"role": "user", "content": question("parcel", 3)}], max_tokens=6
+            model="tickets", messages=[{"role": "user", "content": question("parcel", 3)}], max_tokens=16
         )
         if raw.headers[VERSION_HEADER] == Registry().aliases()["tickets"]:
             break
