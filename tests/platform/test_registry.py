@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from tuneloop.platform.registry.models import Adapter, Base, Event, Version, Ver
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+def registry(new_db_url: Callable[[str], str]) -> Registry:
+    """A fresh registry, once on SQLite and once on the test session's PostgreSQL."""
+    return Registry(new_db_url("reg"))
 
 
 def _add(registry: Registry, name: str = "support", **kw: object) -> Version:
@@ -40,9 +42,26 @@ def test_fresh_database_is_migrated_to_head(tmp_path: Path) -> None:
     assert db.current_revision(Registry(f"sqlite:///{tmp_path / 'sub' / 'reg.db'}").engine) == head
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
+def test_migrations_apply_one_by_one_then_reopen(new_db_url: Callable[[str], str]) -> None:
+    # Every revision on its own, as an old database meets a new release, then a plain open on top.
+    url = new_db_url("steps")
+    engine = db.make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS))
+    revisions = [r.revision for r in ScriptDirectory.from_config(config).walk_revisions()][::-1]
+    assert len(revisions) >= 2
+    for revision in revisions:
+        db.upgrade(engine, revision)
+        assert db.current_revision(engine) == revision
+    registry = Registry(url)
+    assert db.current_revision(registry.engine) == head_revision()
+    _add(registry)
+    assert registry.get_version("support@1").number == 1
+
+
+def test_migrations_match_the_models(new_db_url: Callable[[str], str]) -> None:
     # What `alembic revision --autogenerate` would find: nothing, or a migration is missing.
-    registry = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
+    registry = Registry(new_db_url("reg"))
     with registry.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
 
