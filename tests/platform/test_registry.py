@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,9 +11,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 
-from tuneloop.platform.errors import ConfigError, ConflictError, NotFoundError
+from tuneloop.platform.errors import ConfigError, ConflictError, NotFoundError, StaleAliasError
 from tuneloop.platform.registry import Registry, db
-from tuneloop.platform.registry.models import Adapter, Base, Event, Version, VersionStatus
+from tuneloop.platform.registry.models import Adapter, Alias, Base, Event, Version, VersionStatus
 
 
 @pytest.fixture
@@ -173,3 +174,105 @@ def test_a_revoked_key_is_found_no_more_and_bumps_the_event_id(registry: Registr
     with pytest.raises(ConflictError, match="2 active keys share the prefix"):
         registry.revoke_api_key("tl-hijklmn")
     assert len(registry.api_keys()) == 2
+
+
+def _live(registry: Registry, adapter: str = "support") -> list[str]:
+    return [v.ref for v in registry.list_versions(adapter) if v.status == VersionStatus.LIVE]
+
+
+def _alias_row(registry: Registry, name: str) -> tuple[str, str | None]:
+    with registry.transaction() as session:
+        row = session.scalar(select(Alias).where(Alias.name == name))
+        assert row is not None
+        return row.version.ref, row.previous_version.ref if row.previous_version else None
+
+
+def _race(calls: list[Callable[[], object]]) -> list[object]:
+    """Run every call at once on its own thread (a barrier releases them together); results or errors."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a promoter hung"
+    return results
+
+
+def test_concurrent_promotions_leave_one_live_version_and_the_right_rollback_target(
+    new_db_url: Callable[[str], str],
+) -> None:
+    # Each promoter has its own Registry (its own engine and connections), as separate processes would.
+    url = new_db_url("race")
+    registry = Registry(url)
+    for _ in range(7):
+        _add(registry)
+    registry.promote("bot", "support@1")
+    promoters = [Registry(url) for _ in range(6)]
+    results = _race([lambda r=r, n=n: r.promote("bot", f"support@{n}") for n, r in enumerate(promoters, 2)])
+    assert not [r for r in results if isinstance(r, Exception)], results
+    promoted = [e.message.split(" -> ")[1] for e in registry.history("support") if e.kind == "alias.promoted"]
+    assert len(promoted) == 7  # the first, then every racer exactly once
+    current, previous = _alias_row(registry, "bot")
+    assert current == promoted[-1] and previous == promoted[-2]
+    assert _live(registry) == [current]
+    assert registry.rollback("bot").ref == previous
+    assert _live(registry) == [previous] and _alias_row(registry, "bot") == (previous, current)
+    for r in promoters:
+        r.engine.dispose()
+
+
+def test_promotions_against_one_expected_version_let_exactly_one_win(
+    new_db_url: Callable[[str], str],
+) -> None:
+    url = new_db_url("expected")
+    registry = Registry(url)
+    for _ in range(5):
+        _add(registry)
+    registry.promote("bot", "support@1")
+    promoters = [Registry(url) for _ in range(4)]
+    results = _race(
+        [
+            lambda r=r, n=n: r.promote("bot", f"support@{n}", expected="support@1")
+            for n, r in enumerate(promoters, 2)
+        ]
+    )
+    winners = [r for r in results if not isinstance(r, Exception)]
+    losers = [r for r in results if isinstance(r, Exception)]
+    assert len(winners) == 1 and all(isinstance(e, StaleAliasError) for e in losers), results
+    won = winners[0].ref  # type: ignore[attr-defined]
+    assert _alias_row(registry, "bot") == (won, "support@1")
+    assert _live(registry) == [won]
+    assert f"points at {won}, not support@1" in str(losers[0])
+    for r in promoters:
+        r.engine.dispose()
+
+
+def test_a_rollback_made_meanwhile_is_not_overwritten(registry: Registry) -> None:
+    # The gate compared its candidate with support@2; an operator rolled back to support@1 meanwhile.
+    for _ in range(3):
+        _add(registry)
+    registry.promote("bot", "support@1")
+    registry.promote("bot", "support@2")
+    registry.rollback("bot", expected="support@2")
+    with pytest.raises(StaleAliasError, match="'bot' points at support@1, not support@2"):
+        registry.promote("bot", "support@3", expected="support@2")
+    assert _alias_row(registry, "bot") == ("support@1", "support@2")
+    assert _live(registry) == ["support@1"]
+    assert registry.get_version("support@3").status == VersionStatus.CANDIDATE
+    with pytest.raises(StaleAliasError):
+        registry.rollback("bot", expected="support@2")
+    with pytest.raises(StaleAliasError, match="points at nothing"):
+        registry.promote("new-bot", "support@3", expected="support@1")
+    registry.promote("new-bot", "support@3", expected="")  # "" = the alias must not exist yet
+    with pytest.raises(StaleAliasError):
+        registry.promote("new-bot", "support@3", expected="")
