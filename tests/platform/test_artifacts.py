@@ -188,3 +188,13 @@ def test_an_unregistered_version_blocks_its_number_only_while_it_may_be_in_fligh
     store.remove("support", 1)
     with pytest.raises(NotFoundError):
         store.manifest("support", 1)
+
+
+def test_s3_urls_open_with_the_pinned_driver() -> None:
+    # s3fs is part of the tested set (the `s3` extra) so that the image's driver is the pinned one;
+    # opening a store makes no request, so this needs no bucket.
+    store = ArtifactStore("s3://team-bucket/tuneloop")
+    assert (
+        "s3" in store.fs.protocol
+        and store.uri("support", 1) == "s3://team-bucket/tuneloop/adapters/support/v1"
+    )
