@@ -166,12 +166,14 @@ class Registry:
         raise ConflictError(f"alias {alias!r} kept moving under concurrent promotions; try again")
 
     def _promote_once(self, alias: str, ref: str, reason: str, expected: str | None) -> Version:
+        creating = False
         try:
             with self.transaction() as session:
                 row = self._locked_alias(session, alias)
                 _check_expected(alias, row, expected)
                 version = self._resolve(session, ref)
                 if row is None:
+                    creating = True
                     row = Alias(name=alias, adapter_id=version.adapter_id, version_id=version.id)
                     session.add(row)
                 else:
@@ -179,15 +181,21 @@ class Registry:
                         raise ConflictError(
                             f"alias {alias!r} belongs to another adapter than {version.ref!r}"
                         )
-                    if row.version_id != version.id:
-                        old_id = row.version_id
-                        self._move_alias(session, row, old_id, row.previous_version_id, version.id, old_id)
+                    old_id, old_previous = row.version_id, row.previous_version_id
+                    if old_id != version.id:
+                        self._move_alias(session, row, old_id, old_previous, version.id, old_id)
                         session.get_one(Version, old_id).status = VersionStatus.RETIRED
+                    else:
+                        # Already there: still only if it stays there, or a promotion that moved it
+                        # meanwhile would be joined by this version marked live too.
+                        self._move_alias(session, row, old_id, old_previous, old_id, old_previous)
                 version.status = VersionStatus.LIVE
                 session.flush()
                 self._event(session, version.adapter, "alias.promoted", reason or f"{alias} -> {version.ref}")
                 return version
         except IntegrityError:
+            if not creating:
+                raise
             # Another promotion created the alias first (unique name): re-read and apply on top of it.
             raise _AliasMoved() from None
 
@@ -232,7 +240,12 @@ class Registry:
 
     @staticmethod
     def _move_alias(
-        session: Session, row: Alias, seen_id: int, seen_previous: int | None, new_id: int, new_previous: int
+        session: Session,
+        row: Alias,
+        seen_id: int,
+        seen_previous: int | None,
+        new_id: int,
+        new_previous: int | None,
     ) -> None:
         """Move the alias only if it still points where it did when read; else `_AliasMoved`."""
         moved = session.execute(

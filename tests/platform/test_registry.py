@@ -217,11 +217,13 @@ def test_concurrent_promotions_leave_one_live_version_and_the_right_rollback_tar
     for _ in range(7):
         _add(registry)
     registry.promote("bot", "support@1")
-    promoters = [Registry(url) for _ in range(6)]
-    results = _race([lambda r=r, n=n: r.promote("bot", f"support@{n}") for n, r in enumerate(promoters, 2)])
+    promoters = [Registry(url) for _ in range(7)]
+    # Six move the alias; the seventh re-promotes the live support@1 (a no-op only if it comes first).
+    targets = [f"support@{n}" for n in range(2, 8)] + ["support@1"]
+    results = _race([lambda r=r, t=t: r.promote("bot", t) for r, t in zip(promoters, targets, strict=True)])
     assert not [r for r in results if isinstance(r, Exception)], results
     promoted = [e.message.split(" -> ")[1] for e in registry.history("support") if e.kind == "alias.promoted"]
-    assert len(promoted) == 7  # the first, then every racer exactly once
+    assert len(promoted) == 8  # the first, then every racer exactly once
     current, previous = _alias_row(registry, "bot")
     assert current == promoted[-1] and previous == promoted[-2]
     assert _live(registry) == [current]
