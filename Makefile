@@ -3,10 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,postgres,s3
 PYTEST_ARGS ?=
 
-.PHONY: install install-helm install-prometheus demo test lint typecheck pytest lock clean
+.PHONY: install install-helm install-prometheus install-postgres demo test lint typecheck pytest lock clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ $(PROM):
 
 install-prometheus: $(PROM)
 
+# PostgreSQL's initdb/pg_ctl for the database tests, which start a private cluster on loopback
+# (tests/helpers/postgres.py). The script finds Debian's versioned folder itself and does nothing
+# when the binaries exist, so this phony rule is cheap; it needs root only to install.
+install-postgres:
+	scripts/install-postgres.sh
+
 demo: install
 	$(BIN)/tuneloop demo
 
@@ -51,7 +57,7 @@ typecheck: install
 	@for d in platform serve train monitoring; do ln -sfn ../../../$$d build/typecheck/tuneloop/$$d; done
 	MYPYPATH=build/typecheck $(BIN)/mypy -p tuneloop
 
-pytest: install $(BIN)/helm $(PROM)
+pytest: install $(BIN)/helm $(PROM) install-postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lock: install

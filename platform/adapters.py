@@ -279,6 +279,8 @@ def import_adapter(
         check_lora_fits(path, base_dir)
         check_lora_targets(path, lora_target_modules)
 
+    stored: list[int] = []
+
     def put(number: int) -> str:
         manifest = Manifest(
             adapter=alias,
@@ -288,16 +290,26 @@ def import_adapter(
             serving=found.serving,
             created_at=datetime.now(UTC),
         )
-        return store.put(path, manifest)
+        # reclaim: add_version just chose `number`, so no row refers to a folder already stored there.
+        uri = store.put(path, manifest, reclaim=True)
+        stored.append(number)
+        return uri
 
     summary = {"serving": found.serving, "method": found.method, "base_model": base_ref}
-    return registry.add_version(
-        alias,
-        base_model=base_ref,
-        method=found.method,
-        store=put,
-        manifest={**summary, "imported_from": str(path)},
-    )
+    try:
+        return registry.add_version(
+            alias,
+            base_model=base_ref,
+            method=found.method,
+            store=put,
+            manifest={**summary, "imported_from": str(path)},
+        )
+    except BaseException:
+        # No row was written: the stored copy would make this version number fail forever
+        # ("versions are immutable"), so it goes too.
+        for number in stored:
+            store.remove(alias, number)
+        raise
 
 
 def _existing_base(registry: Registry, adapter: str) -> str | None:

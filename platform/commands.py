@@ -132,7 +132,9 @@ def adapters_promote(alias: str, version: str) -> None:
     target = registry.get_version(ref)
     serving = check_promotable(target, ArtifactStore())
     before = registry.aliases().get(alias)
-    registry.promote(alias, target.ref)
+    # A compare-and-set against what this command saw: a promotion or rollback made by someone else
+    # while the checks above ran is never silently overwritten (StaleAliasError says what happened).
+    registry.promote(alias, target.ref, expected=before or "")
     print(f"{alias} -> {target.ref}" + (f" (was {before})" if before and before != target.ref else ""))
     if serving == "engine":
         print(
@@ -151,7 +153,7 @@ def adapters_rollback(alias: str) -> None:
 
     registry = Registry()
     before = registry.aliases().get(alias)
-    version = registry.rollback(alias)
+    version = registry.rollback(alias, expected=before)
     print(f"{alias} -> {version.ref} (was {before})")
 
 

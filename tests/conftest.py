@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny model and LoRA adapter built offline, a real vLLM server, a real Ray head.
+"""Shared fixtures: a tiny model and LoRA adapter built offline, a real vLLM server, a real Ray head,
+a real PostgreSQL cluster.
 
 The model and adapter are built once per session (a few seconds). Servers run as subprocesses in
 their own process group on free 127.0.0.1 ports, through `tuneloop.platform.procs`, and are always
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.postgres import PostgresServer, pid_alive, start_postgres
 from helpers.servers import RayHead, VllmServer, start_ray_head, start_vllm
 from helpers.tiny_model import build_random_lora, build_tiny_llama
 
@@ -69,3 +71,23 @@ def ray_head(server_logs: Path) -> Iterator[RayHead]:
         yield head
     left = head.process.leftovers()
     assert not left, f"Ray processes left after stopping the head's process group: {left}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster on 127.0.0.1 (helpers/postgres.py), stopped by its PID at the end."""
+    with start_postgres() as server:
+        yield server
+    assert not pid_alive(server.pid), f"postmaster {server.pid} still runs after stop"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """Make URLs of fresh, empty databases, `new_db_url("registry")`, on SQLite and then on PostgreSQL.
+
+    Tests that take it run twice; the PostgreSQL cluster starts only for the second run.
+    """
+    if request.param == "sqlite":
+        return lambda name: f"sqlite:///{tmp_path / name}.db"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return lambda name: server.create_database(name.replace("-", "_"))

@@ -78,7 +78,8 @@ def publish(
             metrics=metrics,
             created_at=created,
         )
-        uri = store.put(source_dir, manifest)
+        # reclaim: add_version just chose `number`, so no row refers to a folder already stored there.
+        uri = store.put(source_dir, manifest, reclaim=True)
         stored.append(number)
         return uri
 
@@ -97,5 +98,5 @@ def publish(
     except BaseException:
         # The row is not there: a stored copy would block this version number for good.
         for number in stored:
-            store.fs.rm(store.path(adapter, number), recursive=True)
+            store.remove(adapter, number)
         raise

@@ -6,6 +6,7 @@ missing; they only ever gain rows. Results are detached ORM objects the caller m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -33,7 +34,7 @@ class CaptureStore:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or settings.TUNELOOP_CAPTURE_DB_URL.get()
         self.engine = _make_engine(self.url)
-        CaptureBase.metadata.create_all(self.engine)
+        _create_tables(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def add_requests(self, records: Sequence[RequestRecord]) -> int:
@@ -124,6 +125,20 @@ class CaptureStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create the tables where missing. Several replicas share one store on Kubernetes and may start
+    together: on PostgreSQL two CREATE TABLEs can race (a duplicate table or type), so the loser
+    checks again, and by then the tables are there."""
+    for attempt in range(3):
+        try:
+            CaptureBase.metadata.create_all(engine)
+            return
+        except (ProgrammingError, IntegrityError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _make_engine(url: str) -> Engine:

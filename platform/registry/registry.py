@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneloop.platform.errors import ConflictError, NotFoundError
+from tuneloop.platform.errors import ConflictError, NotFoundError, StaleAliasError
 from tuneloop.platform.registry import db
 from tuneloop.platform.registry.models import (
     Adapter,
@@ -29,6 +29,25 @@ from tuneloop.platform.registry.models import (
     VersionStatus,
     utcnow,
 )
+
+_CAS_ATTEMPTS = 20
+"""How often a promotion or rollback without `expected` re-reads an alias that moved under it."""
+
+
+class _AliasMoved(Exception):
+    """Internal: the alias changed between our read and our conditional update; read again."""
+
+
+def _check_expected(alias: str, row: Alias | None, expected: str | None) -> None:
+    if expected is None:
+        return
+    current = row.version.ref if row is not None else ""
+    if current != expected:
+        raise StaleAliasError(
+            f"alias {alias!r} points at {current or 'nothing'}, not {expected or 'nothing'} as expected: "
+            "it was promoted or rolled back meanwhile; nothing was changed, look again "
+            "(`tuneloop adapters history`) and retry against the live version"
+        )
 
 
 class Registry:
@@ -129,44 +148,122 @@ class Registry:
 
     # -- aliases
 
-    def promote(self, alias: str, ref: str, reason: str = "") -> Version:
-        """Point `alias` at version `ref`; the version it pointed at becomes the rollback target."""
-        with self.transaction() as session:
-            version = self._resolve(session, ref)
-            row = session.scalar(select(Alias).where(Alias.name == alias))
-            if row is None:
-                row = Alias(name=alias, adapter_id=version.adapter_id, version_id=version.id)
-                session.add(row)
-            else:
-                if row.adapter_id != version.adapter_id:
-                    raise ConflictError(f"alias {alias!r} belongs to another adapter than {version.ref!r}")
-                if row.version_id != version.id:
-                    old = session.get_one(Version, row.version_id)
-                    old.status = VersionStatus.RETIRED
-                    row.previous_version_id = row.version_id
-                    row.version_id = version.id
-            version.status = VersionStatus.LIVE
-            session.flush()
-            self._event(session, version.adapter, "alias.promoted", reason or f"{alias} -> {version.ref}")
-            return version
+    def promote(self, alias: str, ref: str, reason: str = "", *, expected: str | None = None) -> Version:
+        """Point `alias` at version `ref`; the version it pointed at becomes the rollback target.
 
-    def rollback(self, alias: str, reason: str = "") -> Version:
-        """Point `alias` back at the version it pointed at before the last promotion."""
+        A compare-and-set: the alias row is locked (PostgreSQL, `SELECT ... FOR UPDATE`) and moved by an
+        `UPDATE ... WHERE version_id = <the version read>` in the same transaction, so two concurrent
+        promotions never leave two versions live or a wrong rollback target; the later one re-reads
+        and applies on top. `expected` is the `adapter@N` the caller compared against (a gate, an
+        operator who looked first): if the alias points elsewhere by then, nothing changes and
+        `StaleAliasError` names both. `expected=""` requires that the alias does not exist yet.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                return self._promote_once(alias, ref, reason, expected)
+            except _AliasMoved:
+                continue  # the next attempt re-reads; with `expected` it then raises StaleAliasError
+        raise ConflictError(f"alias {alias!r} kept moving under concurrent promotions; try again")
+
+    def _promote_once(self, alias: str, ref: str, reason: str, expected: str | None) -> Version:
+        creating = False
+        try:
+            with self.transaction() as session:
+                row = self._locked_alias(session, alias)
+                _check_expected(alias, row, expected)
+                version = self._resolve(session, ref)
+                if row is None:
+                    creating = True
+                    row = Alias(name=alias, adapter_id=version.adapter_id, version_id=version.id)
+                    session.add(row)
+                else:
+                    if row.adapter_id != version.adapter_id:
+                        raise ConflictError(
+                            f"alias {alias!r} belongs to another adapter than {version.ref!r}"
+                        )
+                    old_id, old_previous = row.version_id, row.previous_version_id
+                    if old_id != version.id:
+                        self._move_alias(session, row, old_id, old_previous, version.id, old_id)
+                        session.get_one(Version, old_id).status = VersionStatus.RETIRED
+                    else:
+                        # Already there: still only if it stays there, or a promotion that moved it
+                        # meanwhile would be joined by this version marked live too.
+                        self._move_alias(session, row, old_id, old_previous, old_id, old_previous)
+                version.status = VersionStatus.LIVE
+                session.flush()
+                self._event(session, version.adapter, "alias.promoted", reason or f"{alias} -> {version.ref}")
+                return version
+        except IntegrityError:
+            if not creating:
+                raise
+            # Another promotion created the alias first (unique name): re-read and apply on top of it.
+            raise _AliasMoved() from None
+
+    def rollback(self, alias: str, reason: str = "", *, expected: str | None = None) -> Version:
+        """Point `alias` back at the version it pointed at before the last promotion.
+
+        A compare-and-set like `promote`: `expected` (the `adapter@N` the caller saw live) makes a
+        rollback fail with `StaleAliasError` instead of undoing a promotion it never saw.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                return self._rollback_once(alias, reason, expected)
+            except _AliasMoved:
+                continue
+        raise ConflictError(f"alias {alias!r} kept moving under concurrent promotions; try again")
+
+    def _rollback_once(self, alias: str, reason: str, expected: str | None) -> Version:
         with self.transaction() as session:
-            row = session.scalar(select(Alias).where(Alias.name == alias))
+            row = self._locked_alias(session, alias)
             if row is None:
                 raise NotFoundError(f"no alias named {alias!r}")
+            _check_expected(alias, row, expected)
             if row.previous_version_id is None:
                 raise ConflictError(f"alias {alias!r} has no earlier version to roll back to")
-            current = session.get_one(Version, row.version_id)
-            previous = session.get_one(Version, row.previous_version_id)
+            current_id, previous_id = row.version_id, row.previous_version_id
+            self._move_alias(session, row, current_id, previous_id, previous_id, current_id)
+            current = session.get_one(Version, current_id)
+            previous = session.get_one(Version, previous_id)
             current.status = VersionStatus.RETIRED
             previous.status = VersionStatus.LIVE
-            row.version_id, row.previous_version_id = previous.id, current.id
             self._event(
                 session, previous.adapter, "alias.rolled_back", reason or f"{alias} -> {previous.ref}"
             )
             return previous
+
+    @staticmethod
+    def _locked_alias(session: Session, alias: str) -> Alias | None:
+        # FOR UPDATE: PostgreSQL makes a concurrent promoter wait here and then read the moved row;
+        # SQLite ignores it, and the conditional UPDATE in _move_alias is what keeps it right there.
+        query = select(Alias).where(Alias.name == alias).with_for_update()
+        return session.scalar(query.execution_options(populate_existing=True))
+
+    @staticmethod
+    def _move_alias(
+        session: Session,
+        row: Alias,
+        seen_id: int,
+        seen_previous: int | None,
+        new_id: int,
+        new_previous: int | None,
+    ) -> None:
+        """Move the alias only if it still points where it did when read; else `_AliasMoved`."""
+        moved = session.execute(
+            update(Alias)
+            .where(
+                Alias.id == row.id,
+                Alias.version_id == seen_id,
+                Alias.previous_version_id.is_(None)
+                if seen_previous is None
+                else Alias.previous_version_id == seen_previous,
+            )
+            .values(version_id=new_id, previous_version_id=new_previous, updated_at=utcnow()),
+            execution_options={"synchronize_session": False},
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise _AliasMoved()
+        row.version_id, row.previous_version_id = new_id, new_previous
+        session.expire(row, ["version", "previous_version", "updated_at"])
 
     def aliases(self) -> dict[str, str]:
         """Every alias and the `adapter@N` it points at."""

@@ -564,6 +564,23 @@ def test_s3_storage_environment(rendered: dict[str, list[Doc]]) -> None:
     assert all("AWS_ACCESS_KEY_ID" not in env_of(c) for _, _, c in _tuneloop_containers(rendered["default"]))
 
 
+def test_every_tuneloop_pod_shares_one_capture_store(
+    rendered: dict[str, list[Doc]], renderer: Renderer
+) -> None:
+    # Serving replicas and the control plane read and write the same captured requests and feedback
+    # (tests/helm/test_chart_topology.py runs it): by default the registry's database, from its Secret.
+    found = _tuneloop_containers(rendered["default"])
+    assert {"tl-tuneloop-serving", "tl-tuneloop-control"} <= {name for name, _, _ in found}
+    for name, _, container in found:
+        env = env_of(container)
+        assert env["TUNELOOP_CAPTURE_DB_URL"] == env["TUNELOOP_DB_URL"], name
+    own = {"database": {"capture": {"secretName": "capture-db", "secretKey": "dsn"}}}
+    for name, _, container in _tuneloop_containers(renderer.docs(own)):
+        assert env_of(container)["TUNELOOP_CAPTURE_DB_URL"] == {
+            "secretKeyRef": {"name": "capture-db", "key": "dsn"}
+        }, name
+
+
 @pytest.mark.parametrize(
     ("value_set", "claim"),
     [("volume-storage", f"{RELEASE}-tuneloop-artifacts"), ("existing-claims", "shared-artifacts")],

@@ -1,14 +1,15 @@
 """The capture store and its asynchronous writer: what reaches the database, and what never blocks.
 
-Every test uses a real SQLite file; "broken" databases are real failures (a path that cannot be
-created, a table dropped under the writer), not mocks.
+Every test uses a real database (tests taking `store` run on SQLite and on PostgreSQL); "broken"
+databases are real failures (a path that cannot be created, a table dropped under the writer), not
+mocks.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,8 +40,9 @@ def record(request_id: str, alias: str = "support", **overrides: object) -> Requ
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[CaptureStore]:
-    capture = CaptureStore(f"sqlite:///{tmp_path / 'capture.db'}")
+def store(new_db_url: Callable[[str], str]) -> Iterator[CaptureStore]:
+    """A fresh capture store, once on SQLite and once on the test session's PostgreSQL."""
+    capture = CaptureStore(new_db_url("capture"))
     yield capture
     capture.close()
 

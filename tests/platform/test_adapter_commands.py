@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from sqlalchemy import text
 
 from tuneloop.platform.apikeys import hash_key
+from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.cli import main
 from tuneloop.platform.registry import Registry
 
@@ -174,3 +176,25 @@ def test_serve_refuses_a_model_it_cannot_find(home: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         main(["serve"])
     assert "required: --model" in capsys.readouterr().err
+
+
+def test_a_failed_import_leaves_no_artifact_and_frees_its_version_number(
+    home: Path, tiny_lora_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A real database failure after the copy: a trigger refuses the version row, as a full disk or a
+    # lost connection would. Before, the stored copy stayed and `support@1` failed forever after.
+    registry = Registry()
+    with registry.engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON versions "
+                "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+            )
+        )
+    assert "disk says no" in fails(capsys, "adapters", "import", "support", str(tiny_lora_dir))
+    store = ArtifactStore()
+    assert not store.fs.exists(store.path("support", 1))
+    with registry.engine.begin() as connection:
+        connection.execute(text("DROP TRIGGER refuse"))
+    assert cli(capsys, "adapters", "import", "support", str(tiny_lora_dir)) == (0, "support@1\n", "")
+    assert store.manifest("support", 1).version == 1

