@@ -160,23 +160,36 @@ def apply(
     compared_with: str | None = None,
     baseline: Mapping[str, Any] | None = None,
 ) -> GateDecision:
-    """Carry out a decision on `candidate` (`adapter@N`) for `alias`, recording it as an event first.
+    """Carry out a decision on `candidate` (`adapter@N`) for `alias` and record it as `gate.decided`.
 
     A promotion happens only if the alias still points at `compared_with` (an operator may have
-    rolled back or promoted while the gate evaluated); otherwise the candidate is rejected."""
-    if decision.promote and compared_with is not None and registry.aliases().get(alias) != compared_with:
-        now = registry.aliases().get(alias)
-        decision = GateDecision(
-            False,
-            f"{alias} moved from {compared_with} to {now} while the gate evaluated; compare again",
-            "superseded",
-            decision.comparisons,
-            decision.rule,
-        )
+    rolled back or promoted while the gate evaluated): the registry's compare-and-set decides, and a
+    candidate that lost that race is rejected as `superseded`."""
+    from tuneloop.platform.errors import StaleAliasError
+
+    if decision.promote:
+        try:
+            registry.promote(
+                alias,
+                candidate,
+                reason=f"{alias} -> {candidate}: {decision.reason}",
+                expected=compared_with,  # "" when nothing was live; None checks nothing
+            )
+        except StaleAliasError:
+            now = registry.aliases().get(alias)
+            decision = GateDecision(
+                False,
+                f"{alias} moved from {compared_with} to {now} while the gate evaluated; compare again",
+                "superseded",
+                decision.comparisons,
+                decision.rule,
+            )
+        else:
+            metrics.PROMOTIONS.labels(alias).inc()
     detail: dict[str, Any] = {
         "alias": alias,
         "candidate": candidate,
-        "live": compared_with,
+        "live": compared_with or None,
         "action": decision.action,
         "reason": decision.reason,
         "rule": decision.rule,
@@ -187,10 +200,7 @@ def apply(
     registry.add_event(
         candidate, GATE_EVENT, f"{candidate} for {alias}: {decision.action} ({decision.reason})", detail
     )
-    if decision.promote:
-        registry.promote(alias, candidate, reason=f"{alias} -> {candidate}: {decision.reason}")
-        metrics.PROMOTIONS.labels(alias).inc()
-    else:
+    if not decision.promote:
         registry.set_status(
             candidate, VersionStatus.REJECTED, reason=f"{candidate} rejected: {decision.reason}"
         )
@@ -245,7 +255,7 @@ def run_gate(
         allow_feedback_only=settings.TUNELOOP_GATE_ALLOW_FEEDBACK_ONLY.get(),
     )
     baseline = {"metric": BASELINE_METRIC, "correct": int(sum(labelled)), "n": len(labelled)}
-    return apply(registry, alias, candidate, decision, compared_with=live_ref, baseline=baseline)
+    return apply(registry, alias, candidate, decision, compared_with=live_ref or "", baseline=baseline)
 
 
 def promotion_reference(registry: Registry, ref: str) -> tuple[list[bool], str] | None:

@@ -44,7 +44,8 @@ pytestmark = pytest.mark.slow
 TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
 CHART_DB_URL = "postgresql+psycopg://tuneloop:s3cret@tuneloop-pg.db.svc.cluster.local:5432/tuneloop"
 ALIAS = "support"
-WINDOW = 6  # feedback labels per side of the feedback-accuracy check (chart value control.extraEnv)
+WINDOW = 10  # an imported version's reference: its first judged answers (chart value control.extraEnv)
+WRONG = 14  # then this many wrong ones: enough for the CUSUM to reach its threshold
 Doc = dict[str, Any]
 
 
@@ -254,7 +255,7 @@ def test_two_replicas_and_the_control_plane_share_one_capture_store(
 
         # Users talk to replica A; their feedback lands on replica B (a load balancer's choice).
         client = OpenAI(base_url=a.base_url, api_key=key, max_retries=0, timeout=60)
-        for i in range(2 * WINDOW):
+        for i in range(WINDOW + WRONG):
             answer = client.completions.create(
                 model=ALIAS, prompt=f"Question {i}:", max_tokens=3, temperature=0.0
             )
@@ -265,7 +266,7 @@ def test_two_replicas_and_the_control_plane_share_one_capture_store(
         # Both replicas and the control plane look at one store: the PostgreSQL of the chart's Secret.
         store = CaptureStore(db_url)
         judged = store.with_feedback(ALIAS)
-        assert len(judged) == 2 * WINDOW and {r.version for r, _ in judged} == {f"{ALIAS}@1"}
+        assert len(judged) == WINDOW + WRONG and {r.version for r, _ in judged} == {f"{ALIAS}@1"}
         store.close()
 
         # The control process's scheduler (every second) sees the drift.
@@ -276,7 +277,7 @@ def test_two_replicas_and_the_control_plane_share_one_capture_store(
                 detail = event.detail or {}
                 if (
                     event.kind == "drift.checked"
-                    and detail.get("detector") == "feedback_accuracy"
+                    and detail.get("detector") == "feedback_cusum"
                     and detail.get("decision") == "drift"
                 ):
                     found = event

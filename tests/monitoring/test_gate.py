@@ -88,7 +88,7 @@ def test_apply_through_the_real_registry(registry: Registry) -> None:
     apply(registry, "support", "support@3", GateDecision(True, "better"))
     assert registry.aliases()["support"] == "support@3"
     kinds = [e.kind for e in registry.history("support")]
-    assert kinds[-4:] == [GATE_EVENT, "version.rejected", GATE_EVENT, "alias.promoted"]
+    assert kinds[-4:] == [GATE_EVENT, "version.rejected", "alias.promoted", GATE_EVENT]
 
 
 def gateway_where(answers: dict[str, str]) -> OpenAI:
