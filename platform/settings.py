@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class Var(Generic[T]):
     parse: Callable[[str], T]
     default: Callable[[], T]
     doc: str
+    secret: bool = False
+    """A credential: `tuneloop env` shows *** instead of its value."""
 
     def get(self) -> T:
         raw = os.environ.get(self.name)
@@ -296,6 +299,42 @@ TUNELOOP_CAPTURE_QUEUE_SIZE: Var[int] = Var(
     "Captured requests waiting to be written; when full, new ones are dropped (and counted), "
     "never waited for.",
 )
+TUNELOOP_CAPTURE_RETENTION_DAYS: Var[float] = Var(
+    "TUNELOOP_CAPTURE_RETENTION_DAYS",
+    float,
+    lambda: 30.0,
+    "Days a captured request (and its feedback) is kept; the capture writer deletes older ones every "
+    "few minutes. 0 keeps them forever.",
+)
+TUNELOOP_CAPTURE_MAX_ROWS: Var[int] = Var(
+    "TUNELOOP_CAPTURE_MAX_ROWS",
+    int,
+    lambda: 1_000_000,
+    "Most captured requests kept; beyond it the capture writer deletes the oldest (and their "
+    "feedback). 0: no limit.",
+)
+
+
+def _feedback_trust(raw: str) -> frozenset[str]:
+    names = frozenset(_names(raw))
+    unknown = sorted(names - FEEDBACK_SOURCES)
+    if unknown:
+        raise ValueError(
+            f"unknown {', '.join(unknown)}; expected names from {', '.join(sorted(FEEDBACK_SOURCES))}"
+        )
+    return names
+
+
+FEEDBACK_SOURCES = frozenset({"requester", "admin", "any"})
+TUNELOOP_FEEDBACK_TRUST: Var[frozenset[str]] = Var(
+    "TUNELOOP_FEEDBACK_TRUST",
+    _feedback_trust,
+    lambda: frozenset({"requester"}),
+    "Whose feedback becomes training and gate data and counts in the feedback-accuracy drift check, "
+    "comma-separated: `requester` (given by the key that made the request), `admin` (given by an "
+    "admin key), `any` (every stored feedback, also feedback recorded before keys were). Other "
+    "feedback is kept but not used.",
+)
 
 # -- the monitoring loop: evaluation, drift policy, promotion gate, control API (monitoring/)
 TUNELOOP_GATEWAY_URL: Var[str] = Var(
@@ -309,6 +348,7 @@ TUNELOOP_EVAL_KEY: Var[str] = Var(
     str,
     lambda: "",
     "Admin gateway key (`tuneloop keys create --admin`) the evaluation suites and the gate call with.",
+    secret=True,
 )
 TUNELOOP_EVAL_GOLDEN_DIR: Var[Path] = Var(
     "TUNELOOP_EVAL_GOLDEN_DIR",
@@ -492,6 +532,24 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*):[^/?#@\s]*@")
+HIDDEN = "***"
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` URL in it replaced by ***."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{HIDDEN}@", text)
+
+
+def shown_value(var: Var[Any]) -> str:
+    """The value of `var` as it may be printed: secrets as *** (or empty when unset), passwords in
+    URLs masked."""
+    value = str(var.get())
+    if var.secret:
+        return HIDDEN if value else ""
+    return redact_url(value)
+
+
 def describe() -> list[tuple[str, str, str]]:
-    """(name, current value, doc) for every variable: `tuneloop env` prints this."""
-    return [(v.name, str(v.get()), v.doc) for v in ALL]
+    """(name, current value, doc) for every variable: `tuneloop env` prints this, secrets masked."""
+    return [(v.name, shown_value(v), v.doc) for v in ALL]

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from tuneloop.monitoring import metrics
 from tuneloop.serve.call import Call
 from tuneloop.serve.engine.lora import AdapterLoadError
-from tuneloop.serve.errors import OpenAIError, engine_unavailable
+from tuneloop.serve.errors import OpenAIError, bad_request, engine_unavailable
 from tuneloop.serve.hooks import prompt_embeds_hook
 from tuneloop.serve.protocol import SamplingFields, engine_body, parse_body
 from tuneloop.serve.proxy import REQUEST_ID_HEADER, forward, open_stream

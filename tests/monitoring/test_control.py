@@ -77,9 +77,9 @@ def store(tmp_path: Path) -> CaptureStore:
 def judged(store: CaptureStore, version: str, verdicts: list[bool], start: int = 0) -> None:
     """One captured answer of `version` per verdict, labelled good or bad, in this order."""
     ids = [f"r{start + i}" for i in range(len(verdicts))]
-    store.add_requests([RequestRecord(i, "support", version, f"q {i}", "a", 0.1) for i in ids])
+    store.add_requests([RequestRecord(i, "support", version, f"q {i}", "a", 0.1, key_id=1) for i in ids])
     for request_id, right in zip(ids, verdicts, strict=True):
-        store.add_feedback(FeedbackIn(request_id=request_id, label="good" if right else "bad"))
+        store.add_feedback(FeedbackIn(request_id=request_id, label="good" if right else "bad"), key_id=1)
 
 
 def concept_drift(store: CaptureStore, version: str = "support@1") -> None:
