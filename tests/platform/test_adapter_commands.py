@@ -105,6 +105,34 @@ def test_import_refuses_bad_adapters(
     assert Registry().aliases() == {}
 
 
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ('{"peft_type": "LORA", "r": "eight"}', "r must be a whole number of at least 1, got 'eight'"),
+        ('{"peft_type": "LORA", "r": 0}', "r must be a whole number of at least 1, got 0"),
+        ('{"peft_type": "LORA"}', "needs `r` (the LoRA rank)"),
+        ('{"peft_type": "LORA", "r": 8, "rank_pattern": [4]}', "rank_pattern must be an object"),
+        ('{"peft_type": "LORA", "r": 8, "rank_pattern": {"q_proj": null}}', "rank_pattern.q_proj must be"),
+        ('["LORA"]', "must hold a JSON object, not list"),
+        ("{not json", "is not valid JSON"),
+        (b"\xff\xfe", "cannot read"),
+    ],
+)
+def test_a_malformed_adapter_config_is_one_line_naming_the_problem(
+    home: Path,
+    tiny_lora_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    config: str | bytes,
+    says: str,
+) -> None:
+    folder = variant(tiny_lora_dir, tmp_path / "malformed")
+    path = folder / "adapter_config.json"
+    path.write_bytes(config if isinstance(config, bytes) else config.encode())
+    line = fails(capsys, "adapters", "import", "m", str(folder))
+    assert says in line and "adapter_config.json" in line
+
+
 def test_promoting_an_unservable_method_is_refused_naming_it(
     home: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
