@@ -378,6 +378,21 @@ TUNELOOP_EVAL_CONCURRENCY: Var[int] = Var(
     lambda: 4,
     "Evaluation requests in flight at once (the engine batches them).",
 )
+TUNELOOP_CONTROL_TOKEN: Var[str] = Var(
+    "TUNELOOP_CONTROL_TOKEN",
+    str,
+    lambda: "",
+    "Bearer token the control API requires on POST /v1/alerts (Alertmanager's http_config.authorization). "
+    "Empty: the contents of TUNELOOP_CONTROL_TOKEN_FILE.",
+    secret=True,
+)
+TUNELOOP_CONTROL_TOKEN_FILE: Var[Path] = Var(
+    "TUNELOOP_CONTROL_TOKEN_FILE",
+    _path,
+    lambda: _home() / "control_token",
+    "File holding the control API's bearer token when TUNELOOP_CONTROL_TOKEN is empty; `tuneloop "
+    "control` creates it (mode 0600, a random token) when it does not exist.",
+)
 TUNELOOP_SCHEDULER: Var[bool] = Var(
     "TUNELOOP_SCHEDULER",
     _bool,
