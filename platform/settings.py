@@ -62,6 +62,13 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _choice(raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}")
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not names:
@@ -76,11 +83,51 @@ TUNELOOP_HOME: Var[Path] = Var(
     lambda: Path.home() / ".tuneloop",
     "Folder for the embedded mode's state: registry database, artifacts, models, logs.",
 )
+
+
+def _db_url_default() -> str:
+    path = TUNELOOP_DB_URL_FILE.get()
+    if path is None:
+        return f"sqlite:///{_home() / 'registry.db'}"
+    try:
+        url = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        from tuneloop.platform.errors import ConfigError
+
+        raise ConfigError(
+            f"cannot read the registry URL from TUNELOOP_DB_URL_FILE {path}: {exc.strerror}. A job on a "
+            "cluster that is not this machine needs TUNELOOP_DB_URL in the cluster's own environment "
+            "(TUNELOOP_JOB_REGISTRY_CREDENTIALS=cluster)"
+        ) from None
+    if not url:
+        from tuneloop.platform.errors import ConfigError
+
+        raise ConfigError(f"TUNELOOP_DB_URL_FILE {path} is empty: put the registry's SQLAlchemy URL in it")
+    return url
+
+
 TUNELOOP_DB_URL: Var[str] = Var(
     "TUNELOOP_DB_URL",
     str,
-    lambda: f"sqlite:///{_home() / 'registry.db'}",
-    "SQLAlchemy URL of the registry (SQLite under TUNELOOP_HOME by default; Postgres in production).",
+    _db_url_default,
+    "SQLAlchemy URL of the registry (SQLite under TUNELOOP_HOME by default; Postgres in production). "
+    "Empty: the URL in TUNELOOP_DB_URL_FILE, if that is set.",
+)
+TUNELOOP_DB_URL_FILE: Var[Path | None] = Var(
+    "TUNELOOP_DB_URL_FILE",
+    _path,
+    lambda: None,
+    "A file holding the registry URL, read when TUNELOOP_DB_URL is empty: how training jobs on this "
+    "machine get a URL with a password without it in their Ray runtime env.",
+)
+TUNELOOP_JOB_REGISTRY_CREDENTIALS: Var[str] = Var(
+    "TUNELOOP_JOB_REGISTRY_CREDENTIALS",
+    lambda raw: _choice(raw, ("file", "cluster")),
+    lambda: "file",
+    "How a training job submitted from here learns a registry URL that carries a password: `file` (a "
+    "private file under TUNELOOP_HOME/secrets, named by TUNELOOP_DB_URL_FILE in the job's env; the "
+    "job runs on this machine) or `cluster` (the cluster's pods have TUNELOOP_DB_URL already, as the "
+    "Helm chart's do). URLs without a password are passed as they are.",
 )
 TUNELOOP_ARTIFACTS: Var[str] = Var(
     "TUNELOOP_ARTIFACTS",

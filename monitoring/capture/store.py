@@ -185,12 +185,16 @@ class CaptureStore:
 def _make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"capture store URL {settings.redact_url(url)!r} is not a SQLAlchemy URL (e.g. sqlite:///capture.db)"
         ) from None
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+        try:
+            return create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+        except Exception as exc:  # a missing driver, an unknown dialect
+            shown, why = settings.redact_url(url), settings.redact_url(str(exc))
+            raise ConfigError(f"cannot open capture store {shown!r}: {why}") from None
     if parsed.database in (None, "", ":memory:"):
         # One shared connection, or every thread (the writer's included) would see its own empty database.
         return create_engine(

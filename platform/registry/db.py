@@ -27,7 +27,7 @@ def make_engine(url: str | None = None) -> Engine:
     shown = settings.redact_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"registry URL {shown!r} is not a SQLAlchemy URL (e.g. sqlite:///path.db)"
         ) from None

@@ -63,3 +63,14 @@ def test_alertmanager_sends_the_control_token_to_the_webhook(
     assert authorization["type"] == "Bearer"
     credentials = authorization["credentials"]
     assert (credentials["name"], credentials["key"]) == _control_token_mount(docs)
+
+
+def test_jobs_from_the_control_plane_leave_the_registry_url_to_the_cluster(renderer: Renderer) -> None:
+    """The RayCluster's pods have TUNELOOP_DB_URL from the database Secret, so the control plane's
+    submissions put no registry URL (nor its password) in a job's runtime env."""
+    docs = renderer.docs({})
+    (control,) = one(docs, "Deployment", "-control")["spec"]["template"]["spec"]["containers"]
+    assert env_of(control)["TUNELOOP_JOB_REGISTRY_CREDENTIALS"] == "cluster"
+    database = env_of(control)["TUNELOOP_DB_URL"]
+    head = one(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert env_of(head)["TUNELOOP_DB_URL"] == database  # the same Secret and key
