@@ -23,3 +23,8 @@ class ConflictError(TuneloopError):
 
 class ArtifactError(TuneloopError):
     """An artifact is missing, incomplete, or in a format tuneloop refuses to load."""
+
+
+class DatabaseUnreachableError(TuneloopError):
+    """The registry's database cannot be reached or refused the connection (the URL is shown
+    without its password)."""

@@ -69,6 +69,13 @@ def _choice(raw: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not names:
@@ -129,6 +136,13 @@ TUNELOOP_JOB_REGISTRY_CREDENTIALS: Var[str] = Var(
     "job runs on this machine) or `cluster` (the cluster's pods have TUNELOOP_DB_URL already, as the "
     "Helm chart's do). URLs without a password are passed as they are.",
 )
+TUNELOOP_DB_CONNECT_TIMEOUT_S: Var[int] = Var(
+    "TUNELOOP_DB_CONNECT_TIMEOUT_S",
+    _positive_int,
+    lambda: 10,
+    "Seconds (whole) a connection to a PostgreSQL registry or capture store may take to open; past it "
+    "the operation fails instead of hanging on a database that does not answer.",
+)
 TUNELOOP_ARTIFACTS: Var[str] = Var(
     "TUNELOOP_ARTIFACTS",
     str,
@@ -164,6 +178,13 @@ TUNELOOP_RAY_DIR: Var[Path] = Var(
     _path,
     lambda: _home() / "ray",
     "Private Ray temp folder and auth token for the embedded Ray head (never Ray's shared default).",
+)
+TUNELOOP_RAY_TIMEOUT_S: Var[float] = Var(
+    "TUNELOOP_RAY_TIMEOUT_S",
+    float,
+    lambda: 30.0,
+    "Seconds one request to the Ray Jobs API may take (submit, status, logs, stop, list); past it the "
+    "call fails, so a stuck head cannot hang `tuneloop jobs` or the monitoring scheduler.",
 )
 RAY_AUTH_TOKEN_PATH: Var[Path] = Var(
     "RAY_AUTH_TOKEN_PATH",

@@ -32,7 +32,7 @@ from tuneloop.monitoring.capture.tables import (
 )
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError
-from tuneloop.platform.registry.db import private_sqlite_file
+from tuneloop.platform.registry.db import connect_args, private_sqlite_file
 
 
 class UnknownRequestError(NotFoundError):
@@ -191,7 +191,9 @@ def _make_engine(url: str) -> Engine:
         ) from None
     if parsed.get_backend_name() != "sqlite":
         try:
-            return create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+            return create_engine(
+                parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args(parsed)
+            )
         except Exception as exc:  # a missing driver, an unknown dialect
             shown, why = settings.redact_url(url), settings.redact_url(str(exc))
             raise ConfigError(f"cannot open capture store {shown!r}: {why}") from None

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tuneloop.platform import settings
@@ -35,12 +36,21 @@ def make_engine(url: str | None = None) -> Engine:
         private_sqlite_file(parsed.database)
     try:
         # hide_parameters: a failed statement's error shows no values (specs, events, key hashes).
-        engine = create_engine(parsed, hide_parameters=True)
+        engine = create_engine(parsed, hide_parameters=True, connect_args=connect_args(parsed))
     except Exception as exc:  # a missing driver, an unknown dialect
         raise ConfigError(f"cannot open registry {shown!r}: {settings.redact_url(str(exc))}") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def connect_args(url: URL) -> dict[str, Any]:
+    """Driver arguments every connection gets: PostgreSQL's connect_timeout, so a database that
+    accepts connections but never answers fails the operation instead of hanging it (libpq waits for
+    ever by default). SQLite needs none (its busy_timeout is a pragma)."""
+    if url.get_backend_name() == "postgresql":
+        return {"connect_timeout": settings.TUNELOOP_DB_CONNECT_TIMEOUT_S.get()}
+    return {}
 
 
 def private_sqlite_file(database: str) -> Path:

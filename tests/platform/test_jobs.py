@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers.servers import RayHead
+from helpers.servers import RayHead, stalled_server
 
 from tuneloop.platform import jobs
 from tuneloop.platform.errors import ConfigError
@@ -120,6 +120,28 @@ def test_unreachable_ray_and_missing_token_are_one_line_errors(tmp_path: Path) -
         assert out.returncode == 1
         assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.startswith("tuneloop: error: ") and expected in out.stderr
+
+
+def test_a_stalled_ray_head_is_an_error_after_the_timeout_not_a_hang(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t" * 64)
+    with stalled_server() as address:
+        started = time.monotonic()
+        with pytest.raises(RayUnreachableError, match=r"did not answer within 1 s"):
+            JobsClient(address, token_path=token, timeout=1)
+        assert time.monotonic() - started < 10
+        # The CLI, with the setting, says so in one line.
+        env = {
+            "TUNELOOP_HOME": str(tmp_path / "home"),
+            "RAY_AUTH_TOKEN_PATH": str(token),
+            "TUNELOOP_RAY_ADDRESS": address,
+            "TUNELOOP_RAY_TIMEOUT_S": "1.5",
+        }
+        started = time.monotonic()
+        out = cli("jobs", "status", "x", env=env)
+        assert time.monotonic() - started < 30
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert "did not answer within 1.5 s" in out.stderr and "TUNELOOP_RAY_TIMEOUT_S" in out.stderr
 
 
 # -- against the real head

@@ -7,6 +7,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,27 @@ def test_a_missing_url_file_is_a_clear_error(home: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("TUNELOOP_DB_URL_FILE", str(home / "nowhere"))
     with pytest.raises(ConfigError, match="cannot read the registry URL from TUNELOOP_DB_URL_FILE"):
         settings.TUNELOOP_DB_URL.get()
+
+
+def test_a_postgres_registry_that_never_answers_fails_in_time_without_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver (psycopg) is not installed")
+    from helpers.servers import stalled_server
+
+    from tuneloop.platform.errors import DatabaseUnreachableError
+    from tuneloop.platform.registry import Registry
+
+    monkeypatch.setenv("TUNELOOP_DB_CONNECT_TIMEOUT_S", "2")
+    with stalled_server() as address:
+        url = f"postgresql+psycopg://tuneloop:{PASSWORD}@{address.removeprefix('http://')}/tuneloop"
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnreachableError) as caught:
+            Registry(url)
+        assert time.monotonic() - started < 20
+        message = str(caught.value)
+        assert PASSWORD not in message and "tuneloop:***@127.0.0.1" in message and "timeout" in message
+        started = time.monotonic()
+        with pytest.raises(Exception) as capture_error:
+            CaptureStore(url)
+        assert time.monotonic() - started < 20 and PASSWORD not in str(capture_error.value)
