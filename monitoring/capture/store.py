@@ -15,7 +15,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, inspect, select, text
+from sqlalchemy import ColumnElement, Engine, create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
@@ -127,12 +127,12 @@ class CaptureStore:
                 removed += self._delete_requests(CapturedRequest.id <= threshold)
         return removed
 
-    def _delete_requests(self, condition: object) -> int:
-        doomed = select(CapturedRequest.request_id).where(condition)  # type: ignore[arg-type]
+    def _delete_requests(self, condition: ColumnElement[bool]) -> int:
+        doomed = select(CapturedRequest.request_id).where(condition)
         with self._sessions.begin() as session:
             session.execute(delete(Feedback).where(Feedback.request_id.in_(doomed)))
-            result = session.execute(delete(CapturedRequest).where(condition))  # type: ignore[arg-type]
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            result = session.execute(delete(CapturedRequest).where(condition))
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def recent(
         self,
