@@ -627,7 +627,13 @@ def redact_url(text: str) -> str:
 def shown_value(var: Var[Any]) -> str:
     """The value of `var` as it may be printed: secrets as *** (or empty when unset), passwords in
     URLs masked."""
-    value = str(var.get())
+    raw = var.get()
+    if raw is None:
+        value = ""
+    elif isinstance(raw, tuple | frozenset):  # lists of names, as they are written
+        value = ",".join(raw if isinstance(raw, tuple) else sorted(raw))
+    else:
+        value = str(raw)
     if var.secret:
         return HIDDEN if value else ""
     return redact_url(value)
