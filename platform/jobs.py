@@ -12,6 +12,7 @@ is readable through the Jobs API and the dashboard.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import shlex
@@ -41,8 +42,10 @@ DATA_KEYS = ("train", "validation", "test")
 # Ray job metadata keys (string values only): tell tuneloop's jobs from others on a shared cluster.
 META_ADAPTER = "tuneloop_adapter"
 META_SPEC = "tuneloop_spec"
-REGISTRY_URL_FILE = "registry-url"
-"""Under TUNELOOP_HOME/secrets: the registry URL jobs on this machine read (registry_env)."""
+REGISTRY_URL_FILE = "registry-url-{digest}"
+"""Under TUNELOOP_HOME/secrets: the registry URL jobs on this machine read (registry_env), one file per
+URL (named by a digest of it), so a later submission to another registry never changes the file a
+running job reads."""
 
 
 def load_and_check(spec_path: Path) -> JobSpec:
@@ -139,7 +142,8 @@ def registry_env() -> dict[str, str]:
         return {"TUNELOOP_DB_URL": url}
     if settings.TUNELOOP_JOB_REGISTRY_CREDENTIALS.get() == "cluster":
         return {}
-    path = write_private_file(settings.TUNELOOP_HOME.get() / "secrets" / REGISTRY_URL_FILE, url)
+    name = REGISTRY_URL_FILE.format(digest=hashlib.sha256(url.encode()).hexdigest()[:16])
+    path = write_private_file(settings.TUNELOOP_HOME.get() / "secrets" / name, url)
     return {"TUNELOOP_DB_URL": "", "TUNELOOP_DB_URL_FILE": str(path)}
 
 

@@ -106,7 +106,7 @@ def test_on_one_machine_a_job_reads_the_url_from_a_private_file(
     env = jobs.job_env()
     assert PASSWORD not in repr(env) and env["TUNELOOP_DB_URL"] == ""
     path = Path(env["TUNELOOP_DB_URL_FILE"])
-    assert path == home / "secrets" / "registry-url"
+    assert path.parent == home / "secrets" and path.name.startswith("registry-url-")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == PG_URL
     # The driver, with exactly these variables, resolves the same URL.
     for name, value in env.items():
@@ -159,3 +159,14 @@ def test_a_postgres_registry_that_never_answers_fails_in_time_without_the_passwo
         with pytest.raises(Exception) as capture_error:
             CaptureStore(url)
         assert time.monotonic() - started < 20 and PASSWORD not in str(capture_error.value)
+
+
+def test_a_submission_to_another_registry_never_changes_a_running_jobs_file(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_DB_URL", PG_URL)
+    first = Path(jobs.job_env()["TUNELOOP_DB_URL_FILE"])
+    other = PG_URL.replace("/tuneloop", "/other")
+    monkeypatch.setenv("TUNELOOP_DB_URL", other)
+    second = Path(jobs.job_env()["TUNELOOP_DB_URL_FILE"])
+    assert first != second and (first.read_text(), second.read_text()) == (PG_URL, other)
