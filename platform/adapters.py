@@ -249,15 +249,17 @@ def check_lora_targets(adapter: Path, allowed: Sequence[str] | None) -> None:
 
 
 def check_stored_lora_targets(version: Version, store: ArtifactStore, allowed: Sequence[str] | None) -> None:
-    """`check_lora_targets` for a stored LoRA version (fetched to a temporary folder, checksummed)."""
-    if allowed is None or serving_of(version, store) != "lora":
+    """For a stored LoRA version (fetched to a temporary folder, checksummed): its adapter_config.json
+    must be well formed (a readable rank), and `check_lora_targets` must pass. Other methods pass."""
+    if serving_of(version, store) != "lora":
         return
     with tempfile.TemporaryDirectory(prefix="tuneloop-check-") as tmp:
         folder = store.fetch(version.adapter.name, version.number, Path(tmp) / "v")
         try:
+            lora_rank(read_adapter_config(folder), folder / ADAPTER_CONFIG)
             check_lora_targets(folder, allowed)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace(str(folder), version.ref)) from None
+        except (ArtifactError, ConfigError) as exc:
+            raise type(exc)(str(exc).replace(str(folder), version.ref)) from None
 
 
 def import_adapter(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from tuneloop.platform.apikeys import hash_key
+from tuneloop.platform.artifacts import ArtifactStore, Manifest
 from tuneloop.platform.cli import main
 from tuneloop.platform.registry import Registry
 
@@ -202,3 +204,23 @@ def test_serve_refuses_a_model_it_cannot_find(home: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         main(["serve"])
     assert "required: --model" in capsys.readouterr().err
+
+
+def test_promoting_a_stored_version_with_a_malformed_config_is_one_line(
+    home: Path, tiny_lora_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version stored before imports checked configs (or by hand) is refused at promotion, naming it."""
+    folder = variant(tiny_lora_dir, tmp_path / "stored", r="eight")
+    registry, store = Registry(), ArtifactStore()
+
+    def put(number: int) -> str:
+        manifest = Manifest(
+            adapter="old", version=number, base_model="m", method="lora", serving="lora",
+            created_at=datetime.now(UTC),
+        )  # fmt: skip
+        return store.put(folder, manifest)
+
+    registry.add_version("old", base_model="m", method="lora", store=put, manifest={"serving": "lora"})
+    line = fails(capsys, "adapters", "promote", "old-bot", "old@1")
+    assert "old@1/adapter_config.json: r must be a whole number of at least 1, got 'eight'" in line
+    assert Registry().aliases() == {}
