@@ -249,9 +249,10 @@ def check_lora_targets(adapter: Path, allowed: Sequence[str] | None) -> None:
 
 
 def check_stored_lora_targets(version: Version, store: ArtifactStore, allowed: Sequence[str] | None) -> None:
-    """For a stored LoRA version (fetched to a temporary folder, checksummed): its adapter_config.json
-    must be well formed (a readable rank), and `check_lora_targets` must pass. Other methods pass."""
-    if serving_of(version, store) != "lora":
+    """`check_lora_targets` for a stored LoRA version (fetched to a temporary folder, checksummed),
+    and its adapter_config.json must be well formed (a readable rank). `allowed` None (engines not
+    restricted) checks nothing: nothing is fetched."""
+    if allowed is None or serving_of(version, store) != "lora":
         return
     with tempfile.TemporaryDirectory(prefix="tuneloop-check-") as tmp:
         folder = store.fetch(version.adapter.name, version.number, Path(tmp) / "v")
