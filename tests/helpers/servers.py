@@ -119,7 +119,8 @@ def listening_addresses(pids: Sequence[int]) -> set[tuple[str, int]]:
 
 @contextmanager
 def stalled_server() -> Iterator[str]:
-    """A loopback HTTP address that accepts connections and never answers (a stuck Ray head)."""
+    """A loopback address (as an http:// URL) that accepts connections and never answers: a stuck Ray
+    head or database."""
     listener = socket.create_server((LOOPBACK, 0))
     held: list[socket.socket] = []
     stop = threading.Event()
