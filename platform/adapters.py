@@ -107,14 +107,7 @@ def inspect_adapter(path: Path) -> AdapterFolder:
         )
     if not any(path.glob("*.safetensors")):
         raise ArtifactError(f"{path} has no .safetensors weights (expected adapter_model.safetensors)")
-    try:
-        config = json.loads((path / ADAPTER_CONFIG).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} has no {ADAPTER_CONFIG}: not a PEFT adapter folder") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path / ADAPTER_CONFIG} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ArtifactError(f"{path / ADAPTER_CONFIG} must hold a JSON object")
+    config = read_adapter_config(path)
     peft_type = str(config.get("peft_type", ""))
     method = METHOD_BY_PEFT_TYPE.get(peft_type)
     if method is None:
@@ -122,10 +115,7 @@ def inspect_adapter(path: Path) -> AdapterFolder:
             f"{path} is a {peft_type or 'untyped'} adapter; tuneloop imports "
             f"{', '.join(sorted(METHOD_BY_PEFT_TYPE))}"
         )
-    rank = None
-    if peft_type == "LORA":
-        ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
-        rank = max(int(r) for r in ranks if r is not None)
+    rank = lora_rank(config, path / ADAPTER_CONFIG) if peft_type == "LORA" else None
     base = config.get("base_model_name_or_path")
     return AdapterFolder(
         path=path,
@@ -136,6 +126,38 @@ def inspect_adapter(path: Path) -> AdapterFolder:
         rank=rank,
         config=config,
     )
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    """The JSON object in `folder`/adapter_config.json; an ArtifactError naming the file when it is
+    missing, unreadable, not JSON or not an object (a stored version's as much as an import's)."""
+    path = folder / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder} has no {ADAPTER_CONFIG}: not a PEFT adapter folder") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path} must hold a JSON object, not {type(config).__name__}")
+    return config
+
+
+def lora_rank(config: dict[str, Any], where: Path | str) -> int:
+    """The highest LoRA rank of a LoRA adapter_config (`r` and every `rank_pattern` value), checked:
+    whole numbers of at least 1, or an ArtifactError naming the field and the file `where`."""
+    pattern = config.get("rank_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise ArtifactError(f"{where}: rank_pattern must be an object of module -> rank, got {pattern!r}")
+    ranks = {"r": config.get("r"), **{f"rank_pattern.{k}": v for k, v in pattern.items()}}
+    for field, value in ranks.items():
+        if value is None and field == "r":
+            raise ArtifactError(f"{where}: a LoRA adapter_config.json needs `r` (the LoRA rank)")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ArtifactError(f"{where}: {field} must be a whole number of at least 1, got {value!r}")
+    return max(int(v) for v in ranks.values())
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -227,15 +249,18 @@ def check_lora_targets(adapter: Path, allowed: Sequence[str] | None) -> None:
 
 
 def check_stored_lora_targets(version: Version, store: ArtifactStore, allowed: Sequence[str] | None) -> None:
-    """`check_lora_targets` for a stored LoRA version (fetched to a temporary folder, checksummed)."""
+    """`check_lora_targets` for a stored LoRA version (fetched to a temporary folder, checksummed),
+    and its adapter_config.json must be well formed (a readable rank). `allowed` None (engines not
+    restricted) checks nothing: nothing is fetched."""
     if allowed is None or serving_of(version, store) != "lora":
         return
     with tempfile.TemporaryDirectory(prefix="tuneloop-check-") as tmp:
         folder = store.fetch(version.adapter.name, version.number, Path(tmp) / "v")
         try:
+            lora_rank(read_adapter_config(folder), folder / ADAPTER_CONFIG)
             check_lora_targets(folder, allowed)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace(str(folder), version.ref)) from None
+        except (ArtifactError, ConfigError) as exc:
+            raise type(exc)(str(exc).replace(str(folder), version.ref)) from None
 
 
 def import_adapter(

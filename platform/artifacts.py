@@ -110,7 +110,8 @@ class ArtifactStore:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.root_url)
         except (ImportError, ValueError) as exc:
-            raise ArtifactError(f"cannot open artifact store {self.root_url!r}: {exc}") from None
+            shown, why = settings.redact_url(self.root_url), settings.redact_url(str(exc))
+            raise ArtifactError(f"cannot open artifact store {shown!r}: {why}") from None
 
     def path(self, adapter: str, version: int) -> str:
         return f"{self.root.rstrip('/')}/adapters/{adapter}/v{version}"

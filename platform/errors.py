@@ -27,3 +27,8 @@ class StaleAliasError(ConflictError):
 
 class ArtifactError(TuneloopError):
     """An artifact is missing, incomplete, or in a format tuneloop refuses to load."""
+
+
+class DatabaseUnreachableError(TuneloopError):
+    """The registry's database cannot be reached or refused the connection (the URL is shown
+    without its password)."""

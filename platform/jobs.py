@@ -6,11 +6,13 @@ the cluster; stages a working dir holding only the spec and its data files (neve
 the spec sits in); records the job in the registry; and submits `tuneloop train <spec>` through the
 Jobs API. The job driver's environment comes from the raylet, not from the submitter, so the registry,
 artifact and model locations travel in the runtime env: the driver writes the same registry that
-`tuneloop adapters list` reads here.
+`tuneloop adapters list` reads here. A registry password never does (`registry_env`): the runtime env
+is readable through the Jobs API and the dashboard.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -29,6 +31,7 @@ import yaml
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
+from tuneloop.platform.private_files import write_private_file
 from tuneloop.platform.rayjobs import TERMINAL, JobsClient
 
 if TYPE_CHECKING:
@@ -44,6 +47,10 @@ META_SPEC = "tuneloop_spec"
 META_SOURCES = "tuneloop_sources"  # JSON: staged data path -> the submitter's file
 # A data file inside Ray's unpacked working dir: ".../working_dir_files/_ray_pkg_<hash>/data/test/x.jsonl".
 STAGED_PATH = re.compile(r"[^\s'\"]*_ray_pkg_[0-9a-f]+/(data/(?:train|validation|test)/[^\s:'\"]+)")
+REGISTRY_URL_FILE = "registry-url-{digest}"
+"""Under TUNELOOP_HOME/secrets: the registry URL jobs on this machine read (registry_env), one file per
+URL (named by a digest of it), so a later submission to another registry never changes the file a
+running job reads."""
 
 
 def load_and_check(spec_path: Path) -> JobSpec:
@@ -149,14 +156,35 @@ def staged_working_dir(spec_path: Path) -> Iterator[tuple[Path, str]]:
 def job_env() -> dict[str, str]:
     """What the driver must share with the submitter: where the registry, artifacts and models are.
 
-    The registry job id needs no variable: it is the submission id, which Ray gives the driver.
+    The registry job id needs no variable: it is the submission id, which Ray gives the driver. The
+    registry URL goes as `registry_env` says, never with its password.
     """
     return {
         "TUNELOOP_HOME": str(settings.TUNELOOP_HOME.get()),
-        "TUNELOOP_DB_URL": settings.TUNELOOP_DB_URL.get(),
+        **registry_env(),
         "TUNELOOP_ARTIFACTS": settings.TUNELOOP_ARTIFACTS.get(),
         "TUNELOOP_MODELS_DIR": str(settings.TUNELOOP_MODELS_DIR.get()),
     }
+
+
+def registry_env() -> dict[str, str]:
+    """The variables a job driver (or a Ray head's drivers) find the registry by.
+
+    A Ray job's runtime env can be read back by anyone with the Jobs API or the dashboard, so a URL
+    with a password never goes into it. A URL without one goes as it is. Otherwise, with
+    TUNELOOP_JOB_REGISTRY_CREDENTIALS=cluster nothing goes (the cluster's pods have TUNELOOP_DB_URL
+    from a Secret, as the Helm chart's do); with `file` (one machine) the URL is written to a private
+    file (mode 0600) under TUNELOOP_HOME/secrets and only its path goes, with TUNELOOP_DB_URL emptied
+    so a URL in the head's own environment cannot win over it.
+    """
+    url = settings.TUNELOOP_DB_URL.get()
+    if settings.redact_url(url) == url:
+        return {"TUNELOOP_DB_URL": url}
+    if settings.TUNELOOP_JOB_REGISTRY_CREDENTIALS.get() == "cluster":
+        return {}
+    name = REGISTRY_URL_FILE.format(digest=hashlib.sha256(url.encode()).hexdigest()[:16])
+    path = write_private_file(settings.TUNELOOP_HOME.get() / "secrets" / name, url)
+    return {"TUNELOOP_DB_URL": "", "TUNELOOP_DB_URL_FILE": str(path)}
 
 
 def new_job_id(adapter: str) -> str:
@@ -191,7 +219,8 @@ def submit_spec(spec_path: Path, *, address: str | None = None, job_id: str | No
                 },
             )
         except Exception as exc:
-            registry.finish_job(job_id, JobStatus.FAILED, {"error": f"submission failed: {exc}"})
+            failure = settings.redact_url(f"submission failed: {exc}")
+            registry.finish_job(job_id, JobStatus.FAILED, {"error": failure})
             raise
     return job_id
 

@@ -170,8 +170,11 @@ def head_env(token_path: Path) -> dict[str, str]:
 
     Drivers of `ray job submit` get the raylet's environment, not the submitter's, so the head carries
     the registry and artifact locations of whoever started it, and this installation's bin folder
-    first on PATH, so `tuneloop train job.yaml` finds the same tuneloop.
+    first on PATH, so `tuneloop train job.yaml` finds the same tuneloop. A registry URL with a
+    password reaches them as a private file's path (jobs.registry_env), like a submitted job's.
     """
+    from tuneloop.platform.jobs import registry_env
+
     env = settings.child_env(
         {
             **settings.ray_env(),
@@ -180,7 +183,7 @@ def head_env(token_path: Path) -> dict[str, str]:
             # Stop in ~2 s instead of draining for a minute; nothing in a loopback head needs draining.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
             "TUNELOOP_HOME": str(settings.TUNELOOP_HOME.get()),
-            "TUNELOOP_DB_URL": settings.TUNELOOP_DB_URL.get(),
+            **registry_env(),
             "TUNELOOP_ARTIFACTS": settings.TUNELOOP_ARTIFACTS.get(),
             "TUNELOOP_MODELS_DIR": str(settings.TUNELOOP_MODELS_DIR.get()),
         }

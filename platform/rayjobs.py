@@ -8,6 +8,10 @@ so every SDK call here runs inside `_ray_errors`.
 The token is sent explicitly (`Authorization: Bearer`, read from RAY_AUTH_TOKEN_PATH, by default the
 embedded head's token), so `tuneloop jobs` works without `eval "$(tuneloop ray env)"` and never picks
 up a stray ~/.ray/auth_token.
+
+Ray's SDK sends its requests without a timeout, so a head that accepts connections but never answers
+would hang the caller for ever (the monitoring scheduler's thread included). Every request here has
+one (TUNELOOP_RAY_TIMEOUT_S): past it, the call fails with RayUnreachableError.
 """
 
 from __future__ import annotations
@@ -40,6 +44,21 @@ class JobNotFoundError(NotFoundError):
     """The cluster has no job with that submission id."""
 
 
+def _timed_client(address: str, headers: dict[str, str], timeout: float) -> JobSubmissionClient:
+    """Ray's `JobSubmissionClient`, with `timeout` on every HTTP request it makes (its constructor's
+    version check included). The SDK passes extra keyword arguments of `_do_request` on to
+    `requests.request`, but none of its public methods takes a timeout, so the one place every request
+    goes through sets it."""
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", timeout)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobSubmissionClient(address, headers=headers)
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -48,7 +67,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 class JobsClient:
     """The Jobs API of one Ray cluster (default: TUNELOOP_RAY_ADDRESS with RAY_AUTH_TOKEN_PATH)."""
 
-    def __init__(self, address: str | None = None, token_path: Path | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, token_path: Path | None = None, *, timeout: float | None = None
+    ) -> None:
+        """`timeout`: seconds any one request may take (default: TUNELOOP_RAY_TIMEOUT_S)."""
         self.address = (address or settings.TUNELOOP_RAY_ADDRESS.get()).rstrip("/")
         self.token_path = token_path or settings.RAY_AUTH_TOKEN_PATH.get()
         try:
@@ -60,11 +82,10 @@ class JobsClient:
                 f"no Ray auth token in {self.token_path}: start the embedded head with `tuneloop ray up`, "
                 "or set RAY_AUTH_TOKEN_PATH to your cluster's token file"
             )
-        from ray.job_submission import JobSubmissionClient
-
+        self.timeout = settings.TUNELOOP_RAY_TIMEOUT_S.get() if timeout is None else timeout
         with self._ray_errors():
-            self._client: JobSubmissionClient = JobSubmissionClient(
-                self.address, headers={"Authorization": f"Bearer {token}"}
+            self._client: JobSubmissionClient = _timed_client(
+                self.address, {"Authorization": f"Bearer {token}"}, self.timeout
             )
 
     # -- calls
@@ -148,6 +169,11 @@ class JobsClient:
             raise RayAuthError(
                 f"the Ray cluster at {self.address} refused the token in {self.token_path}: use the "
                 "cluster's token (for the embedded head: `tuneloop ray env`)"
+            ) from None
+        except (requests.Timeout, TimeoutError) as exc:
+            raise RayUnreachableError(
+                f"the Ray Jobs API at {self.address} did not answer within {self.timeout:g} s "
+                f"({type(exc).__name__}): is the head overloaded or stuck? (TUNELOOP_RAY_TIMEOUT_S)"
             ) from None
         except (ConnectionError, requests.ConnectionError, aiohttp.ClientConnectionError) as exc:
             raise RayUnreachableError(

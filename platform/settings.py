@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class Var(Generic[T]):
     parse: Callable[[str], T]
     default: Callable[[], T]
     doc: str
+    secret: bool = False
+    """A credential: `tuneloop env` shows *** instead of its value."""
 
     def get(self) -> T:
         raw = os.environ.get(self.name)
@@ -59,6 +62,20 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _choice(raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not names:
@@ -73,11 +90,58 @@ TUNELOOP_HOME: Var[Path] = Var(
     lambda: Path.home() / ".tuneloop",
     "Folder for the embedded mode's state: registry database, artifacts, models, logs.",
 )
+
+
+def _db_url_default() -> str:
+    path = TUNELOOP_DB_URL_FILE.get()
+    if path is None:
+        return f"sqlite:///{_home() / 'registry.db'}"
+    try:
+        url = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        from tuneloop.platform.errors import ConfigError
+
+        raise ConfigError(
+            f"cannot read the registry URL from TUNELOOP_DB_URL_FILE {path}: {exc.strerror}. A job on a "
+            "cluster that is not this machine needs TUNELOOP_DB_URL in the cluster's own environment "
+            "(TUNELOOP_JOB_REGISTRY_CREDENTIALS=cluster)"
+        ) from None
+    if not url:
+        from tuneloop.platform.errors import ConfigError
+
+        raise ConfigError(f"TUNELOOP_DB_URL_FILE {path} is empty: put the registry's SQLAlchemy URL in it")
+    return url
+
+
 TUNELOOP_DB_URL: Var[str] = Var(
     "TUNELOOP_DB_URL",
     str,
-    lambda: f"sqlite:///{_home() / 'registry.db'}",
-    "SQLAlchemy URL of the registry (SQLite under TUNELOOP_HOME by default; Postgres in production).",
+    _db_url_default,
+    "SQLAlchemy URL of the registry (SQLite under TUNELOOP_HOME by default; Postgres in production). "
+    "Empty: the URL in TUNELOOP_DB_URL_FILE, if that is set.",
+)
+TUNELOOP_DB_URL_FILE: Var[Path | None] = Var(
+    "TUNELOOP_DB_URL_FILE",
+    _path,
+    lambda: None,
+    "A file holding the registry URL, read when TUNELOOP_DB_URL is empty: how training jobs on this "
+    "machine get a URL with a password without it in their Ray runtime env.",
+)
+TUNELOOP_JOB_REGISTRY_CREDENTIALS: Var[str] = Var(
+    "TUNELOOP_JOB_REGISTRY_CREDENTIALS",
+    lambda raw: _choice(raw, ("file", "cluster")),
+    lambda: "file",
+    "How a training job submitted from here learns a registry URL that carries a password: `file` (a "
+    "private file under TUNELOOP_HOME/secrets, named by TUNELOOP_DB_URL_FILE in the job's env; the "
+    "job runs on this machine) or `cluster` (the cluster's pods have TUNELOOP_DB_URL already, as the "
+    "Helm chart's do). URLs without a password are passed as they are.",
+)
+TUNELOOP_DB_CONNECT_TIMEOUT_S: Var[int] = Var(
+    "TUNELOOP_DB_CONNECT_TIMEOUT_S",
+    _positive_int,
+    lambda: 10,
+    "Seconds (whole) a connection to a PostgreSQL registry or capture store may take to open; past it "
+    "the operation fails instead of hanging on a database that does not answer.",
 )
 TUNELOOP_ARTIFACTS: Var[str] = Var(
     "TUNELOOP_ARTIFACTS",
@@ -122,6 +186,13 @@ TUNELOOP_RAY_DIR: Var[Path] = Var(
     _path,
     lambda: _home() / "ray",
     "Private Ray temp folder and auth token for the embedded Ray head (never Ray's shared default).",
+)
+TUNELOOP_RAY_TIMEOUT_S: Var[float] = Var(
+    "TUNELOOP_RAY_TIMEOUT_S",
+    float,
+    lambda: 30.0,
+    "Seconds one request to the Ray Jobs API may take (submit, status, logs, stop, list); past it the "
+    "call fails, so a stuck head cannot hang `tuneloop jobs` or the monitoring scheduler.",
 )
 RAY_AUTH_TOKEN_PATH: Var[Path] = Var(
     "RAY_AUTH_TOKEN_PATH",
@@ -304,6 +375,42 @@ TUNELOOP_CAPTURE_QUEUE_SIZE: Var[int] = Var(
     "Captured requests waiting to be written; when full, new ones are dropped (and counted), "
     "never waited for.",
 )
+TUNELOOP_CAPTURE_RETENTION_DAYS: Var[float] = Var(
+    "TUNELOOP_CAPTURE_RETENTION_DAYS",
+    float,
+    lambda: 30.0,
+    "Days a captured request (and its feedback) is kept; the capture writer deletes older ones every "
+    "few minutes. 0 keeps them forever.",
+)
+TUNELOOP_CAPTURE_MAX_ROWS: Var[int] = Var(
+    "TUNELOOP_CAPTURE_MAX_ROWS",
+    int,
+    lambda: 1_000_000,
+    "Most captured requests kept; beyond it the capture writer deletes the oldest (and their "
+    "feedback). 0: no limit.",
+)
+
+
+def _feedback_trust(raw: str) -> frozenset[str]:
+    names = frozenset(_names(raw))
+    unknown = sorted(names - FEEDBACK_SOURCES)
+    if unknown:
+        raise ValueError(
+            f"unknown {', '.join(unknown)}; expected names from {', '.join(sorted(FEEDBACK_SOURCES))}"
+        )
+    return names
+
+
+FEEDBACK_SOURCES = frozenset({"requester", "admin", "any"})
+TUNELOOP_FEEDBACK_TRUST: Var[frozenset[str]] = Var(
+    "TUNELOOP_FEEDBACK_TRUST",
+    _feedback_trust,
+    lambda: frozenset({"requester"}),
+    "Whose feedback becomes training and gate data and counts in the feedback-accuracy drift check, "
+    "comma-separated: `requester` (given by the key that made the request), `admin` (given by an "
+    "admin key), `any` (every stored feedback, also feedback recorded before keys were). Other "
+    "feedback is kept but not used.",
+)
 
 # -- the monitoring loop: evaluation, drift policy, promotion gate, control API (monitoring/)
 TUNELOOP_GATEWAY_URL: Var[str] = Var(
@@ -317,6 +424,7 @@ TUNELOOP_EVAL_KEY: Var[str] = Var(
     str,
     lambda: "",
     "Admin gateway key (`tuneloop keys create --admin`) the evaluation suites and the gate call with.",
+    secret=True,
 )
 TUNELOOP_EVAL_GOLDEN_DIR: Var[Path] = Var(
     "TUNELOOP_EVAL_GOLDEN_DIR",
@@ -345,6 +453,21 @@ TUNELOOP_EVAL_CONCURRENCY: Var[int] = Var(
     _positive,
     lambda: 4,
     "Evaluation requests in flight at once (the engine batches them).",
+)
+TUNELOOP_CONTROL_TOKEN: Var[str] = Var(
+    "TUNELOOP_CONTROL_TOKEN",
+    str,
+    lambda: "",
+    "Bearer token the control API requires on POST /v1/alerts (Alertmanager's http_config.authorization). "
+    "Empty: the contents of TUNELOOP_CONTROL_TOKEN_FILE.",
+    secret=True,
+)
+TUNELOOP_CONTROL_TOKEN_FILE: Var[Path] = Var(
+    "TUNELOOP_CONTROL_TOKEN_FILE",
+    _path,
+    lambda: _home() / "control_token",
+    "File holding the control API's bearer token when TUNELOOP_CONTROL_TOKEN is empty; `tuneloop "
+    "control` creates it (mode 0600, a random token) when it does not exist.",
 )
 TUNELOOP_SCHEDULER: Var[bool] = Var(
     "TUNELOOP_SCHEDULER",
@@ -550,6 +673,30 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*):[^/?#@\s]*@")
+HIDDEN = "***"
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` URL in it replaced by ***."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{HIDDEN}@", text)
+
+
+def shown_value(var: Var[Any]) -> str:
+    """The value of `var` as it may be printed: secrets as *** (or empty when unset), passwords in
+    URLs masked."""
+    raw = var.get()
+    if raw is None:
+        value = ""
+    elif isinstance(raw, tuple | frozenset):  # lists of names, as they are written
+        value = ",".join(raw if isinstance(raw, tuple) else sorted(raw))
+    else:
+        value = str(raw)
+    if var.secret:
+        return HIDDEN if value else ""
+    return redact_url(value)
+
+
 def describe() -> list[tuple[str, str, str]]:
-    """(name, current value, doc) for every variable: `tuneloop env` prints this."""
-    return [(v.name, str(v.get()), v.doc) for v in ALL]
+    """(name, current value, doc) for every variable: `tuneloop env` prints this, secrets masked."""
+    return [(v.name, shown_value(v), v.doc) for v in ALL]

@@ -37,6 +37,8 @@ class Call:
     capturing: bool = False
     """Collect the answer text (first choice) for capture; off, nothing is kept."""
     prompt: str = ""
+    key_id: int | None = None
+    """Registry id of the API key that made the request, for capture (feedback is checked against it)."""
     answer: list[str] = field(default_factory=list)
     on_close: Callable[[Call], None] | None = None
     """Called last by `close()` (capture); its failures are logged, never raised."""

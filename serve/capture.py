@@ -57,9 +57,12 @@ class Capture:
         """Whether any request can be captured (capture enabled, sample rate above 0)."""
         return self.config.enabled and self.config.sample_rate > 0
 
-    def watch(self, call: Call, parsed: SamplingFields) -> None:
-        """Have `call` submitted for capture when it closes (the writer decides if it is sampled)."""
+    def watch(self, call: Call, parsed: SamplingFields, key_id: int | None = None) -> None:
+        """Have `call` submitted for capture when it closes (the writer decides if it is sampled);
+        `key_id`: the registry id of the requesting key, the only key allowed to give feedback on it
+        besides admin keys."""
         call.prompt, call.capturing, call.on_close = prompt_text(parsed), True, self.submit
+        call.key_id = key_id
 
     def submit(self, call: Call) -> None:
         """Hand the closed call to the writer; never blocks, never raises."""
@@ -75,6 +78,7 @@ class Capture:
             prompt_tokens=_count(usage.get("prompt_tokens")),
             completion_tokens=_count(usage.get("completion_tokens")),
             status=status_of(call.status),
+            key_id=call.key_id,
         )
         self.writer.submit(record)
 
@@ -82,8 +86,18 @@ class Capture:
         """The captured request `request_id`, waiting briefly for one the writer still holds."""
         return await asyncio.to_thread(self._find, request_id)
 
-    async def add_feedback(self, feedback: FeedbackIn) -> Feedback:
-        return await asyncio.to_thread(lambda: self._open().add_feedback(feedback))
+    async def add_feedback(self, feedback: FeedbackIn, *, key_id: int | None, by_admin: bool) -> Feedback:
+        """Store `feedback` given by key `key_id`, replacing earlier feedback on the same request; its
+        corrected answer goes through the redaction hook first, like captured prompts and answers."""
+
+        def store() -> Feedback:
+            clean = feedback
+            if feedback.corrected_answer is not None:
+                redacted = self.writer.redact(feedback.corrected_answer)
+                clean = feedback.model_copy(update={"corrected_answer": redacted})
+            return self._open().add_feedback(clean, key_id=key_id, by_admin=by_admin)
+
+        return await asyncio.to_thread(store)
 
     async def close(self) -> None:
         """Write what is queued (bounded), stop the writer's thread, close the feedback store."""

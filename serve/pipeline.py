@@ -28,7 +28,7 @@ from starlette.responses import Response
 from tuneloop.monitoring import metrics
 from tuneloop.serve.call import Call
 from tuneloop.serve.engine.lora import AdapterLoadError
-from tuneloop.serve.errors import OpenAIError, engine_unavailable
+from tuneloop.serve.errors import OpenAIError, bad_request, engine_unavailable
 from tuneloop.serve.hooks import prompt_embeds_hook
 from tuneloop.serve.protocol import SamplingFields, engine_body, parse_body
 from tuneloop.serve.proxy import REQUEST_ID_HEADER, forward, open_stream
@@ -53,7 +53,7 @@ async def complete(request: Request, endpoint: str, schema: type[SamplingFields]
         target = replica.resolver.resolve(parsed.model, principal, follower.snapshot, follower.live)
         call.label(target)
         if replica.capture.on:
-            replica.capture.watch(call, parsed)
+            replica.capture.watch(call, parsed, principal.key_id)
         replica.require_engine()
         call.hold(replica.admit())
         gauge = metrics.IN_FLIGHT.labels(target.alias, target.version)
@@ -98,13 +98,16 @@ async def _lease(replica: Replica, target: Target) -> Callable[[], None]:
             raise engine_unavailable(
                 f"`{target.requested}` could not be loaded yet; retry shortly."
             ) from None
-        raise OpenAIError(
-            500,
-            f"`{target.requested}` cannot be loaded: {exc}",
-            type="server_error",
-            code="adapter_load_failed",
-        ) from None
+        raise _not_servable(target, exc) from None
     return lease.release
+
+
+def _not_servable(target: Target, exc: AdapterLoadError) -> OpenAIError:
+    """A stored version this replica can never load (a malformed adapter config, a rank or module
+    the engine refuses): a 400 naming the version and why, like any version it cannot serve."""
+    return bad_request(
+        f"`{target.requested}` cannot be served: {exc}", param="model", code="model_not_servable"
+    )
 
 
 async def _prompt_embeds(
@@ -115,7 +118,11 @@ async def _prompt_embeds(
     try:
         adapter_dir: Path = await replica.loras.local_dir(target.info.ref)
     except AdapterLoadError as exc:
-        raise OpenAIError(500, f"`{target.requested}` cannot be loaded: {exc}", type="server_error") from None
+        if exc.retryable:
+            raise engine_unavailable(
+                f"`{target.requested}` could not be loaded yet; retry shortly."
+            ) from None
+        raise _not_servable(target, exc) from None
     return await hook(
         endpoint,
         dict(body),

@@ -33,6 +33,8 @@ class RequestRecord:
     completion_tokens: int | None = None
     status: CaptureStatus = CaptureStatus.OK
     created_at: datetime = field(default_factory=utcnow)
+    key_id: int | None = None
+    """Registry id of the API key that made the request (never the key itself)."""
 
 
 class FeedbackIn(BaseModel):

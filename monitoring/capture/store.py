@@ -1,7 +1,11 @@
 """The capture store: sampled requests and feedback in SQL, and the queries the drift loop uses.
 
-Any SQLAlchemy URL works (SQLite under TUNELOOP_HOME by default). The tables are created when
-missing; they only ever gain rows. Results are detached ORM objects the caller may keep.
+Any SQLAlchemy URL works (SQLite under TUNELOOP_HOME by default; a new SQLite file is created
+readable by its owner only). The tables are created when missing and older ones gain the columns
+added since (`_upgrade_schema`). Rows leave only by retention (`prune`, which the writer runs), and
+a request holds one feedback: a later one replaces it. Results are detached ORM objects the caller
+may keep. The engine never puts statement parameters (prompts, answers) into its error messages,
+so a logged database error shows no captured text.
 """
 
 from __future__ import annotations
@@ -9,19 +13,27 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import ColumnElement, Engine, create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import Column, CreateIndex
 
 from tuneloop.monitoring.capture.schema import FeedbackIn, RequestRecord
-from tuneloop.monitoring.capture.tables import CaptureBase, CapturedRequest, Feedback
+from tuneloop.monitoring.capture.tables import (
+    FEEDBACK_UNIQUE_INDEX,
+    LEGACY_FEEDBACK_INDEX,
+    CaptureBase,
+    CapturedRequest,
+    Feedback,
+)
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError
+from tuneloop.platform.registry.db import connect_args, private_sqlite_file
 
 
 class UnknownRequestError(NotFoundError):
@@ -35,6 +47,7 @@ class CaptureStore:
         self.url = url or settings.TUNELOOP_CAPTURE_DB_URL.get()
         self.engine = _make_engine(self.url)
         _create_tables(self.engine)
+        _upgrade_schema(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def add_requests(self, records: Sequence[RequestRecord]) -> int:
@@ -60,24 +73,67 @@ class CaptureStore:
         with self._sessions() as session:
             return session.scalar(select(CapturedRequest).where(CapturedRequest.request_id == request_id))
 
-    def add_feedback(self, feedback: FeedbackIn) -> Feedback:
-        """Store validated feedback; `UnknownRequestError` if its request was never captured.
+    def add_feedback(
+        self, feedback: FeedbackIn, *, key_id: int | None = None, by_admin: bool = False
+    ) -> Feedback:
+        """Store validated feedback given by API key `key_id`, replacing any earlier feedback on the
+        same request; `UnknownRequestError` if its request was never captured.
 
+        Checking that the key may give it (serve/feedback) is the caller's job; who gave it is kept so
+        training trusts only what TUNELOOP_FEEDBACK_TRUST names (monitoring/evaluation/feedback.py).
         The writer stores requests a moment after they were served: an API handler that gets
         `UnknownRequestError` for a fresh id may `CaptureWriter.flush()` and try once more.
         """
-        with self._sessions.begin() as session:
-            known = session.scalar(
-                select(CapturedRequest.id).where(CapturedRequest.request_id == feedback.request_id)
-            )
-            if known is None:
-                raise UnknownRequestError(
-                    f"no captured request with id {feedback.request_id!r}: feedback can only be given on "
-                    "requests the gateway captured (see TUNELOOP_CAPTURE_SAMPLE_RATE)"
+        fields = feedback.model_dump(exclude={"request_id"})
+        for attempt in range(3):
+            try:
+                with self._sessions.begin() as session:
+                    known = session.scalar(
+                        select(CapturedRequest.id).where(CapturedRequest.request_id == feedback.request_id)
+                    )
+                    if known is None:
+                        raise UnknownRequestError(
+                            f"no captured request with id {feedback.request_id!r}: feedback can only be "
+                            "given on requests the gateway captured (see TUNELOOP_CAPTURE_SAMPLE_RATE)"
+                        )
+                    # Delete, then insert: the new feedback gets a new id and time, so "latest
+                    # feedback first" orderings see it as the newest.
+                    session.execute(delete(Feedback).where(Feedback.request_id == feedback.request_id))
+                    row = Feedback(**fields, request_id=feedback.request_id, key_id=key_id, by_admin=by_admin)
+                    session.add(row)
+                return row
+            except IntegrityError:
+                # Another feedback on the same request was inserted in between (unique index): retry,
+                # replacing that one.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def prune(
+        self, *, max_age_days: float | None = None, max_rows: int | None = None, now: datetime | None = None
+    ) -> int:
+        """Delete captured requests (and their feedback) older than `max_age_days`, then the oldest
+        beyond `max_rows`; 0 or None means no limit. Returns how many requests went."""
+        removed = 0
+        if max_age_days:
+            cutoff = (now or datetime.now(UTC)) - timedelta(days=max_age_days)
+            removed += self._delete_requests(CapturedRequest.created_at < cutoff)
+        if max_rows:
+            with self._sessions() as session:
+                # The newest request beyond the limit (ids grow with insertion): it and older ones go.
+                threshold = session.scalar(
+                    select(CapturedRequest.id).order_by(CapturedRequest.id.desc()).offset(max_rows).limit(1)
                 )
-            row = Feedback(**feedback.model_dump(exclude={"request_id"}), request_id=feedback.request_id)
-            session.add(row)
-        return row
+            if threshold is not None:
+                removed += self._delete_requests(CapturedRequest.id <= threshold)
+        return removed
+
+    def _delete_requests(self, condition: ColumnElement[bool]) -> int:
+        doomed = select(CapturedRequest.request_id).where(condition)
+        with self._sessions.begin() as session:
+            session.execute(delete(Feedback).where(Feedback.request_id.in_(doomed)))
+            result = session.execute(delete(CapturedRequest).where(condition))
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def recent(
         self,
@@ -144,17 +200,25 @@ def _create_tables(engine: Engine) -> None:
 def _make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
-            f"capture store URL {url!r} is not a SQLAlchemy URL (e.g. sqlite:///capture.db)"
+            f"capture store URL {settings.redact_url(url)!r} is not a SQLAlchemy URL (e.g. sqlite:///capture.db)"
         ) from None
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        try:
+            return create_engine(
+                parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args(parsed)
+            )
+        except Exception as exc:  # a missing driver, an unknown dialect
+            shown, why = settings.redact_url(url), settings.redact_url(str(exc))
+            raise ConfigError(f"cannot open capture store {shown!r}: {why}") from None
     if parsed.database in (None, "", ":memory:"):
         # One shared connection, or every thread (the writer's included) would see its own empty database.
-        return create_engine(parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed)
+        return create_engine(
+            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}, hide_parameters=True
+        )
+    private_sqlite_file(parsed.database)
+    engine = create_engine(parsed, hide_parameters=True)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -166,3 +230,43 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _upgrade_schema(engine: Engine) -> None:
+    """Bring tables made by an older tuneloop to the current shape; a no-op on current ones.
+
+    `create_all` creates missing tables but never alters existing ones, so: add each column the
+    models have and the table lacks (all of them nullable), and give feedback its one-per-request
+    unique index, keeping the latest feedback of a request that has several. Safe when several
+    processes open the same database at once: each step tolerates another having done it.
+    """
+    tables = CaptureBase.metadata.tables
+    for table in (tables[CapturedRequest.__tablename__], tables[Feedback.__tablename__]):
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                _add_column(engine, table.name, column)
+    indexes = {i["name"]: i for i in inspect(engine).get_indexes(Feedback.__tablename__)}
+    if FEEDBACK_UNIQUE_INDEX in indexes:
+        return
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "DELETE FROM capture_feedback WHERE id NOT IN "
+                "(SELECT MAX(id) FROM capture_feedback GROUP BY request_id)"
+            )
+        )
+        index = next(i for i in tables[Feedback.__tablename__].indexes if i.name == FEEDBACK_UNIQUE_INDEX)
+        connection.execute(CreateIndex(index, if_not_exists=True))
+        connection.execute(text(f"DROP INDEX IF EXISTS {LEGACY_FEEDBACK_INDEX}"))
+
+
+def _add_column(engine: Engine, table: str, column: Column[Any]) -> None:
+    kind = column.type.compile(dialect=engine.dialect)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}"))
+    except (OperationalError, ProgrammingError):
+        # Another process added it first; anything else shows up here again.
+        if column.name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+            raise

@@ -2,7 +2,13 @@
 
 They live in a database of their own (TUNELOOP_CAPTURE_DB_URL), apart from the registry, so a
 flood of captured traffic never competes with promotions and lookups for the registry's locks.
-Rows are only ever appended; the drift loop reads them by alias and time window.
+The drift loop reads them by alias and time window. Rows leave only by retention
+(`CaptureStore.prune`: TUNELOOP_CAPTURE_RETENTION_DAYS and TUNELOOP_CAPTURE_MAX_ROWS), and a
+request's feedback is replaced, never added to, when it is given again.
+
+Who asked and who judged are recorded as the registry id of the API key (`api_keys.id`, never the
+secret or its hash), so feedback can be checked against the requester and weighed by who gave it.
+Databases created before these columns existed gain them on open (store.py `_upgrade_schema`).
 """
 
 from __future__ import annotations
@@ -11,7 +17,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Dialect, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -37,6 +54,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+FEEDBACK_UNIQUE_INDEX = "ux_capture_feedback_request_id"
+LEGACY_FEEDBACK_INDEX = "ix_capture_feedback_request_id"
+"""The non-unique index older databases have instead (several feedback rows per request)."""
 
 
 class CaptureStatus(StrEnum):
@@ -72,16 +94,24 @@ class CapturedRequest(CaptureBase):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=CaptureStatus.OK)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    """Registry id of the API key that made the request (None: captured before keys were recorded)."""
 
 
 class Feedback(CaptureBase):
-    """A user's judgement of one captured request; a request may get several."""
+    """A user's judgement of one captured request: one per request, the latest replaces the earlier."""
 
     __tablename__ = "capture_feedback"
+    __table_args__ = (Index(FEEDBACK_UNIQUE_INDEX, "request_id", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    request_id: Mapped[str] = mapped_column(ForeignKey("capture_requests.request_id"), index=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("capture_requests.request_id"))
     label: Mapped[str | None] = mapped_column(String(64))
     rating: Mapped[int | None] = mapped_column(Integer)
     corrected_answer: Mapped[str | None] = mapped_column(Text)
+    """After redaction, like captured prompts and answers."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    """Registry id of the API key that gave the feedback (None: given before keys were recorded)."""
+    by_admin: Mapped[bool | None] = mapped_column(Boolean)
+    """Whether that key was an admin key when it gave the feedback."""

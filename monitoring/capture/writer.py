@@ -4,7 +4,9 @@
 queue, counters. It never blocks and never raises; when the queue is full the record is dropped
 and counted. One background thread redacts, batches and inserts; store errors are logged
 (throttled) and counted, and the database is (re)opened lazily, so a capture database that is down
-at start-up or later costs captured records, never requests.
+at start-up or later costs captured records, never requests. The same thread enforces retention
+(TUNELOOP_CAPTURE_RETENTION_DAYS, TUNELOOP_CAPTURE_MAX_ROWS) every `prune_interval_s`, so captured
+data stays bounded wherever a gateway writes it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tuneloop.platform import settings
 
 log = logging.getLogger(__name__)
 ERROR_LOG_INTERVAL_S = 60.0
+PRUNE_INTERVAL_S = 300.0
 
 
 @dataclass
@@ -42,6 +45,8 @@ class WriterStats:
     """Queued but lost: the store or the redaction hook failed."""
     errors: int = 0
     """Failures of any kind (each failed batch, failed redaction or unexpected submit error)."""
+    pruned: int = 0
+    """Stored requests deleted by retention."""
 
 
 class CaptureWriter:
@@ -58,9 +63,13 @@ class CaptureWriter:
         batch_size: int = 256,
         flush_interval_s: float = 0.2,
         seed: int | None = None,
+        retention_days: float | None = None,
+        max_rows: int | None = None,
+        prune_interval_s: float = PRUNE_INTERVAL_S,
     ) -> None:
         """`store`: a store, or its URL to open on the writer thread. `redact`: a function or a
-        `module:function` spec (`none` for no redaction)."""
+        `module:function` spec (`none` for no redaction). `retention_days`, `max_rows`: what
+        `CaptureStore.prune` keeps (0: no limit), checked once at start and every `prune_interval_s`."""
         self.enabled = settings.TUNELOOP_CAPTURE_ENABLED.get() if enabled is None else enabled
         rate = settings.TUNELOOP_CAPTURE_SAMPLE_RATE.get() if sample_rate is None else sample_rate
         if not 0.0 <= rate <= 1.0:
@@ -71,6 +80,12 @@ class CaptureWriter:
         self._store = store if isinstance(store, CaptureStore) else None
         self._store_url = store if isinstance(store, str) else None  # None: TUNELOOP_CAPTURE_DB_URL
         self._owns_store = self._store is None
+        self._retention_days = (
+            settings.TUNELOOP_CAPTURE_RETENTION_DAYS.get() if retention_days is None else retention_days
+        )
+        self._max_rows = settings.TUNELOOP_CAPTURE_MAX_ROWS.get() if max_rows is None else max_rows
+        self._prune_interval = prune_interval_s
+        self._next_prune = 0.0  # monotonic time of the next retention pass; 0: at the first chance
         self._queue: queue.Queue[RequestRecord] = queue.Queue(
             queue_size or settings.TUNELOOP_CAPTURE_QUEUE_SIZE.get()
         )
@@ -118,6 +133,10 @@ class CaptureWriter:
             self._count_error("capture submit failed", n_failed=0, exc=exc)
             return False
 
+    def redact(self, text: str) -> str:
+        """`text` as the redaction hook stores it (feedback's corrected answers go through it too)."""
+        return text if self._redact is None else self._redact(text)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued record was written (or given up on); False on timeout."""
         with self._lock:
@@ -144,6 +163,24 @@ class CaptureWriter:
             batch = self._take_batch()
             if batch:
                 self._write(batch)
+            if time.monotonic() >= self._next_prune and not self._closing.is_set():
+                self._prune()
+
+    def _prune(self) -> None:
+        self._next_prune = time.monotonic() + self._prune_interval
+        if not (self._retention_days or self._max_rows):
+            return
+        try:
+            if self._store is None:
+                self._store = CaptureStore(self._store_url)
+            removed = self._store.prune(max_age_days=self._retention_days, max_rows=self._max_rows)
+        except Exception as exc:
+            self._count_error("capture retention pass failed", n_failed=0, exc=exc)
+            return
+        if removed:
+            log.info("capture retention deleted %d requests and their feedback", removed)
+            with self._lock:
+                self._stats.pruned += removed
 
     def _take_batch(self) -> list[RequestRecord]:
         try:
@@ -185,7 +222,7 @@ class CaptureWriter:
     def _redacted(self, record: RequestRecord) -> RequestRecord:
         if self._redact is None:
             return record
-        return replace(record, prompt=self._redact(record.prompt), answer=self._redact(record.answer))
+        return replace(record, prompt=self.redact(record.prompt), answer=self.redact(record.answer))
 
     def _count_error(self, message: str, n_failed: int, exc: BaseException | None = None) -> None:
         with self._lock:

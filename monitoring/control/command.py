@@ -10,8 +10,10 @@ log = logging.getLogger(__name__)
 def control(host: str | None = None, port: int = 8080) -> int:
     """Run the control API (/health, /metrics, POST /v1/alerts) and the monitoring scheduler.
 
-    The scheduler evaluates and checks drift for every alias each TUNELOOP_SCHEDULER_INTERVAL_S;
-    set TUNELOOP_SCHEDULER=off where Kubernetes CronJobs run `tuneloop eval run` instead.
+    POST /v1/alerts needs `Authorization: Bearer` with TUNELOOP_CONTROL_TOKEN, or the token in
+    TUNELOOP_CONTROL_TOKEN_FILE (created with a random token when neither exists). The scheduler
+    evaluates and checks drift for every alias each TUNELOOP_SCHEDULER_INTERVAL_S; set
+    TUNELOOP_SCHEDULER=off where Kubernetes CronJobs run `tuneloop eval run` instead.
 
     Args:
         host: Address to bind (default: TUNELOOP_HOST, loopback; others need TUNELOOP_ALLOW_REMOTE_BIND).
@@ -21,11 +23,13 @@ def control(host: str | None = None, port: int = 8080) -> int:
 
     from tuneloop.monitoring.capture import CaptureStore
     from tuneloop.monitoring.control.app import create_app
+    from tuneloop.monitoring.control.auth import control_token
     from tuneloop.monitoring.control.loop import Scheduler
     from tuneloop.platform import settings
     from tuneloop.platform.registry import Registry
 
     bind = settings.bind_host(host)
+    token = control_token(create=True)  # before anything starts: a bad token file fails at once
     registry = Registry()
     scheduler = None
     log.info("control API on http://%s:%d (/health, /metrics, POST /v1/alerts)", bind, port)
@@ -41,7 +45,7 @@ def control(host: str | None = None, port: int = 8080) -> int:
     else:
         log.info("scheduler off (TUNELOOP_SCHEDULER): evaluation runs elsewhere")
     try:
-        uvicorn.run(create_app(registry), host=bind, port=port, log_level="warning")
+        uvicorn.run(create_app(registry, token=token), host=bind, port=port, log_level="warning")
     finally:
         if scheduler is not None:
             scheduler.stop()

@@ -6,6 +6,10 @@ that answer the reference; feedback that marks the answer
 right (a label in GOOD_LABELS, or a rating of 4 or 5) makes the captured answer the reference. Other
 feedback says only that something was wrong, not what is right, so it labels nothing. Chats were
 captured as their messages in JSON and become chat examples; plain prompts become prompt/completion.
+
+Only trusted feedback counts, in training data, gate sets and the feedback-accuracy sample alike:
+`TUNELOOP_FEEDBACK_TRUST` names whose (`requester` by default: the key that made the request), so
+another key cannot steer retraining by judging answers it did not get (`trusted`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,25 @@ import json
 from datetime import datetime
 
 from tuneloop.monitoring.capture import CapturedRequest, CaptureStore, Feedback
+from tuneloop.platform import settings
 from tuneloop.train.answers import exact_match
 from tuneloop.train.data.formats import Example, Message
 
 GOOD_LABELS = frozenset({"good", "correct", "right", "ok"})
 BAD_LABELS = frozenset({"bad", "wrong", "incorrect"})
+
+
+def trusted(request: CapturedRequest, feedback: Feedback, trust: frozenset[str] | None = None) -> bool:
+    """Whether `feedback` may count, by who gave it (`trust`: names of TUNELOOP_FEEDBACK_TRUST,
+    read from the settings when None): `requester` when the key that made the request gave it,
+    `admin` when an admin key did, `any` always. Rows without key ids (stored before keys were
+    recorded) are trusted only under `any`."""
+    trust = settings.TUNELOOP_FEEDBACK_TRUST.get() if trust is None else trust
+    if "any" in trust:
+        return True
+    if "admin" in trust and feedback.by_admin:
+        return True
+    return "requester" in trust and feedback.key_id is not None and feedback.key_id == request.key_id
 
 
 def correctness(request: CapturedRequest, feedback: Feedback) -> bool | None:
@@ -46,8 +64,9 @@ def judged_answers(store: CaptureStore, alias: str, version: str) -> list[bool]:
 def judged_with_times(store: CaptureStore, alias: str, version: str) -> list[tuple[datetime, bool]]:
     """`judged_answers` with the time of the feedback that decided each verdict."""
     latest: dict[str, tuple[datetime, bool]] = {}
+    trust = settings.TUNELOOP_FEEDBACK_TRUST.get()
     for request, feedback in store.with_feedback(alias):
-        if request.version != version:
+        if request.version != version or not trusted(request, feedback, trust):
             continue
         verdict = correctness(request, feedback)
         if verdict is not None:
@@ -78,7 +97,8 @@ def to_example(request: CapturedRequest, answer: str, line: int) -> Example:
 
 
 def labelled_examples(store: CaptureStore, alias: str, since: datetime | None = None) -> list[Example]:
-    """One example per captured request of `alias` with usable feedback (its latest), oldest first."""
+    """One example per captured request of `alias` with usable, trusted feedback (its latest), oldest
+    first."""
     return [example for _, example in labelled_with_times(store, alias, since)]
 
 
@@ -87,7 +107,10 @@ def labelled_with_times(
 ) -> list[tuple[datetime, Example]]:
     """`labelled_examples` with the time of the feedback that gave each answer."""
     latest: dict[str, tuple[CapturedRequest, str, datetime]] = {}
+    trust = settings.TUNELOOP_FEEDBACK_TRUST.get()
     for request, feedback in store.with_feedback(alias, since=since):
+        if not trusted(request, feedback, trust):
+            continue
         answer = reference_of(request, feedback)
         if answer is not None:
             latest.pop(request.request_id, None)  # re-insert: order by the newest feedback

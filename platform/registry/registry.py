@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneloop.platform.errors import ConflictError, NotFoundError, StaleAliasError
+from tuneloop.platform import settings
+from tuneloop.platform.errors import ConflictError, DatabaseUnreachableError, NotFoundError, StaleAliasError
 from tuneloop.platform.registry import db
 from tuneloop.platform.registry.models import (
     Adapter,
@@ -55,7 +56,15 @@ class Registry:
 
     def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
         self.engine = engine or db.make_engine(url)
-        db.upgrade(self.engine)
+        try:
+            db.upgrade(self.engine)
+        except OperationalError as exc:
+            # One line a user can act on, never the traceback (nor the URL's password).
+            where = self.engine.url.render_as_string(hide_password=True)
+            reason = " ".join(str(exc.orig or exc).split())
+            raise DatabaseUnreachableError(
+                f"cannot open the registry at {where}: {settings.redact_url(reason)} (TUNELOOP_DB_URL)"
+            ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

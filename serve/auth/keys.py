@@ -29,6 +29,8 @@ class Principal:
     prefix: str
     admin: bool
     scopes: frozenset[str]
+    key_id: int | None = None
+    """The registry's id of the key, recorded with captured requests and feedback (never the secret)."""
 
     def may_use(self, adapter: str, snapshot: Snapshot) -> bool:
         """Whether this key may call versions and aliases of `adapter`."""
@@ -62,7 +64,7 @@ class KeyRing:
             info = await asyncio.to_thread(self._lookup, digest)
         if info is None:
             raise unauthorized("Incorrect API key provided.")
-        return Principal(prefix=info.prefix, admin=info.admin, scopes=info.scopes)
+        return Principal(prefix=info.prefix, admin=info.admin, scopes=info.scopes, key_id=info.key_id)
 
     def forget_fresh(self) -> None:
         """Called when a new snapshot arrives: it holds every key found since the last one."""
@@ -72,6 +74,6 @@ class KeyRing:
         row = self._registry.find_api_key(digest)
         if row is None:
             return None
-        info = key_info(row.key_hash, row.prefix, row.admin, list(row.scopes))
+        info = key_info(row.key_hash, row.prefix, row.admin, list(row.scopes), row.id)
         self._fresh[digest] = info
         return info

@@ -10,14 +10,13 @@ when; this module only does it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
-from tuneloop.platform.adapters import check_lora_targets
+from tuneloop.platform.adapters import check_lora_targets, lora_rank, read_adapter_config
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.errors import ArtifactError, ConfigError, TuneloopError
 from tuneloop.serve.engine.cache import local_copy
@@ -101,15 +100,16 @@ class EngineLoras:
 
     def _check_lora(self, ref: str, path: Path) -> None:
         try:
-            config = json.loads((path / "adapter_config.json").read_text())
-        except (OSError, ValueError) as exc:
+            config = read_adapter_config(path)
+            if config.get("peft_type") != "LORA":
+                raise AdapterLoadError(
+                    f"{ref} is a {config.get('peft_type')} adapter, not LoRA", retryable=False
+                )
+            rank = lora_rank(config, "adapter_config.json")
+        except ArtifactError as exc:
             raise AdapterLoadError(
-                f"{ref} has no readable adapter_config.json: {exc}", retryable=False
+                f"{ref} has a malformed adapter config: {str(exc).replace(str(path), ref)}", retryable=False
             ) from None
-        if config.get("peft_type") != "LORA":
-            raise AdapterLoadError(f"{ref} is a {config.get('peft_type')} adapter, not LoRA", retryable=False)
-        ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
-        rank = max(int(r) for r in ranks if r is not None)
         if rank > self._max_rank:
             raise AdapterLoadError(
                 f"{ref} has LoRA rank {rank}, above the engine's limit {self._max_rank}", retryable=False

@@ -1,8 +1,11 @@
 """Accepting feedback: checked against what was captured, and against the caller's key.
 
-A key may only give feedback on requests to models in its scope (the same rule as for calling
-them: the base model is open to every key, an adapter's versions to keys scoped to it), and a
-request id it may not see is the same 404 as one that was never captured, so ids cannot be probed.
+Only the key that made the request, or an admin key, may give feedback on it: feedback becomes
+training data, so no other key, even one scoped to the same adapter, may steer it. The key must
+also still be allowed the model (the same rule as for calling it). A request id a key may not judge
+is the same 404 as one that was never captured, so ids cannot be probed. One feedback per request:
+a later one replaces the earlier (the store upserts). Who gave it is stored with it, so training
+can trust only the feedback TUNELOOP_FEEDBACK_TRUST names.
 Requests are captured a moment after they are answered; a lookup that misses waits briefly for
 the writer before answering 404. Capture turned off means no request can be found.
 """
@@ -43,7 +46,9 @@ async def create_feedback(request: Request) -> FeedbackOut:
         captured = await replica.capture.find(feedback.request_id)
         if captured is None or not _may_see(principal, captured, replica):
             raise _not_found(feedback.request_id)
-        stored = await replica.capture.add_feedback(feedback)
+        stored = await replica.capture.add_feedback(
+            feedback, key_id=principal.key_id, by_admin=principal.admin
+        )
     except OpenAIError:
         raise
     except Exception:
@@ -67,6 +72,8 @@ async def create_feedback(request: Request) -> FeedbackOut:
 
 
 def _may_see(principal: Principal, captured: CapturedRequest, replica: Replica) -> bool:
+    if not principal.admin and (principal.key_id is None or principal.key_id != captured.key_id):
+        return False  # someone else's request (or one captured before keys were recorded)
     if captured.version in (BASE_VERSION, replica.resolver.base_version):  # any key may call the base
         return True
     adapter = captured.version.partition("@")[0]

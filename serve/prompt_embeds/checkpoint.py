@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.platform.adapters import read_adapter_config
 from tuneloop.platform.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -111,13 +112,7 @@ def load_virtual_tokens(adapter_dir: Path, hidden_size: int) -> torch.Tensor:
 
 
 def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    path = adapter_dir / ADAPTER_CONFIG
-    try:
-        config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist: {adapter_dir} is not a saved peft adapter") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    config = read_adapter_config(adapter_dir)
     peft_type = config.get("peft_type")
     if peft_type not in SERVABLE_PEFT_TYPES:
         raise ArtifactError(

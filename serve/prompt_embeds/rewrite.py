@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.platform.errors import ArtifactError
-from tuneloop.serve.errors import OpenAIError, bad_request
+from tuneloop.serve.errors import bad_request
 from tuneloop.serve.prompt_embeds.chat import plain_messages, pop_chat_fields
 from tuneloop.serve.prompt_embeds.embedder import PromptEmbedder, encode_for_vllm
 
@@ -86,8 +86,9 @@ def _load(adapter_dir: Path, engine_model: str) -> tuple[PromptEmbedder, threadi
     try:
         virtual = CACHE.virtual_tokens(adapter_dir, embedder)
     except ArtifactError as exc:
-        raise OpenAIError(
-            500, f"the version cannot be served: {exc}", type="server_error", code="adapter_load_failed"
+        # A stored version whose files are malformed: it can never be served, whoever asks (400).
+        raise bad_request(
+            f"the version cannot be served: {exc}", param="model", code="model_not_servable"
         ) from None
     return embedder, lock, virtual
 

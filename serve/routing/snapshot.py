@@ -36,6 +36,8 @@ class KeyInfo:
     prefix: str
     admin: bool
     scopes: frozenset[str]
+    key_id: int | None = None
+    """The registry's id of the key (`api_keys.id`): what capture records, never the secret."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,10 @@ class Snapshot:
         return self.versions.get(f"{adapter}@{number}")
 
 
-def key_info(key_hash: str, prefix: str, admin: bool, scopes: list[str]) -> KeyInfo:
-    return KeyInfo(key_hash=key_hash, prefix=prefix, admin=admin, scopes=frozenset(scopes))
+def key_info(
+    key_hash: str, prefix: str, admin: bool, scopes: list[str], key_id: int | None = None
+) -> KeyInfo:
+    return KeyInfo(key_hash=key_hash, prefix=prefix, admin=admin, scopes=frozenset(scopes), key_id=key_id)
 
 
 def load_snapshot(registry: Registry, store: ArtifactStore, serving_cache: dict[str, Serving]) -> Snapshot:
@@ -78,5 +82,7 @@ def load_snapshot(registry: Registry, store: ArtifactStore, serving_cache: dict[
             serving=serving_cache[row.ref],
             base_model=row.adapter.base_model,
         )
-    keys = {k.key_hash: key_info(k.key_hash, k.prefix, k.admin, list(k.scopes)) for k in registry.api_keys()}
+    keys = {
+        k.key_hash: key_info(k.key_hash, k.prefix, k.admin, list(k.scopes), k.id) for k in registry.api_keys()
+    }
     return Snapshot(event_id=event_id, versions=versions, aliases=registry.aliases(), keys=keys)

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,15 @@ from tuneloop.platform.raycluster import RayHead, ray_cli, running_head
 from tuneloop.platform.settings import LOOPBACK
 from tuneloop.serve.engine.launch import EngineConfig, engine_process
 
-__all__ = ["RAY_CLI", "RayHead", "VllmServer", "listening_addresses", "start_ray_head", "start_vllm"]
+__all__ = [
+    "RAY_CLI",
+    "RayHead",
+    "VllmServer",
+    "listening_addresses",
+    "stalled_server",
+    "start_ray_head",
+    "start_vllm",
+]
 
 RAY_CLI = ray_cli()
 
@@ -106,3 +115,31 @@ def listening_addresses(pids: Sequence[int]) -> set[tuple[str, int]]:
                 ip = ip.ipv4_mapped  # gRPC listens on ::ffff:127.0.0.1 for 127.0.0.1
             found.add((str(ip), int(hex_port, 16)))
     return found
+
+
+@contextmanager
+def stalled_server() -> Iterator[str]:
+    """A loopback address (as an http:// URL) that accepts connections and never answers: a stuck Ray
+    head or database."""
+    listener = socket.create_server((LOOPBACK, 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # kept open, never read from or written to
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()

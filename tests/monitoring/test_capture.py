@@ -206,19 +206,41 @@ def test_mask_pii_keeps_short_numbers() -> None:
     assert mask_pii("3 apples, 12 pears, 2024-11-30, a@b.io") == "3 apples, 12 pears, <number>, <email>"
 
 
-def test_feedback_is_stored_and_joined(store: CaptureStore) -> None:
+def test_feedback_is_stored_and_joined_one_per_request(store: CaptureStore) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
-    store.add_requests([record("q1"), record("q2"), record("o1", alias="other")])
-    store.add_feedback(FeedbackIn(request_id="q1", label="wrong", rating=1, corrected_answer="Paris"))
-    store.add_feedback(FeedbackIn(request_id="q1", rating=2))
-    store.add_feedback(FeedbackIn(request_id="o1", label="good"))
+    store.add_requests([record("q1", key_id=7), record("q2"), record("o1", alias="other")])
+    first = store.add_feedback(
+        FeedbackIn(request_id="q1", label="wrong", rating=1, corrected_answer="Paris"), key_id=7
+    )
+    store.add_feedback(FeedbackIn(request_id="o1", label="good"), key_id=9)
+    # A later feedback on the same request replaces the earlier one, and counts as the newest.
+    again = store.add_feedback(FeedbackIn(request_id="q1", rating=2), key_id=8, by_admin=True)
+    assert again.id > first.id
     pairs = store.with_feedback("support", since=since)
     assert [(r.request_id, f.label, f.rating, f.corrected_answer) for r, f in pairs] == [
-        ("q1", "wrong", 1, "Paris"),
-        ("q1", None, 2, None),
+        ("q1", None, 2, None)
     ]
-    assert pairs[0][0].prompt == "question q1"
+    request, feedback = pairs[0]
+    assert (request.prompt, request.key_id, feedback.key_id, feedback.by_admin) == ("question q1", 7, 8, True)
+    with store.session() as session:
+        assert session.execute(text("SELECT COUNT(*) FROM capture_feedback")).scalar() == 2
     assert store.with_feedback("support", since=datetime.now(UTC) + timedelta(seconds=1)) == []
+
+
+def test_concurrent_feedback_on_one_request_leaves_one_row(store: CaptureStore) -> None:
+    store.add_requests([record("busy", key_id=1)])
+    barrier = threading.Barrier(8)
+
+    def give(rating: int) -> None:
+        barrier.wait()
+        store.add_feedback(FeedbackIn(request_id="busy", rating=rating), key_id=1)
+
+    threads = [threading.Thread(target=give, args=(1 + i % 5,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(store.with_feedback("support")) == 1
 
 
 def test_feedback_on_an_unknown_request_is_a_clear_error(store: CaptureStore) -> None:

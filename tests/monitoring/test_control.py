@@ -23,13 +23,16 @@ from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.settings import LOOPBACK
 
+TOKEN = "control-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 @pytest.fixture
 def control_url(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("TUNELOOP_RETRAIN_SUSTAIN", "2")
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(registry), host=LOOPBACK, port=port, log_level="warning")
+        uvicorn.Config(create_app(registry, token=TOKEN), host=LOOPBACK, port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -54,9 +57,9 @@ def firing(alias: str) -> dict[str, object]:
 
 def test_alert_webhook_records_and_asks_the_policy(control_url: str, registry: Registry) -> None:
     body = {"version": "4", "status": "firing", "alerts": [firing("support"), firing("unknown")]}
-    first = httpx.post(f"{control_url}/v1/alerts", json=body)
+    first = httpx.post(f"{control_url}/v1/alerts", json=body, headers=AUTH)
     assert first.status_code == 200 and first.json() == {"recorded": 1, "ignored": 1, "retrain_due": []}
-    second = httpx.post(f"{control_url}/v1/alerts", json={"alerts": [firing("support")]})
+    second = httpx.post(f"{control_url}/v1/alerts", json={"alerts": [firing("support")]}, headers=AUTH)
     assert second.json()["retrain_due"] == ["support"]  # sustained: 2 firing alerts with sustain=2
     kinds = [e.kind for e in registry.history("support")]
     assert kinds.count(DRIFT_ALERT) == 2 and kinds[-1] == "retrain.due"
@@ -64,7 +67,7 @@ def test_alert_webhook_records_and_asks_the_policy(control_url: str, registry: R
 
 @pytest.mark.parametrize("body", [b"not json", b"{}", b'{"alerts": [{"status": "maybe", "labels": {}}]}'])
 def test_bad_webhook_body_is_400(control_url: str, body: bytes) -> None:
-    response = httpx.post(f"{control_url}/v1/alerts", content=body)
+    response = httpx.post(f"{control_url}/v1/alerts", content=body, headers=AUTH)
     assert response.status_code == 400 and "Alertmanager" in response.json()["error"]["message"]
 
 
@@ -79,9 +82,9 @@ def store(tmp_path: Path) -> CaptureStore:
 def judged(store: CaptureStore, version: str, verdicts: list[bool], start: int = 0) -> None:
     """One captured answer of `version` per verdict, labelled good or bad, in this order."""
     ids = [f"r{start + i}" for i in range(len(verdicts))]
-    store.add_requests([RequestRecord(i, "support", version, f"q {i}", "a", 0.1) for i in ids])
+    store.add_requests([RequestRecord(i, "support", version, f"q {i}", "a", 0.1, key_id=1) for i in ids])
     for request_id, right in zip(ids, verdicts, strict=True):
-        store.add_feedback(FeedbackIn(request_id=request_id, label="good" if right else "bad"))
+        store.add_feedback(FeedbackIn(request_id=request_id, label="good" if right else "bad"), key_id=1)
 
 
 def concept_drift(store: CaptureStore, version: str = "support@1") -> None:

@@ -20,6 +20,7 @@ from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.evaluation import evaluate, golden_suite, labelled_examples, run_suite
 from tuneloop.monitoring.evaluation.feedback import captured_prompt, correctness, judged_answers
+from tuneloop.platform.errors import ConfigError
 from tuneloop.platform.registry import Registry
 from tuneloop.serve.capture import prompt_text
 from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
@@ -185,14 +186,16 @@ def test_feedback_with_a_right_answer_becomes_labelled_examples(tmp_path: Path) 
     chat = json.dumps([{"role": "user", "content": "2+2="}])
     store.add_requests(
         [
-            RequestRecord("r1", "support", "support@1", "capital?", " Lyon", 0.1),
-            RequestRecord("r2", "support", "support@1", chat, "4", 0.1),
-            RequestRecord("r3", "support", "support@1", "hi", "yo", 0.1),
+            RequestRecord("r1", "support", "support@1", "capital?", " Lyon", 0.1, key_id=1),
+            RequestRecord("r2", "support", "support@1", chat, "4", 0.1, key_id=1),
+            RequestRecord("r3", "support", "support@1", "hi", "yo", 0.1, key_id=1),
         ]
     )
-    store.add_feedback(FeedbackIn(request_id="r1", corrected_answer="Paris"))
-    store.add_feedback(FeedbackIn(request_id="r2", label="good"))
-    store.add_feedback(FeedbackIn(request_id="r3", label="wrong"))  # says nothing about the right answer
+    store.add_feedback(FeedbackIn(request_id="r1", corrected_answer="Paris"), key_id=1)
+    store.add_feedback(FeedbackIn(request_id="r2", label="good"), key_id=1)
+    store.add_feedback(
+        FeedbackIn(request_id="r3", label="wrong"), key_id=1
+    )  # says nothing about the right answer
     examples = labelled_examples(store, "support")
     assert [(e.format, e.completion) for e in examples] == [("prompt_completion", "Paris"), ("chat", None)]
     assert examples[1].messages[-1].content == "4" and examples[1].messages[0].content == "2+2="
@@ -222,8 +225,10 @@ def store(tmp_path: Path) -> CaptureStore:
 def test_correctness_of_one_feedback(
     store: CaptureStore, feedback: dict[str, Any], verdict: bool | None
 ) -> None:
-    store.add_requests([RequestRecord("r1", "support", "support@1", "capital of France?", " Paris", 0.1)])
-    row = store.add_feedback(FeedbackIn(request_id="r1", **feedback))
+    store.add_requests(
+        [RequestRecord("r1", "support", "support@1", "capital of France?", " Paris", 0.1, key_id=1)]
+    )
+    row = store.add_feedback(FeedbackIn(request_id="r1", **feedback), key_id=1)
     request = store.get("r1")
     assert request is not None
     assert correctness(request, row) is verdict
@@ -232,18 +237,18 @@ def test_correctness_of_one_feedback(
 def test_judged_answers_are_the_versions_latest_verdicts_by_feedback_time(store: CaptureStore) -> None:
     store.add_requests(
         [
-            RequestRecord("r1", "support", "support@1", "q1", "a", 0.1),
-            RequestRecord("r2", "support", "support@1", "q2", "a", 0.1),
-            RequestRecord("r3", "support", "support@2", "q3", "a", 0.1),  # another version
-            RequestRecord("r4", "support", "support@1", "q4", "a", 0.1),
-            RequestRecord("r5", "other", "support@1", "q5", "a", 0.1),  # another alias
+            RequestRecord("r1", "support", "support@1", "q1", "a", 0.1, key_id=1),
+            RequestRecord("r2", "support", "support@1", "q2", "a", 0.1, key_id=1),
+            RequestRecord("r3", "support", "support@2", "q3", "a", 0.1, key_id=1),  # another version
+            RequestRecord("r4", "support", "support@1", "q4", "a", 0.1, key_id=1),
+            RequestRecord("r5", "other", "support@1", "q5", "a", 0.1, key_id=1),  # another alias
         ]
     )
     for request_id, verdict in [("r1", "good"), ("r2", "bad"), ("r3", "good"), ("r5", "good"), ("r1", "bad")]:
-        store.add_feedback(FeedbackIn(request_id=request_id, label=verdict))
-    store.add_feedback(FeedbackIn(request_id="r4", rating=3))  # says neither
+        store.add_feedback(FeedbackIn(request_id=request_id, label=verdict), key_id=1)
+    store.add_feedback(FeedbackIn(request_id="r4", rating=3), key_id=1)  # says neither
     assert judged_answers(store, "support", "support@1") == [False, False]  # r2, then r1's newer "bad"
-    store.add_feedback(FeedbackIn(request_id="r2", rating=5))
+    store.add_feedback(FeedbackIn(request_id="r2", rating=5), key_id=1)
     assert judged_answers(store, "support", "support@1") == [False, True]  # r1, then r2's newer rating
     assert judged_answers(store, "support", "support@2") == [True]
     assert judged_answers(store, "support", "support@9") == []
@@ -262,3 +267,38 @@ def test_captured_prompt_is_what_the_gateway_captures(tmp_path: Path) -> None:
     (example,) = read_examples(path)
     sent_text = CompletionRequest.model_validate({"model": "support", "prompt": "2+2="})
     assert captured_prompt(example) == prompt_text(sent_text) == "2+2="
+
+
+def test_only_trusted_feedback_becomes_training_data_or_judges_answers(
+    store: CaptureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r1 judged by its requester (key 1), r2 by an admin (key 9), r3 by another key (2), r4 before
+    keys were recorded: by default only the requester's feedback counts."""
+    store.add_requests(
+        [
+            RequestRecord("r1", "support", "support@1", "q1", "a1", 0.1, key_id=1),
+            RequestRecord("r2", "support", "support@1", "q2", "a2", 0.1, key_id=1),
+            RequestRecord("r3", "support", "support@1", "q3", "a3", 0.1, key_id=1),
+            RequestRecord("r4", "support", "support@1", "q4", "a4", 0.1),
+        ]
+    )
+    store.add_feedback(FeedbackIn(request_id="r1", corrected_answer="right1"), key_id=1)
+    store.add_feedback(FeedbackIn(request_id="r2", corrected_answer="right2"), key_id=9, by_admin=True)
+    store.add_feedback(FeedbackIn(request_id="r3", corrected_answer="poison"), key_id=2)
+    store.add_feedback(FeedbackIn(request_id="r4", corrected_answer="legacy"))
+
+    def used() -> tuple[list[str | None], int]:
+        examples = labelled_examples(store, "support")
+        return [e.completion for e in examples], len(judged_answers(store, "support", "support@1"))
+
+    monkeypatch.delenv("TUNELOOP_FEEDBACK_TRUST", raising=False)
+    assert used() == (["right1"], 1)
+    monkeypatch.setenv("TUNELOOP_FEEDBACK_TRUST", "requester,admin")
+    assert used() == (["right1", "right2"], 2)
+    monkeypatch.setenv("TUNELOOP_FEEDBACK_TRUST", "admin")
+    assert used() == (["right2"], 1)
+    monkeypatch.setenv("TUNELOOP_FEEDBACK_TRUST", "any")
+    assert used() == (["right1", "right2", "poison", "legacy"], 4)
+    monkeypatch.setenv("TUNELOOP_FEEDBACK_TRUST", "everyone")
+    with pytest.raises(ConfigError, match=r"TUNELOOP_FEEDBACK_TRUST='everyone'.*unknown everyone"):
+        labelled_examples(store, "support")

@@ -224,14 +224,16 @@ def test_prepare_writes_a_runnable_retrain_of_the_live_version(
     write_jsonl(tmp_path / "new-data" / "support.jsonl", [{"prompt": "q1", "completion": "new"}])
     store.add_requests(
         [
-            RequestRecord("r0", "support", "support@1", "q0", "old", 0.1),
-            RequestRecord("r9", "support", "support@1", "q9", "right", 0.1),
-            RequestRecord("r8", "support", "support@1", "q8", "wrong", 0.1),
+            RequestRecord("r0", "support", "support@1", "q0", "old", 0.1, key_id=1),
+            RequestRecord("r9", "support", "support@1", "q9", "right", 0.1, key_id=1),
+            RequestRecord("r8", "support", "support@1", "q8", "wrong", 0.1, key_id=1),
         ]
     )
-    store.add_feedback(FeedbackIn(request_id="r0", corrected_answer="corrected"))
-    store.add_feedback(FeedbackIn(request_id="r9", label="good"))
-    store.add_feedback(FeedbackIn(request_id="r8", label="bad"))  # no right answer: not training data
+    store.add_feedback(FeedbackIn(request_id="r0", corrected_answer="corrected"), key_id=1)
+    store.add_feedback(FeedbackIn(request_id="r9", label="good"), key_id=1)
+    store.add_feedback(
+        FeedbackIn(request_id="r8", label="bad"), key_id=1
+    )  # no right answer: not training data
 
     folder = tmp_path / "retrains" / "support" / "1"
     data = prepare(registry, store, "support", folder)

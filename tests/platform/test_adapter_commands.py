@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from sqlalchemy import text
 
 from tuneloop.platform.apikeys import hash_key
-from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.artifacts import ArtifactStore, Manifest
 from tuneloop.platform.cli import main
 from tuneloop.platform.registry import Registry
 
@@ -105,6 +106,34 @@ def test_import_refuses_bad_adapters(
     lokr = variant(tiny_lora_dir, tmp_path / "lokr", peft_type="LOKR")
     assert "is a LOKR adapter; tuneloop imports" in fails(capsys, "adapters", "import", "c", str(lokr))
     assert Registry().aliases() == {}
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ('{"peft_type": "LORA", "r": "eight"}', "r must be a whole number of at least 1, got 'eight'"),
+        ('{"peft_type": "LORA", "r": 0}', "r must be a whole number of at least 1, got 0"),
+        ('{"peft_type": "LORA"}', "needs `r` (the LoRA rank)"),
+        ('{"peft_type": "LORA", "r": 8, "rank_pattern": [4]}', "rank_pattern must be an object"),
+        ('{"peft_type": "LORA", "r": 8, "rank_pattern": {"q_proj": null}}', "rank_pattern.q_proj must be"),
+        ('["LORA"]', "must hold a JSON object, not list"),
+        ("{not json", "is not valid JSON"),
+        (b"\xff\xfe", "cannot read"),
+    ],
+)
+def test_a_malformed_adapter_config_is_one_line_naming_the_problem(
+    home: Path,
+    tiny_lora_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    config: str | bytes,
+    says: str,
+) -> None:
+    folder = variant(tiny_lora_dir, tmp_path / "malformed")
+    path = folder / "adapter_config.json"
+    path.write_bytes(config if isinstance(config, bytes) else config.encode())
+    line = fails(capsys, "adapters", "import", "m", str(folder))
+    assert says in line and "adapter_config.json" in line
 
 
 def test_promoting_an_unservable_method_is_refused_naming_it(
@@ -198,3 +227,23 @@ def test_a_failed_import_leaves_no_artifact_and_frees_its_version_number(
         connection.execute(text("DROP TRIGGER refuse"))
     assert cli(capsys, "adapters", "import", "support", str(tiny_lora_dir)) == (0, "support@1\n", "")
     assert store.manifest("support", 1).version == 1
+
+
+def test_promoting_a_stored_version_with_a_malformed_config_is_one_line(
+    home: Path, tiny_lora_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version stored before imports checked configs (or by hand) is refused at promotion, naming it."""
+    folder = variant(tiny_lora_dir, tmp_path / "stored", r="eight")
+    registry, store = Registry(), ArtifactStore()
+
+    def put(number: int) -> str:
+        manifest = Manifest(
+            adapter="old", version=number, base_model="m", method="lora", serving="lora",
+            created_at=datetime.now(UTC),
+        )  # fmt: skip
+        return store.put(folder, manifest)
+
+    registry.add_version("old", base_model="m", method="lora", store=put, manifest={"serving": "lora"})
+    line = fails(capsys, "adapters", "promote", "old-bot", "old@1")
+    assert "old@1/adapter_config.json: r must be a whole number of at least 1, got 'eight'" in line
+    assert Registry().aliases() == {}

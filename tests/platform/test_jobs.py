@@ -7,15 +7,17 @@ error reaches the user and the registry. Staging and local validation need no Ra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
-from helpers.servers import RayHead
+from helpers.servers import RayHead, stalled_server
 
 from tuneloop.platform import jobs
 from tuneloop.platform.errors import ConfigError
@@ -141,6 +143,28 @@ def test_unreachable_ray_and_missing_token_are_one_line_errors(tmp_path: Path) -
         assert out.stderr.startswith("tuneloop: error: ") and expected in out.stderr
 
 
+def test_a_stalled_ray_head_is_an_error_after_the_timeout_not_a_hang(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t" * 64)
+    with stalled_server() as address:
+        started = time.monotonic()
+        with pytest.raises(RayUnreachableError, match=r"did not answer within 1 s"):
+            JobsClient(address, token_path=token, timeout=1)
+        assert time.monotonic() - started < 10
+        # The CLI, with the setting, says so in one line.
+        env = {
+            "TUNELOOP_HOME": str(tmp_path / "home"),
+            "RAY_AUTH_TOKEN_PATH": str(token),
+            "TUNELOOP_RAY_ADDRESS": address,
+            "TUNELOOP_RAY_TIMEOUT_S": "1.5",
+        }
+        started = time.monotonic()
+        out = cli("jobs", "status", "x", env=env)
+        assert time.monotonic() - started < 30
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert "did not answer within 1.5 s" in out.stderr and "TUNELOOP_RAY_TIMEOUT_S" in out.stderr
+
+
 # -- against the real head
 
 
@@ -216,3 +240,32 @@ def test_submitted_spec_runs_tuneloop_train_and_its_failure_surfaces(
     assert (job.adapter_name, job.status) == ("jobs-test", "failed")
     assert job.spec["base_model"] == "smollm2-135m"
     assert parse_spec(job.spec).output.adapter == "jobs-test"  # a retrain reads the spec back from here
+
+
+@pytest.mark.slow
+def test_a_job_never_carries_the_registry_password_in_its_runtime_env(
+    on_head: RayHead, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver reaches a password-protected registry URL through a private file; the job's runtime
+    env, read back through the Jobs API (SDK and plain HTTP, as the dashboard reads it), has no password."""
+    password = "hunter2-s3cret"
+    url = f"postgresql+psycopg://tuneloop:{password}@db.internal:5432/tuneloop"
+    monkeypatch.setenv("TUNELOOP_DB_URL", url)
+    script = (
+        "import hashlib; from tuneloop.platform import settings; "
+        "print('url-sha256', hashlib.sha256(settings.TUNELOOP_DB_URL.get().encode()).hexdigest())"
+    )
+    client = JobsClient()
+    job_id = client.submit(f'{sys.executable} -c "{script}"', env_vars=jobs.job_env())
+    assert client.wait(job_id, timeout=120, interval=0.3) == "SUCCEEDED", client.logs(job_id)
+    assert f"url-sha256 {hashlib.sha256(url.encode()).hexdigest()}" in client.logs(job_id)
+    info = client.info(job_id)
+    env_vars = (info.runtime_env or {}).get("env_vars", {})
+    assert env_vars["TUNELOOP_DB_URL_FILE"].startswith(str(home / "secrets" / "registry-url-"))
+    assert password not in json.dumps(info.runtime_env)
+    raw = httpx.get(
+        f"{on_head.address}/api/jobs/{job_id}",
+        headers={"Authorization": f"Bearer {on_head.token}"},
+        timeout=10,
+    )
+    assert raw.status_code == 200 and "TUNELOOP_DB_URL_FILE" in raw.text and password not in raw.text

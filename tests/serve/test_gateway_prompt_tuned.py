@@ -312,10 +312,10 @@ def test_feedback_is_accepted_joined_and_scoped(setup: Setup) -> None:
     outside = error({"request_id": request_id, "rating": 1}, key="lora-only")
     unknown = error({"request_id": "chatcmpl-" + "0" * 32, "rating": 1})
     assert outside[0] == unknown[0] == 404 and outside[1]["code"] == unknown[1]["code"] == "request_not_found"
-    # ... while a key scoped to the adapter that answered may.
-    assert (
-        replica.post("/v1/feedback", {"request_id": fresh, "rating": 4}, key="lora-only").status_code == 201
-    )
+    # Nor can a key scoped to the adapter that answered judge another key's request; an admin may.
+    scoped = error({"request_id": fresh, "rating": 4}, key="lora-only")
+    assert scoped[0] == 404 and scoped[1]["code"] == "request_not_found"
+    assert replica.post("/v1/feedback", {"request_id": fresh, "rating": 4}, key="admin").status_code == 201
     assert error({"request_id": request_id, "rating": 1}, key=None)[0] == 401
     for bad, param in [
         ({"request_id": request_id}, None),  # says nothing

@@ -117,7 +117,7 @@ def test_adapters_that_cannot_be_served_are_refused(
 
 
 def test_missing_adapter_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="not a saved peft adapter"):
+    with pytest.raises(ArtifactError, match="not a PEFT adapter folder"):
         load_virtual_tokens(tmp_path, HIDDEN)
     (tmp_path / "adapter_config.json").write_text(json.dumps(PROMPT_TUNING))
     with pytest.raises(ArtifactError, match="save the adapter with safetensors"):

@@ -86,6 +86,11 @@ job's RayCluster and its Services from it, and those must stay within 63 charact
 {{- default (printf "%s-ray-auth" (include "tuneloop.fullname" .)) .Values.training.rayCluster.auth.existingSecret }}
 {{- end }}
 
+{{/* Name of the Secret holding the control API's bearer token. */}}
+{{- define "tuneloop.controlTokenSecretName" -}}
+{{- default (printf "%s-control-token" (include "tuneloop.fullname" .)) .Values.control.auth.existingSecret }}
+{{- end }}
+
 {{/* Name of the Secret holding the registry URL. */}}
 {{- define "tuneloop.dbSecretName" -}}
 {{- default (printf "%s-db" (include "tuneloop.fullname" .)) .Values.database.secretName }}
