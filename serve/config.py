@@ -22,6 +22,7 @@ from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.errors import ConfigError, NotFoundError
 from tuneloop.platform.models import local_model_dir
 from tuneloop.serve.engine.launch import EngineConfig
+from tuneloop.serve.limits import RequestLimits
 from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
 from tuneloop.serve.routing.resolver import BaseModel
 
@@ -69,6 +70,10 @@ class GatewayConfig:
     lora_target_modules: tuple[str, ...] | None = None
     """The engine's `--lora-target-modules`; None when prompt-embeddings serving is off (unrestricted)."""
     capture: CaptureConfig = field(default_factory=lambda: CaptureConfig(enabled=False))
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    """What one request may ask for (body size, prompts, sequences): serve/limits.py."""
+    shutdown_grace: float = 10.0
+    """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
 
     @property
     def prompt_embeds(self) -> bool:
@@ -119,6 +124,8 @@ class GatewayConfig:
             engine_start_timeout=settings.TUNELOOP_ENGINE_START_TIMEOUT_S.get(),
             lora_target_modules=targets,
             capture=CaptureConfig.from_settings(),
+            limits=RequestLimits.from_settings(),
+            shutdown_grace=max(0.0, settings.TUNELOOP_SHUTDOWN_GRACE_S.get()),
         )
 
 
