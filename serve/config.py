@@ -74,6 +74,11 @@ class GatewayConfig:
     """What one request may ask for (body size, prompts, sequences): serve/limits.py."""
     shutdown_grace: float = 10.0
     """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
+    auth_negative_cache: int = 10_000
+    """Unknown key hashes remembered between snapshots (TUNELOOP_AUTH_NEGATIVE_CACHE)."""
+    auth_lookups: int = 2
+    """Registry lookups of keys at once (TUNELOOP_AUTH_LOOKUPS)."""
+    """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
 
     @property
     def prompt_embeds(self) -> bool:
@@ -126,6 +131,8 @@ class GatewayConfig:
             capture=CaptureConfig.from_settings(),
             limits=RequestLimits.from_settings(),
             shutdown_grace=max(0.0, settings.TUNELOOP_SHUTDOWN_GRACE_S.get()),
+            auth_negative_cache=settings.TUNELOOP_AUTH_NEGATIVE_CACHE.get(),
+            auth_lookups=settings.TUNELOOP_AUTH_LOOKUPS.get(),
         )
 
 

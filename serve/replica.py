@@ -84,7 +84,12 @@ class Replica:
             engine_ready=lambda: self.supervisor.up,
             on_snapshot=lambda: self.keys.forget_fresh(),
         )
-        self.keys = KeyRing(self.registry, lambda: self.follower.snapshot)
+        self.keys = KeyRing(
+            self.registry,
+            lambda: self.follower.snapshot,
+            negative_cache=config.auth_negative_cache,
+            concurrent_lookups=config.auth_lookups,
+        )
         self.in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
 
