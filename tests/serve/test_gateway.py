@@ -469,5 +469,7 @@ def test_a_full_finetune_is_served_by_a_replica_of_its_own(replica: Replica) -> 
         )
         assert raw.headers["x-tuneloop-version"] == "ft@1"
         assert raw.parse().usage.completion_tokens == 4  # type: ignore[union-attr]
-        engine_models = httpx.get(f"{own.engine_url}/v1/models", timeout=10).json()["data"]
+        engine_models = httpx.get(
+            f"{own.engine_url}/v1/models", headers=own.engine_headers(), timeout=10
+        ).json()["data"]
         assert any(Path(m["id"]).parts[-2:] == ("ft", "v1") for m in engine_models), engine_models
