@@ -29,7 +29,7 @@ from tuneloop.serve.config import GatewayConfig
 from tuneloop.serve.engine.lora import EngineLoras
 from tuneloop.serve.engine.pidfile import pid_file
 from tuneloop.serve.engine.supervisor import EngineSupervisor
-from tuneloop.serve.errors import engine_unavailable, too_many_requests
+from tuneloop.serve.errors import engine_unavailable, hide_internal, too_many_requests
 from tuneloop.serve.hooks import prepare_hook
 from tuneloop.serve.proxy import engine_session
 from tuneloop.serve.routing.follower import RegistryFollower
@@ -47,6 +47,14 @@ class Replica:
             engine = dataclasses.replace(config.engine, api_key=secrets.token_urlsafe(32))
             config = dataclasses.replace(config, engine=engine)
         self.config = config
+        hide_internal(
+            str(config.cache_dir),
+            str(config.log_dir.parent),  # TUNELOOP_HOME
+            config.artifacts,
+            config.db_url,
+            str(config.run_dir or ""),
+            *((config.base.engine,) if config.base.engine != config.base.public else ()),
+        )
         self.fatal: str | None = None
         self._on_fatal = on_fatal
         # httpx for the control calls (health, adapter loads, metrics); completions go through
