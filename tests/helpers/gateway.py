@@ -105,10 +105,16 @@ def state_env(home: Path) -> dict[str, str]:
 
 @contextmanager
 def start_gateway(
-    model: str, home: Path, *, extra_env: Mapping[str, str] | None = None, ready_timeout: float = 300.0
+    model: str,
+    home: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    ready_timeout: float = 300.0,
+    port: int | None = None,
+    engine_port: int | None = None,
 ) -> Iterator[Gateway]:
-    """`tuneloop serve --model MODEL` on free ports; yields once /ready answers 200."""
-    port, engine_port = free_port(), free_port()
+    """`tuneloop serve --model MODEL` on free ports (or the given ones); yields once /ready answers 200."""
+    port, engine_port = port or free_port(), engine_port or free_port()
     env = child_env(
         {
             **state_env(home),
