@@ -5,18 +5,11 @@ helper it spawned without ever killing by name: SIGTERM to the group, a grace pe
 to the group. Helpers that left the group (a `setsid` of their own) are remembered by PID while the
 server runs and stopped the same way. Output goes to a log file whose tail is quoted when the server
 dies before it is ready, so the error says why.
-
-A server that must never outlive the process that started it (the gateway's vLLM engine) is
-started with `die_with_parent`: the kernel sends it SIGKILL when its parent dies
-(`prctl(PR_SET_PDEATHSIG)`), which covers the SIGKILL of the parent, where no cleanup code runs.
-The signal follows the parent *thread*, so such a server must be started from a thread that lives
-as long as the process (the gateway starts its engine on the event loop's main thread).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -38,22 +31,6 @@ log = logging.getLogger(__name__)
 
 class ProcessStartError(TuneloopError):
     """A managed server exited or never answered its health URL; the message quotes its log."""
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """A `preexec_fn` that makes the child get SIGKILL when `parent` dies (Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, in the parent: nothing to load after fork
-    prctl = libc.prctl
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -128,7 +105,6 @@ class ManagedProcess:
         name: str | None = None,
         ready_timeout: float = 180.0,
         ready_check: Callable[[ManagedProcess], bool] | None = None,
-        die_with_parent: bool = False,
     ) -> None:
         self.argv = [str(arg) for arg in argv]
         self.log_path = log_path
@@ -139,7 +115,6 @@ class ManagedProcess:
         self.name = name or Path(self.argv[0]).name
         self.ready_timeout = ready_timeout
         self.ready_check = ready_check
-        self.die_with_parent = die_with_parent
         self.ready_seconds: float | None = None
         self._popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -162,7 +137,6 @@ class ManagedProcess:
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid()) if self.die_with_parent else None,
         )
         log.info("started %s (pid %d), log %s", self.name, self._popen.pid, self.log_path)
         return self

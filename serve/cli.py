@@ -66,7 +66,7 @@ def serve(*, model: str, host: str | None = None, port: int | None = None) -> No
 
     def _exit_after(seconds: float) -> None:
         time.sleep(seconds)
-        # Something hung the orderly stop: leave now; the kernel kills the engine with us.
+        # Something hung the orderly stop: leave now; the engine's guard stops it when we are gone.
         log.error("the gateway did not stop within %.0f s of the signal; exiting", seconds)
         os._exit(1)
 

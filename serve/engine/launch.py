@@ -15,6 +15,7 @@ vLLM guards every `/v1` path with it; `/health` and `/metrics` stay open.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,19 +96,29 @@ def engine_env(api_key: str = "") -> dict[str, str]:
 
 
 def engine_process(
-    config: EngineConfig, log_dir: Path, *, ready_timeout: float = 300.0, die_with_parent: bool = False
+    config: EngineConfig, log_dir: Path, *, ready_timeout: float = 300.0, guarded: bool = False
 ) -> ManagedProcess:
     """A not-yet-started engine process; use it as a context manager or call start/wait_healthy/stop.
 
-    `die_with_parent`: the kernel kills the engine when the process that started it dies, however
-    it dies (SIGKILL included): see `ManagedProcess`.
+    `guarded`: start it under the guard (engine/guard.py), which stops the engine's whole process
+    group when the process calling this dies, however it dies (SIGKILL included).
     """
+    argv = engine_argv(config)
+    if guarded:
+        argv = [
+            sys.executable,
+            "-m",
+            "tuneloop.serve.engine.guard",
+            "--parent",
+            str(os.getpid()),
+            "--",
+            *argv,
+        ]
     return ManagedProcess(
-        engine_argv(config),
+        argv,
         log_path=log_dir / f"vllm-{config.port}.log",
         health_url=f"{config.url}/health",
         env=engine_env(config.api_key),
         name="vllm",
         ready_timeout=ready_timeout,
-        die_with_parent=die_with_parent,
     )

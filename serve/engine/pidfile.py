@@ -1,11 +1,11 @@
 """The engine's pid file: which engine a replica started on a port, so a later replica can tell.
 
-With the parent-death signal (platform/procs.py) an engine dies with its gateway, but an engine
-started by an older build, or one whose gateway was stopped in a way that signal misses, may still
-hold the port. A new replica must never kill a process it did not start, so it reclaims the port
-only when everything matches what its predecessor wrote here: the pid, that process's start time
-(a reused pid has another), its command line (a vLLM server on exactly this port), and that the
-gateway which started it is gone. Anything else is refused with a message that says what holds the
+With its guard (engine/guard.py) an engine dies with its gateway, but an engine started by an
+older build, or one whose guard was killed along with its gateway, may still hold the port. A new
+replica must never kill a process it did not start, so it reclaims the port only when everything
+matches what its predecessor wrote here: the pid, that process's start time (a reused pid has
+another), its command line (a vLLM server on exactly this port), and that the gateway which
+started it is gone. Anything else is refused with a message that says what holds the
 port and what to do.
 """
 

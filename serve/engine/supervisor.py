@@ -2,10 +2,9 @@
 
 The engine runs as a subprocess in its own process group (engine/launch.py via platform/procs.py),
 on loopback, on its own port, with an API key only the gateway holds: clients only ever reach it
-through the gateway. It dies with the gateway process however that dies (the parent-death signal,
-so it is started from the event loop's thread, which lives as long as the process), and its pid
-file (engine/pidfile.py) lets a later replica tell an engine left behind from anything else. The
-supervisor:
+through the gateway. Its group is led by a guard (engine/guard.py) that stops it when the gateway
+process dies however it dies, and its pid file (engine/pidfile.py) lets a later replica tell an
+engine left behind from anything else. The supervisor:
 
 - starts it and waits for `/health` in a worker thread (the event loop keeps answering 503s);
 - watches it: the process exiting is noticed within `poll_s`; `/health` failing `max_failures`
@@ -115,12 +114,10 @@ class EngineSupervisor:
             await asyncio.to_thread(self.process.stop, 5.0)
             self._forget()
         self.process = engine_process(
-            self.config, self._log_dir, ready_timeout=self._ready_timeout, die_with_parent=True
+            self.config, self._log_dir, ready_timeout=self._ready_timeout, guarded=True
         )
         try:
-            # On this thread, not a worker's: the parent-death signal fires when the thread that
-            # started the engine ends, and only the event loop's thread lives as long as the process.
-            self.process.start()
+            await asyncio.to_thread(self.process.start)
             if self._pid_file is not None:
                 record_engine(self._pid_file, self.process.pid, self.config.port)
             seconds = await asyncio.to_thread(self.process.wait_healthy)
