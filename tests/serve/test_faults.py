@@ -383,7 +383,7 @@ def test_a_killed_engine_is_503_with_retry_after_then_back_with_its_adapters(sta
                 response.headers["Retry-After"] and response.json()["error"]["code"] == "engine_unavailable"
             )
         time.sleep(0.2)
-    assert statuses[-1] == 503, statuses
+    assert set(statuses) == {503}, statuses
     _wait(lambda: httpx.get(f"{replica.gateway.url}/ready", timeout=10).status_code == 200, timeout=300)
     back = time.monotonic() - killed
     state.engine_pids.update(replica.gateway.engine_pids())
