@@ -376,7 +376,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     with start_gateway(str(model_dir), home, extra_env=env) as running:
         engine_pids.update(running.engine_pids())
         print(f"gateway {running.url} (pid {running.process.pid}), engine {running.engine_url}", flush=True)
-        async with session(key) as through, session() as straight:
+        async with session(key) as through, session(running.engine_headers()) as straight:
             gateway, engine = Server(running.url, through), Server(running.engine_url, straight)
             async with straight.get(f"{engine.url}/v1/models") as response:
                 engine_model = (await response.json())["data"][0]["id"]

@@ -10,6 +10,7 @@ never disagree on the format.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -18,6 +19,14 @@ from tuneloop.platform.registry import Registry
 
 KEY_PREFIX = "tl-"
 SHOWN_PREFIX_CHARS = 10
+SECRET_BYTES = 32
+# `tl-` + token_urlsafe(32): 43 characters of the URL-safe base64 alphabet, no padding.
+KEY_FORMAT = re.compile(r"tl-[A-Za-z0-9_-]{43}")
+
+
+def well_formed(key: str) -> bool:
+    """Whether `key` has the shape `create_key` gives every key: checked before any lookup."""
+    return KEY_FORMAT.fullmatch(key) is not None
 
 
 def hash_key(key: str) -> str:
@@ -53,7 +62,7 @@ def create_key(registry: Registry, *, scopes: list[str], admin: bool) -> NewKey:
             f"unknown alias or adapter {', '.join(map(repr, unknown))} in --scope; "
             f"known: {', '.join(sorted(known)) or 'none yet'} (see `tuneloop adapters list`)"
         )
-    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    secret = KEY_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
     prefix = secret[:SHOWN_PREFIX_CHARS]
     registry.add_api_key(hash_key(secret), prefix, scopes=scopes, admin=admin)
     return NewKey(secret=secret, prefix=prefix, scopes=tuple(scopes), admin=admin)

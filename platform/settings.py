@@ -256,6 +256,61 @@ TUNELOOP_MAX_IN_FLIGHT: Var[int] = Var(
     lambda: 64,
     "Completion requests one gateway proxies at once; more are answered 429 with Retry-After.",
 )
+TUNELOOP_MAX_BODY_BYTES: Var[int] = Var(
+    "TUNELOOP_MAX_BODY_BYTES",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 2**20,
+    "Largest request body the gateway reads (bytes); a larger one is answered 413 as soon as it "
+    "passes the limit, before the rest is read. Parsing holds the interpreter, so this bounds how "
+    "long one request's JSON can delay all others (~50 ms per MiB on a busy core).",
+)
+TUNELOOP_MAX_PROMPTS: Var[int] = Var(
+    "TUNELOOP_MAX_PROMPTS",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 32,
+    "Most prompts in one /v1/completions request (a list of texts or of token-id lists).",
+)
+TUNELOOP_MAX_PROMPT_LENGTH: Var[int] = Var(
+    "TUNELOOP_MAX_PROMPT_LENGTH",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 65_536,
+    "Longest prompt: characters of a text prompt (of all a chat's message texts together), or "
+    "token ids of a tokenised one.",
+)
+TUNELOOP_MAX_SEQUENCES: Var[int] = Var(
+    "TUNELOOP_MAX_SEQUENCES",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 64,
+    "Most sequences one request may ask the engine for: `n` times the number of prompts.",
+)
+TUNELOOP_MAX_EMBED_PROMPT_LENGTH: Var[int] = Var(
+    "TUNELOOP_MAX_EMBED_PROMPT_LENGTH",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 16_384,
+    "Longest prompt of a prompt-tuned or P-tuned version (characters, or token ids), checked before "
+    "the gateway tokenises and embeds it (that work runs in the gateway process).",
+)
+TUNELOOP_AUTH_NEGATIVE_CACHE: Var[int] = Var(
+    "TUNELOOP_AUTH_NEGATIVE_CACHE",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 10_000,
+    "Unknown API keys remembered (by hash, least recently seen dropped first) so a repeated bad key "
+    "costs no registry lookup until the next registry change.",
+)
+TUNELOOP_AUTH_LOOKUPS: Var[int] = Var(
+    "TUNELOOP_AUTH_LOOKUPS",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 2,
+    "Registry lookups of keys not yet in the replica's snapshot that may run at once; the worker "
+    "threads the registry follower needs are never all taken by a flood of random keys.",
+)
+TUNELOOP_SHUTDOWN_GRACE_S: Var[float] = Var(
+    "TUNELOOP_SHUTDOWN_GRACE_S",
+    float,
+    lambda: 10.0,
+    "On SIGTERM the gateway stops accepting connections and lets requests in flight finish for up "
+    "to this many seconds, then stops its engine; the whole stop is bounded by this plus 30 s.",
+)
 TUNELOOP_REGISTRY_POLL_S: Var[float] = Var(
     "TUNELOOP_REGISTRY_POLL_S",
     float,
@@ -410,6 +465,13 @@ TUNELOOP_FEEDBACK_TRUST: Var[frozenset[str]] = Var(
     "comma-separated: `requester` (given by the key that made the request), `admin` (given by an "
     "admin key), `any` (every stored feedback, also feedback recorded before keys were). Other "
     "feedback is kept but not used.",
+)
+TUNELOOP_CAPTURE_MAX_FIELD_CHARS: Var[int] = Var(
+    "TUNELOOP_CAPTURE_MAX_FIELD_CHARS",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 32_768,
+    "Most characters of a captured prompt or answer that are redacted and stored; the rest is cut "
+    "and the stored text ends with `…[truncated N chars]`.",
 )
 
 # -- the monitoring loop: evaluation, drift policy, promotion gate, control API (monitoring/)

@@ -30,6 +30,8 @@ from tuneloop.monitoring.capture import (
     FeedbackIn,
     RequestRecord,
 )
+from tuneloop.monitoring.capture.redact import bounded
+from tuneloop.platform import settings
 from tuneloop.serve.call import Call
 from tuneloop.serve.config import CaptureConfig
 from tuneloop.serve.protocol import SamplingFields
@@ -50,6 +52,8 @@ class Capture:
             redact=config.redact,
         )
         self._store: CaptureStore | None = None
+        # Cut here as well as in the writer, so a call never keeps megabytes of prompt until it closes.
+        self._max_chars = settings.TUNELOOP_CAPTURE_MAX_FIELD_CHARS.get()
         self._store_lock = threading.Lock()
 
     @property
@@ -61,7 +65,8 @@ class Capture:
         """Have `call` submitted for capture when it closes (the writer decides if it is sampled);
         `key_id`: the registry id of the requesting key, the only key allowed to give feedback on it
         besides admin keys."""
-        call.prompt, call.capturing, call.on_close = prompt_text(parsed), True, self.submit
+        prompt = bounded(prompt_text(parsed, self._max_chars), self._max_chars)
+        call.prompt, call.capturing, call.on_close = prompt, True, self.submit
         call.key_id = key_id
 
     def submit(self, call: Call) -> None:
@@ -73,7 +78,7 @@ class Capture:
             alias=call.requested,
             version=call.version,
             prompt=call.prompt,
-            answer="".join(call.answer),
+            answer=bounded("".join(call.answer), self._max_chars),
             latency_s=max(0.0, ended - call.started),
             prompt_tokens=_count(usage.get("prompt_tokens")),
             completion_tokens=_count(usage.get("completion_tokens")),
@@ -121,14 +126,28 @@ class Capture:
             return self._store
 
 
-def prompt_text(parsed: SamplingFields) -> str:
-    """The prompt as captured: text as sent; chats, several prompts or token ids as JSON."""
+def prompt_text(parsed: SamplingFields, limit: int = 0) -> str:
+    """The prompt as captured: text as sent; chats, several prompts or token ids as JSON.
+
+    With `limit`, only about that many characters are built (the caller cuts exactly): a chat of
+    many long messages is not serialised whole only to be thrown away.
+    """
     messages = getattr(parsed, "messages", None)
     if isinstance(messages, list):
-        dumped = [m.model_dump(mode="json", exclude_none=True) for m in messages]
+        dumped, size = [], 0
+        for message in messages:
+            dumped.append(message.model_dump(mode="json", exclude_none=True))
+            content = dumped[-1].get("content")
+            size += len(content) if isinstance(content, str) else len(str(content))
+            if limit and size > limit:
+                break
         return json.dumps(dumped, ensure_ascii=False)
     prompt = getattr(parsed, "prompt", "")
-    return prompt if isinstance(prompt, str) else json.dumps(prompt)
+    if isinstance(prompt, str):
+        return prompt
+    if limit and isinstance(prompt, list) and len(prompt) > limit:
+        prompt = prompt[:limit]
+    return json.dumps(prompt)
 
 
 def status_of(http_status: int) -> CaptureStatus:

@@ -13,7 +13,10 @@ def serve(*, model: str, host: str | None = None, port: int | None = None) -> No
     Starts a vLLM engine (LoRA and prompt embeddings enabled, loopback, TUNELOOP_ENGINE_PORT) and
     the gateway in front of it, which follows the registry: promoted versions are loaded, then their
     aliases switched; sampled requests are captured for feedback and drift detection. Stop with
-    Ctrl-C (the engine stops too, the capture writer is flushed).
+    Ctrl-C or SIGTERM: it stops accepting connections, lets requests in flight finish for up to
+    TUNELOOP_SHUTDOWN_GRACE_S, stops the engine and flushes the capture writer; if that takes 30 s
+    more than the grace period, it exits anyway (the engine dies with it). The engine never
+    outlives the gateway, even one killed with SIGKILL.
 
     Args:
         model: A model folder, a pulled model name, or ADAPTER@N of a full/partial fine-tune.
@@ -21,6 +24,10 @@ def serve(*, model: str, host: str | None = None, port: int | None = None) -> No
         port: Port of the gateway (default: TUNELOOP_PORT).
     """
     import logging
+    import os
+    import threading
+    import time
+    from types import FrameType
 
     import uvicorn
 
@@ -42,21 +49,40 @@ def serve(*, model: str, host: str | None = None, port: int | None = None) -> No
         if server is not None:
             server.should_exit = True
 
+    log = logging.getLogger(__name__)
+
+    class Server(uvicorn.Server):
+        """uvicorn's server with a hard deadline on stopping, so SIGTERM always ends the replica."""
+
+        deadline_armed = False
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if not self.deadline_armed:
+                self.deadline_armed = True
+                threading.Thread(
+                    target=_exit_after, args=(config.shutdown_grace + 30.0,), daemon=True
+                ).start()
+
+    def _exit_after(seconds: float) -> None:
+        time.sleep(seconds)
+        # Something hung the orderly stop: leave now; the engine's guard stops it when we are gone.
+        log.error("the gateway did not stop within %.0f s of the signal; exiting", seconds)
+        os._exit(1)
+
     app = create_app(config, on_fatal=on_fatal)
-    server = uvicorn.Server(
+    server = Server(
         uvicorn.Config(
             app,
             host=bind,
             port=chosen_port,
             log_level=logging.getLevelName(logging.getLogger().level).lower(),
             access_log=False,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=max(1, round(config.shutdown_grace)),
             lifespan="on",
         )
     )
-    logging.getLogger(__name__).info(
-        "gateway on http://%s:%d/v1 for %s (engine on %s)", bind, chosen_port, model, config.engine.url
-    )
+    log.info("gateway on http://%s:%d/v1 for %s (engine on %s)", bind, chosen_port, model, config.engine.url)
     server.run()
     if fatal:
         raise TuneloopError(f"the engine for {model} could not start: {fatal[0]}")

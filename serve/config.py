@@ -22,6 +22,8 @@ from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.errors import ConfigError, NotFoundError
 from tuneloop.platform.models import local_model_dir
 from tuneloop.serve.engine.launch import EngineConfig
+from tuneloop.serve.engine.pidfile import reclaim_port
+from tuneloop.serve.limits import RequestLimits
 from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
 from tuneloop.serve.routing.resolver import BaseModel
 
@@ -69,6 +71,17 @@ class GatewayConfig:
     lora_target_modules: tuple[str, ...] | None = None
     """The engine's `--lora-target-modules`; None when prompt-embeddings serving is off (unrestricted)."""
     capture: CaptureConfig = field(default_factory=lambda: CaptureConfig(enabled=False))
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    """What one request may ask for (body size, prompts, sequences): serve/limits.py."""
+    shutdown_grace: float = 10.0
+    """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
+    auth_negative_cache: int = 10_000
+    """Unknown key hashes remembered between snapshots (TUNELOOP_AUTH_NEGATIVE_CACHE)."""
+    auth_lookups: int = 2
+    """Registry lookups of keys at once (TUNELOOP_AUTH_LOOKUPS)."""
+    run_dir: Path | None = None
+    """Where the engine's pid file goes (TUNELOOP_HOME/run); None writes none."""
+    """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
 
     @property
     def prompt_embeds(self) -> bool:
@@ -81,11 +94,10 @@ class GatewayConfig:
         cache_dir = settings.TUNELOOP_CACHE_DIR.get()
         base = resolve_base(model, cache_dir / "models")
         engine_port = settings.TUNELOOP_ENGINE_PORT.get()
+        run_dir = settings.TUNELOOP_HOME.get() / "run"
         if port_in_use(engine_port):
-            raise ConfigError(
-                f"engine port {engine_port} is in use; "
-                "set TUNELOOP_ENGINE_PORT to a free port for this replica"
-            )
+            # Reclaimed only from an engine a replica of this home left behind; otherwise refused.
+            reclaim_port(engine_port, run_dir, port_in_use)
         targets = engine_lora_targets()
         try:
             extra_args = prompt_embeds_engine_args(targets) if targets is not None else []
@@ -119,6 +131,11 @@ class GatewayConfig:
             engine_start_timeout=settings.TUNELOOP_ENGINE_START_TIMEOUT_S.get(),
             lora_target_modules=targets,
             capture=CaptureConfig.from_settings(),
+            limits=RequestLimits.from_settings(),
+            shutdown_grace=max(0.0, settings.TUNELOOP_SHUTDOWN_GRACE_S.get()),
+            auth_negative_cache=settings.TUNELOOP_AUTH_NEGATIVE_CACHE.get(),
+            auth_lookups=settings.TUNELOOP_AUTH_LOOKUPS.get(),
+            run_dir=run_dir,
         )
 
 

@@ -4,12 +4,17 @@ Everything the gateway refuses is an `OpenAIError` carrying its HTTP status; the
 by `install_handlers` turn it, FastAPI's own errors and any unexpected exception into that shape, so
 a client never sees a stack trace. `from_engine` re-shapes vLLM's answers (its context-length 400
 included) and puts the client's model name back where vLLM wrote the engine-side one.
+
+No error body shows where the replica keeps things: every message passes `scrubbed`, which
+replaces the folders and URLs the replica registered with `hide_internal` (its home, cache,
+artifact store, registry URL, the engine's model folder) and any object-store or file URI.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +24,24 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+_INTERNAL: list[str] = []
+STORE_URI = re.compile(r"\b(?:s3a?|gs|gcs|az|abfss?|hdfs|file|sqlite|postgresql(?:\+\w+)?)://[^\s'\"`]*")
+
+
+def hide_internal(*values: str) -> None:
+    """Never show these strings (folders, URLs of this replica's state) in an error body."""
+    for value in values:
+        if value and len(value) > 1 and value not in _INTERNAL:
+            _INTERNAL.append(value)
+    _INTERNAL.sort(key=len, reverse=True)  # the longest first: a folder before its parent
+
+
+def scrubbed(message: str) -> str:
+    """`message` with internal folders and store URIs replaced by placeholders."""
+    for value in _INTERNAL:
+        if value in message:
+            message = message.replace(value, "<internal>")
+    return STORE_URI.sub("<store>", message)
 
 
 class OpenAIError(Exception):
@@ -50,7 +73,8 @@ class OpenAIError(Exception):
         )
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        message = scrubbed(self.message)
+        return {"error": {"message": message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

@@ -1,10 +1,11 @@
 """The path every completion request takes, shared by /v1/chat/completions and /v1/completions.
 
-key (401) -> body (400) -> model name (404 / 400 / 501) -> engine up (503) -> in-flight slot (429)
--> adapter lease (loaded on demand) or prompt embeddings (prompt-tuned versions) -> proxy. Checks
-that cost nothing come first, and nothing is held (slot, lease) before the request is known to be
-acceptable. Whatever happens, the request's `Call` is closed once: metrics recorded, slot and lease
-given back, and the request handed to capture (serve/capture.py) if it resolved to a model.
+key (401) -> body (413 while it streams in; 400) -> limits (400) -> model name (404 / 400 / 501)
+-> engine up (503) -> in-flight slot (429) -> adapter lease (loaded on demand) or prompt embeddings
+(prompt-tuned versions) -> proxy. Checks that cost nothing come first, and nothing is held (slot,
+lease) before the request is known to be acceptable. Whatever happens, the request's `Call` is
+closed once: metrics recorded, slot and lease given back, and the request handed to capture
+(serve/capture.py) if it resolved to a model.
 
 Every request gets its id here (`chatcmpl-…` / `cmpl-…`): the `id` of the answer and of every
 stream event, the `X-Request-Id` header of every answer (errors included), the engine's request id
@@ -30,6 +31,7 @@ from tuneloop.serve.call import Call
 from tuneloop.serve.engine.lora import AdapterLoadError
 from tuneloop.serve.errors import OpenAIError, bad_request, engine_unavailable
 from tuneloop.serve.hooks import prompt_embeds_hook
+from tuneloop.serve.limits import check_embed_prompt, check_request, read_body
 from tuneloop.serve.protocol import SamplingFields, engine_body, parse_body
 from tuneloop.serve.proxy import REQUEST_ID_HEADER, forward, open_stream
 from tuneloop.serve.replica import Replica
@@ -48,9 +50,13 @@ async def complete(request: Request, endpoint: str, schema: type[SamplingFields]
     streaming = False
     try:
         principal = await replica.keys.authenticate(request.headers.get("authorization"))
-        parsed = parse_body(await request.body(), schema)
+        limits = replica.config.limits
+        parsed = parse_body(await read_body(request, limits.max_body_bytes), schema)
+        check_request(parsed, limits)
         follower = replica.follower
         target = replica.resolver.resolve(parsed.model, principal, follower.snapshot, follower.live)
+        if target.kind == "prompt_embeddings":
+            check_embed_prompt(parsed, limits)  # before any tokenising or embedding
         call.label(target)
         if replica.capture.on:
             replica.capture.watch(call, parsed, principal.key_id)

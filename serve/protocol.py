@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.serve.errors import OpenAIError, bad_request
 
-MAX_BODY_BYTES = 16 * 2**20
 CLIENT_FORBIDDEN_FIELDS = ("prompt_embeds",)
 """Engine inputs no client may send: the engine takes prompt embeddings (for prompt-tuned versions),
 but only ones the gateway built; a client's own tensors are unpickled by the engine and bypass the
@@ -52,9 +51,10 @@ M = TypeVar("M", bound=SamplingFields)
 
 
 def parse_body(raw: bytes, schema: type[M]) -> M:
-    """`raw` validated as `schema`, or a 400 naming the first bad field (413 when far too large)."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise OpenAIError(413, f"Request body over {MAX_BODY_BYTES} bytes.", code="request_too_large")
+    """`raw` validated as `schema`, or a 400 naming the first bad field.
+
+    The body's size was bounded while it was read (serve/limits.py): this parse holds the interpreter.
+    """
     try:
         parsed = schema.model_validate_json(raw)
     except ValidationError as exc:

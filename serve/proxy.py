@@ -40,11 +40,16 @@ ENGINE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=600.0)
 UNREACHABLE = "The engine is not reachable (restarting?); retry shortly."
 
 
-def engine_session() -> aiohttp.ClientSession:
-    """The session completions are proxied with (create it on the running event loop)."""
+def engine_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+    """The session completions are proxied with (create it on the running event loop).
+
+    `headers` go with every request: the engine's API key (serve/engine/launch.py).
+    """
     # No pool limit: the in-flight cap (TUNELOOP_MAX_IN_FLIGHT) bounds connections already.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, timeout=ENGINE_TIMEOUT, auto_decompress=False)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=ENGINE_TIMEOUT, auto_decompress=False, headers=headers
+    )
 
 
 async def forward(

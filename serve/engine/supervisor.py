@@ -1,7 +1,10 @@
 """The gateway's vLLM engine: started, watched, restarted when it dies, its adapters reloaded.
 
 The engine runs as a subprocess in its own process group (engine/launch.py via platform/procs.py),
-on loopback, on its own port: clients only ever reach it through the gateway. The supervisor:
+on loopback, on its own port, with an API key only the gateway holds: clients only ever reach it
+through the gateway. Its group is led by a guard (engine/guard.py) that stops it when the gateway
+process dies however it dies, and its pid file (engine/pidfile.py) lets a later replica tell an
+engine left behind from anything else. The supervisor:
 
 - starts it and waits for `/health` in a worker thread (the event loop keeps answering 503s);
 - watches it: the process exiting is noticed within `poll_s`; `/health` failing `max_failures`
@@ -16,6 +19,7 @@ While the state is not UP, requests are answered 503 with Retry-After at once (a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +31,7 @@ import httpx
 from tuneloop.monitoring import metrics
 from tuneloop.platform.procs import ManagedProcess, ProcessStartError
 from tuneloop.serve.engine.launch import EngineConfig, engine_process
+from tuneloop.serve.engine.pidfile import forget_engine, record_engine
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class EngineSupervisor:
         poll_s: float = 0.25,
         health_every_s: float = 2.0,
         max_failures: int = 3,
+        pid_file: Path | None = None,
     ) -> None:
         self.config, self._log_dir, self._client = config, log_dir, client
         self._on_up, self._on_fatal, self._ready_timeout = on_up, on_fatal, ready_timeout
@@ -63,6 +69,7 @@ class EngineSupervisor:
         self.restarts = 0
         self.last_error = ""
         self.ever_up = asyncio.Event()
+        self._pid_file = pid_file
 
     @property
     def up(self) -> bool:
@@ -91,6 +98,7 @@ class EngineSupervisor:
         self._set(EngineState.STOPPED)
         if self.process is not None:
             await asyncio.to_thread(self.process.stop, 10.0)
+            self._forget()
 
     async def probe(self, timeout: float = 1.0) -> bool:
         """Whether the engine answers /health right now."""
@@ -104,9 +112,14 @@ class EngineSupervisor:
         self._set(EngineState.STARTING)
         if self.process is not None:  # whatever is left of the previous engine's group
             await asyncio.to_thread(self.process.stop, 5.0)
-        self.process = engine_process(self.config, self._log_dir, ready_timeout=self._ready_timeout)
+            self._forget()
+        self.process = engine_process(
+            self.config, self._log_dir, ready_timeout=self._ready_timeout, guarded=True
+        )
         try:
             await asyncio.to_thread(self.process.start)
+            if self._pid_file is not None:
+                record_engine(self._pid_file, self.process.pid, self.config.port)
             seconds = await asyncio.to_thread(self.process.wait_healthy)
         except ProcessStartError as exc:
             self.last_error = str(exc).splitlines()[0]
@@ -139,6 +152,13 @@ class EngineSupervisor:
         code = await asyncio.to_thread(self.process.stop, 5.0)
         self.last_error = f"engine (pid {self.process.pid}) {reason}, exit code {code}"
         log.error("%s; its log ends:\n%s", self.last_error, self.process.log_tail(15))
+
+    def _forget(self) -> None:
+        """Drop the pid file once its engine is gone (it names a live engine only)."""
+        if self._pid_file is None or self.process is None or self.process.alive():
+            return
+        with contextlib.suppress(ProcessStartError):  # never started: nothing was recorded
+            forget_engine(self._pid_file, self.process.pid)
 
     def _set(self, state: EngineState) -> None:
         self.state = state

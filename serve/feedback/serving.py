@@ -22,8 +22,9 @@ from tuneloop.monitoring.metrics import BASE_VERSION
 from tuneloop.serve.auth.keys import Principal
 from tuneloop.serve.errors import OpenAIError
 from tuneloop.serve.feedback.protocol import FeedbackIn, FeedbackOut
+from tuneloop.serve.limits import read_body
 from tuneloop.serve.pipeline import replica_of
-from tuneloop.serve.protocol import MAX_BODY_BYTES, as_bad_request
+from tuneloop.serve.protocol import as_bad_request
 from tuneloop.serve.replica import Replica
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,7 @@ async def create_feedback(request: Request) -> FeedbackOut:
     """Validate, check scope, store (see the module docstring)."""
     replica = replica_of(request)
     principal = await replica.keys.authenticate(request.headers.get("authorization"))
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise OpenAIError(413, f"Request body over {MAX_BODY_BYTES} bytes.", code="request_too_large")
+    raw = await read_body(request, replica.config.limits.max_body_bytes)
     try:
         feedback = FeedbackIn.model_validate_json(raw)
     except ValidationError as exc:

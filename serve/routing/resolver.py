@@ -6,7 +6,9 @@ Names, in the order they are tried:
   is the new version only once that version is loaded;
 - a pinned version: `adapter@N`, or `alias@N` meaning version N of the alias's adapter.
 Anything else, and anything outside the key's scope, is the same 404. Versions that exist but
-cannot be served here get an error that says why and what to do instead.
+cannot be served here get an error that says why and what to do instead. A version the gate has
+not passed yet (`candidate`) is served only to admin keys, which is how the gate and evaluations
+call it; to every other key it does not exist. A `rejected` version is served to nobody.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from tuneloop.serve.hooks import prompt_embeds_hook
 from tuneloop.serve.routing.snapshot import Snapshot, VersionInfo
 
 Kind = Literal["base", "lora", "prompt_embeddings"]
+CANDIDATE, REJECTED = "candidate", "rejected"
+
+
+def _may_pin(info: VersionInfo, principal: Principal) -> bool:
+    """Whether `principal` may call `info` by its version name: candidates are for admin keys only."""
+    return info.status != CANDIDATE or principal.admin
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class Resolver:
         if sep and number.isdigit():
             adapter = snapshot.adapter_of_alias(name) or name
             info = snapshot.version(adapter, int(number))
-            if info is not None and principal.may_use(adapter, snapshot):
+            if info is not None and principal.may_use(adapter, snapshot) and _may_pin(info, principal):
                 refusal = self.refusal(info)
                 if refusal is not None:
                     raise refusal
@@ -107,9 +115,16 @@ class Resolver:
         """Why this replica cannot serve `info`, as the error a client gets; None if it can."""
         if info.ref == self.base.version:
             return None
-        if not self._on_our_base(info.base_model):
+        if info.status == REJECTED:
             return bad_request(
-                f"{info.ref} is for base model {info.base_model}; this replica serves {self.base.public}",
+                f"{info.ref} was rejected (see `tuneloop adapters history {info.adapter}`) and is not served",
+                param="model",
+                code="model_not_servable",
+            )
+        if not self._on_our_base(info.base_model):
+            return bad_request(  # the other base is named by its folder: not said here
+                f"{info.ref} was trained on another base model than `{self.base.public}`, which this "
+                "replica serves; call it on a replica of its own base model",
                 param="model",
                 code="model_not_servable",
             )
@@ -146,6 +161,8 @@ class Resolver:
                 entries.append(ModelEntry(id=alias, parent=self.base.public, root=ref))
         for ref, info in sorted(snapshot.versions.items()):
             if ref == self.base.version or not principal.may_use(info.adapter, snapshot):
+                continue
+            if not _may_pin(info, principal):
                 continue
             if self.refusal(info) is None:
                 entries.append(ModelEntry(id=ref, parent=self.base.public, root=ref))

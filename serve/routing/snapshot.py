@@ -26,6 +26,9 @@ class VersionInfo:
     method: str
     serving: Serving
     base_model: str
+    status: str = "live"
+    """The registry's status: `candidate` versions are served to admin keys only (the gate
+    evaluates them that way), `rejected` ones to nobody; `live` and `retired` to the adapter's keys."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def load_snapshot(registry: Registry, store: ArtifactStore, serving_cache: dict[
             method=row.method,
             serving=serving_cache[row.ref],
             base_model=row.adapter.base_model,
+            status=str(row.status),
         )
     keys = {
         k.key_hash: key_info(k.key_hash, k.prefix, k.admin, list(k.scopes), k.id) for k in registry.api_keys()

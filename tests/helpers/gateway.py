@@ -52,6 +52,15 @@ class Gateway:
         """PIDs of the vLLM engine the gateway runs now (a child of the gateway process)."""
         return [pid for pid in _children(self.process.pid) if b"vllm.entrypoints" in _cmdline(pid)]
 
+    def engine_headers(self) -> dict[str, str]:
+        """The engine's API key, as only its owner can read it (/proc/<pid>/environ), for tests that peek."""
+        for pid in self.engine_pids():
+            for entry in _environ(pid):
+                name, _, value = entry.partition(b"=")
+                if name == b"VLLM_API_KEY":
+                    return {"Authorization": f"Bearer {value.decode()}"}
+        return {}
+
 
 @dataclass
 class Replica:
@@ -72,7 +81,9 @@ class Replica:
         return httpx.post(f"{self.gateway.url}{path}", content=content, headers=headers, timeout=60, **kw)
 
     def engine_adapters(self) -> set[str]:
-        models = httpx.get(f"{self.gateway.engine_url}/v1/models", timeout=10).json()["data"]
+        models = httpx.get(
+            f"{self.gateway.engine_url}/v1/models", headers=self.gateway.engine_headers(), timeout=10
+        ).json()["data"]
         return {m["id"] for m in models if m.get("parent")}
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -94,10 +105,16 @@ def state_env(home: Path) -> dict[str, str]:
 
 @contextmanager
 def start_gateway(
-    model: str, home: Path, *, extra_env: Mapping[str, str] | None = None, ready_timeout: float = 300.0
+    model: str,
+    home: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    ready_timeout: float = 300.0,
+    port: int | None = None,
+    engine_port: int | None = None,
 ) -> Iterator[Gateway]:
-    """`tuneloop serve --model MODEL` on free ports; yields once /ready answers 200."""
-    port, engine_port = free_port(), free_port()
+    """`tuneloop serve --model MODEL` on free ports (or the given ones); yields once /ready answers 200."""
+    port, engine_port = port or free_port(), engine_port or free_port()
     env = child_env(
         {
             **state_env(home),
@@ -150,6 +167,13 @@ def _children(pid: int) -> list[int]:
         if fields[0] not in {"Z", "X"} and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def _cmdline(pid: int) -> bytes:

@@ -67,6 +67,7 @@ from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
+from tuneloop.platform.registry.models import VersionStatus
 from tuneloop.platform.settings import LOOPBACK
 
 SCHEMA = REPO.parent / "shared" / "schemas" / "grafana-dashboard.schema.json"
@@ -385,6 +386,7 @@ def test_every_query_returns_data_from_a_real_prometheus(
         folder = build_random_lora(tiny_model_dir, work / f"bot{number}", rank=8, seed=number)
         import_adapter("bot", folder, registry=registry, store=store, max_lora_rank=16)
     registry.promote("bot", "bot@1")
+    registry.set_status("bot@2", VersionStatus.RETIRED)  # candidates are for admin keys; "bot" pins it
     keys = {
         "bot": create_key(registry, scopes=["bot"], admin=False).secret,
         "admin": create_key(registry, scopes=[], admin=True).secret,  # Prometheus scrapes with it

@@ -35,6 +35,7 @@ from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.artifacts import ArtifactStore, Manifest
 from tuneloop.platform.procs import group_members
 from tuneloop.platform.registry import Registry
+from tuneloop.platform.registry.models import VersionStatus
 from tuneloop.serve.hooks import prompt_embeds_hook
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,9 @@ def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     _add_full_finetune(registry, store, tiny_model_dir, work / "ft")
     registry.promote("bot", "bot@1")
+    # Released before (retired), so keys scoped to `bot` may pin them; candidates are admin-only.
+    registry.set_status("bot@2", VersionStatus.RETIRED)
+    registry.set_status("bot@3", VersionStatus.RETIRED)
     registry.promote("other", "other@1")
     registry.promote("ia3-bot", "ia3ad@1")  # bypassing the CLI's check: the gateway must refuse it too
     registry.promote("soft-bot", "soft@1")
@@ -469,5 +473,7 @@ def test_a_full_finetune_is_served_by_a_replica_of_its_own(replica: Replica) -> 
         )
         assert raw.headers["x-tuneloop-version"] == "ft@1"
         assert raw.parse().usage.completion_tokens == 4  # type: ignore[union-attr]
-        engine_models = httpx.get(f"{own.engine_url}/v1/models", timeout=10).json()["data"]
+        engine_models = httpx.get(
+            f"{own.engine_url}/v1/models", headers=own.engine_headers(), timeout=10
+        ).json()["data"]
         assert any(Path(m["id"]).parts[-2:] == ("ft", "v1") for m in engine_models), engine_models

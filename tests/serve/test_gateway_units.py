@@ -179,3 +179,16 @@ def test_engines_take_prompt_embeddings_by_default_with_lora_on_linear_layers(
     monkeypatch.setenv("TUNELOOP_CAPTURE_REDACT", "no.such.module:redact")
     with pytest.raises(ConfigError, match=r"no\.such\.module:redact"):
         GatewayConfig.from_settings(str(tiny_model_dir))
+
+
+def test_error_bodies_never_show_internal_folders_or_store_uris() -> None:
+    from tuneloop.serve.errors import hide_internal
+
+    hide_internal("/srv/tuneloop-home", "/srv/tuneloop-home/cache")
+    error = OpenAIError(
+        500,
+        "cannot fetch a@1: /srv/tuneloop-home/cache/adapters/a/v1 missing; s3://bucket/prefix/a/v1 gone",
+    )
+    message = error.body()["error"]["message"]
+    assert "/srv/tuneloop-home" not in message and "s3://" not in message
+    assert message == "cannot fetch a@1: <internal>/adapters/a/v1 missing; <store> gone"

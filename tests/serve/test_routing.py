@@ -78,7 +78,9 @@ def test_unservable_versions_say_why(resolver: Resolver) -> None:
     caught = error(resolver, "scaled@1")
     assert caught.status == 400 and "ia3" in caught.message
     caught = error(resolver, "alien@1")
-    assert caught.status == 400 and "/models/other" in caught.message
+    # The other base is a folder of some machine: the message says what is wrong without naming it.
+    assert caught.status == 400 and "another base model" in caught.message
+    assert "/models/other" not in caught.message
     caught = error(resolver, "ia3-bot")  # an alias the follower refused and never switched
     assert caught.status == 400 and "ia3" in caught.message
 
@@ -103,3 +105,27 @@ def test_scopes_name_aliases_or_adapters() -> None:
     assert by_adapter.may_use("billing", SNAPSHOT) and not by_adapter.may_use("support", SNAPSHOT)
     assert SUPPORT.may_use("support", SNAPSHOT) and not SUPPORT.may_use("billing", SNAPSHOT)
     assert ADMIN.may_use("anything", SNAPSHOT)
+
+
+def test_candidates_are_for_admin_keys_and_rejected_versions_for_nobody(resolver: Resolver) -> None:
+    snapshot = Snapshot(
+        event_id=2,
+        versions={
+            "support@1": VersionInfo("support@1", "support", 1, "lora", "lora", BASE, "live"),
+            "support@3": VersionInfo("support@3", "support", 3, "lora", "lora", BASE, "candidate"),
+            "support@4": VersionInfo("support@4", "support", 4, "lora", "lora", BASE, "rejected"),
+        },
+        aliases={"support-bot": "support@1"},
+    )
+    live = {"support-bot": "support@1"}
+    assert resolver.resolve("support@3", ADMIN, snapshot, live).version == "support@3"
+    with pytest.raises(OpenAIError) as hidden:
+        resolver.resolve("support@3", SUPPORT, snapshot, live)
+    assert hidden.value.code == "model_not_found"  # the same 404 as a version that does not exist
+    for who in (ADMIN, SUPPORT):
+        with pytest.raises(OpenAIError) as refused:
+            resolver.resolve("support@4", who, snapshot, live)
+        assert refused.value.code == "model_not_servable" and "rejected" in refused.value.message
+    assert {e.id for e in resolver.visible(SUPPORT, snapshot, live)} == {"tiny", "support-bot", "support@1"}
+    assert "support@3" in {e.id for e in resolver.visible(ADMIN, snapshot, live)}
+    assert "support@4" not in {e.id for e in resolver.visible(ADMIN, snapshot, live)}
