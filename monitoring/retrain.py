@@ -21,7 +21,10 @@ A question whose newest answer differs from the one the previous data gave has *
 * `train.jsonl`: the previous training and validation examples less every question with a newer
   answer or held out above (thinned to TUNELOOP_RETRAIN_REPLAY by the same stable hash), plus the
   remaining fresh examples. Replaying what is still true keeps the retrained version from
-  forgetting it; leaving out what changed keeps the old answer from fighting the new one.
+  forgetting it; leaving out what changed keeps the old answer from fighting the new one. Where
+  recent labels replaced an answer on most of the questions asked again (`stale_answers`: a class
+  whose rule changed), examples still giving that answer on questions nobody asked again are left
+  out of every file: more likely wrong than right now.
 
 No question of `train.jsonl` is in another file, and none is in it twice, so the job's leakage
 check cannot refuse data the loop built itself. The spec is the previous one with these files
@@ -76,6 +79,7 @@ TRAIN_FILE, TEST_FILE, GATE_FILE, UNCHANGED_FILE, SPEC_FILE = (
     "job.yaml",
 )
 ONSET_DETECTOR = "feedback_cusum"  # the check whose drift decisions carry a change point
+STALE_MIN = 5  # re-asked questions an old answer needs before it can count as mostly replaced
 
 
 @dataclass
@@ -126,11 +130,16 @@ def refresh(
             latest.pop(key, None)  # re-insert: the last answer to a question wins
             latest[key] = ex
             (recent_keys.add if is_recent else recent_keys.discard)(key)
-    old_answers = {ex.prompt_key(): _answer(ex) for ex in (*previous, *previous_test)}
+    old_answers = {ex.prompt_key(): _answer(ex) for ex in (*earlier, *previous, *previous_test)}
     changed = {key for key, ex in latest.items() if key in old_answers and _answer(ex) != old_answers[key]}
+    stale = stale_answers(old_answers, {k: _answer(ex) for k, ex in latest.items() if k in recent_keys})
+
+    def doubtful(ex: Example) -> bool:  # an answer feedback mostly changed, on a question not asked since
+        return ex.prompt_key() not in recent_keys and _answer(ex) in stale
+
     test_keys = {ex.prompt_key() for ex in previous_test}
-    test = [latest.get(ex.prompt_key(), ex) for ex in previous_test]
-    unchanged = [ex for ex in previous_test if ex.prompt_key() not in changed]
+    test = [t for ex in previous_test if not doubtful(t := latest.get(ex.prompt_key(), ex))]
+    unchanged = [ex for ex in previous_test if ex.prompt_key() not in changed and not doubtful(ex)]
     # The gate's new ground truth: recent labels of test questions (held out anyway), topped up to
     # `gate_share` of all recently labelled questions with others, lowest stable hash first (so a
     # question held out once is held out again by the next retrain).
@@ -141,11 +150,11 @@ def refresh(
     extra = set(others[: max(0, round(gate_share * len(recent_keys)) - len(recent_test))])
     gate = [ex for key, ex in latest.items() if key in extra or key in recent_test]
     held = test_keys | {ex.prompt_key() for ex in gate}
-    fresh = [ex for key, ex in latest.items() if key not in held]
+    fresh = [ex for key, ex in latest.items() if key not in held and not doubtful(ex)]
     kept, seen = [], set()
     for ex in previous:
         key = ex.prompt_key()
-        if key in latest or key in held or ex.key() in seen:
+        if key in latest or key in held or ex.key() in seen or doubtful(ex):
             continue
         seen.add(ex.key())
         kept.append(ex)
@@ -156,6 +165,7 @@ def refresh(
         "previous_superseded": sum(1 for ex in previous if ex.prompt_key() in latest),
         "previous_replayed": len(replayed),
         "changed": len(changed),
+        "doubtful_left_out": sum(doubtful(ex) for ex in (*previous, *latest.values(), *previous_test)),
         "fresh": len(latest),
         "fresh_recent": len(recent_keys),
         "other_format": other,
@@ -165,6 +175,21 @@ def refresh(
         "train": len(replayed) + len(fresh),
     }
     return RetrainData(train=[*replayed, *fresh], gate=gate, unchanged=unchanged, test=test, counts=counts)
+
+
+def stale_answers(old: dict[str, str | None], new: dict[str, str | None], least: int = STALE_MIN) -> set[str]:
+    """Answers that recent labels mostly replaced: among the questions asked again since the onset
+    whose earlier answer was A, at least half have another answer now (and at least `least` were
+    asked). Where answers are classes (a team, a label), the rule changed for A as a whole, so an
+    example still answering A that nobody checked again is more likely wrong than right: a retrain
+    leaves it out rather than teach the old rule beside the new one. Free-text answers rarely repeat,
+    so they seldom reach `least`."""
+    flips: dict[str, list[bool]] = {}
+    for key, answer in new.items():
+        before = old.get(key)
+        if key in old and before is not None:
+            flips.setdefault(before, []).append(answer != before)
+    return {a for a, seen in flips.items() if len(seen) >= least and 2 * sum(seen) >= len(seen)}
 
 
 def drift_onset(registry: Registry, alias: str) -> datetime | None:

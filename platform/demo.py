@@ -68,8 +68,8 @@ def job_spec(model_dir: Path, train: Path) -> dict[str, Any]:
         "hyperparameters": {
             "learning_rate": 1e-3,
             "batch_size": 8,
-            "max_steps": 30,
-            "eval_every": 15,
+            "max_steps": 40,
+            "eval_every": 20,
             "warmup_steps": 5,
         },
         "early_stopping": {"patience": 2},

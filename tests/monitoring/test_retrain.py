@@ -60,6 +60,7 @@ def test_the_newest_answer_to_a_question_wins() -> None:
         "previous_superseded": 1,
         "previous_replayed": 1,
         "changed": 1,
+        "doubtful_left_out": 0,
         "fresh": 2,
         "fresh_recent": 2,
         "other_format": 0,
@@ -84,6 +85,24 @@ def test_test_questions_never_reach_training_and_carry_the_newest_answer() -> No
     assert pairs(data.gate) == [("x1", "a"), ("x2", "b")]  # recent labels of test questions
     assert ("t1", "b") in pairs(data.train) and ("t1", "a") not in pairs(data.train)
     assert data.counts["changed"] == 2 and len(data.train) == len({ex.prompt_key() for ex in data.train})
+
+
+def test_an_answer_that_recent_labels_mostly_replaced_is_not_replayed_unchecked() -> None:
+    """Tickets about parcels went to `shipping`; since the re-organisation 5 of the 6 asked again go
+    to `logistics`. Parcel tickets nobody asked again still say `shipping`: left out everywhere."""
+    previous = [pc(f"parcel {i}", "shipping") for i in range(10)] + [
+        pc(f"bill {i}", "billing") for i in range(8)
+    ]
+    test = [pc("parcel t", "shipping"), pc("bill t", "billing")]
+    recent = [pc(f"parcel {i}", "logistics") for i in range(5)] + [pc("parcel 5", "shipping")]
+    recent += [pc(f"bill {i}", "billing") for i in range(6)]
+    data = refresh(previous, test, [], recent, replay=1.0, gate_share=0.0)
+    trained = dict(pairs(data.train))
+    assert all(trained[f"parcel {i}"] == "logistics" for i in range(5)) and trained["parcel 5"] == "shipping"
+    assert not any(f"parcel {i}" in trained for i in range(6, 10))  # unchecked `shipping`: doubtful
+    assert all(trained[f"bill {i}"] == "billing" for i in range(8))  # a class that kept its answer
+    assert pairs(data.unchanged) == [("bill t", "billing")] and pairs(data.test) == [("bill t", "billing")]
+    assert data.counts["doubtful_left_out"] == 5
 
 
 def test_only_labels_since_the_onset_are_new_ground_truth() -> None:
