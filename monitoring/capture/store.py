@@ -88,8 +88,12 @@ class CaptureStore:
         for attempt in range(3):
             try:
                 with self._sessions.begin() as session:
+                    # The request's row locked (PostgreSQL; SQLite serialises writers anyway): two
+                    # feedbacks on one request replace each other in turn instead of racing.
                     known = session.scalar(
-                        select(CapturedRequest.id).where(CapturedRequest.request_id == feedback.request_id)
+                        select(CapturedRequest.id)
+                        .where(CapturedRequest.request_id == feedback.request_id)
+                        .with_for_update()
                     )
                     if known is None:
                         raise UnknownRequestError(
