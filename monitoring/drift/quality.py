@@ -137,7 +137,7 @@ class FeedbackAccuracyDetector(DriftDetector[bool, FeedbackAccuracyConfig]):
     def _compare(self, reference: Sequence[bool], recent: Sequence[bool]) -> DriftResult:
         cfg = self.config
         n1, n2 = len(reference), len(recent)
-        k1, k2 = _count_correct(reference, "reference"), _count_correct(recent, "recent")
+        k1, k2 = count_correct(reference, "reference"), count_correct(recent, "recent")
         before, after = k1 / n1, k2 / n2
         drop = before - after
         test = cfg.test
@@ -171,10 +171,12 @@ def _finite(values: Sequence[float], side: str) -> np.ndarray:
     return array
 
 
-def _count_correct(values: Sequence[bool], side: str) -> int:
+def count_correct(values: Sequence[bool], side: str, detector: str = "feedback_accuracy") -> int:
+    """How many labels say "right"; anything but True/False (or 1/0) is a DriftInputError naming
+    `detector` and the `side` it came in."""
     bad = [v for v in values if v not in (True, False)]  # 0 and 1 compare equal to them, too
     if bad:
-        raise DriftInputError(f"feedback_accuracy: {side} labels must be True/False or 1/0, found {bad[:3]}")
+        raise DriftInputError(f"{detector}: {side} labels must be True/False or 1/0, found {bad[:3]}")
     return sum(bool(v) for v in values)
 
 

@@ -35,12 +35,12 @@ from pydantic import Field
 from tuneloop.monitoring.drift.base import (
     DetectorConfig,
     DriftDetector,
-    DriftInputError,
     DriftResult,
     fmt,
     register,
     sizes,
 )
+from tuneloop.monitoring.drift.quality import count_correct
 
 
 class FeedbackCusumConfig(DetectorConfig):
@@ -72,8 +72,8 @@ class FeedbackCusumDetector(DriftDetector[bool, FeedbackCusumConfig]):
 
     def _compare(self, reference: Sequence[bool], recent: Sequence[bool]) -> DriftResult:
         cfg = self.config
-        errors_ref = len(reference) - _count_correct(reference, "reference")
-        _count_correct(recent, "recent")
+        errors_ref = len(reference) - count_correct(reference, "reference", self.name)
+        count_correct(recent, "recent", self.name)
         # Capped so that e1 stays a rate: a reference that bad leaves nothing to watch for anyway.
         e0 = min(reference_error_rate(errors_ref, len(reference), cfg.reference_margin), 0.999 - cfg.shift)
         e1 = e0 + cfg.shift
@@ -133,10 +133,3 @@ def excursion_start(path: Sequence[float]) -> int:
         if path[i] == 0.0:
             return i
     return 0
-
-
-def _count_correct(values: Sequence[bool], side: str) -> int:
-    bad = [v for v in values if v not in (True, False)]
-    if bad:
-        raise DriftInputError(f"feedback_cusum: {side} labels must be True/False or 1/0, found {bad[:3]}")
-    return sum(bool(v) for v in values)
