@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from tuneloop.platform.registry import Registry
 
 log = logging.getLogger(__name__)
-EVALUATED = "evaluation"  # Registry.add_evaluation's event
 RETRAIN_DUE = "retrain.due"
 RECENT_WINDOW = timedelta(days=1)
 
@@ -180,17 +179,9 @@ def evaluation_due(
 ) -> bool:
     """Whether the live version of `alias` has gone TUNELOOP_EVAL_INTERVAL_S without an evaluation
     on one of `suites`: evaluating is the slow part of a round, the drift checks are cheap."""
-    ref = registry.aliases()[alias]
-    names = {suite.name for suite in suites}
-    now = now or datetime.now(UTC)
+    last = registry.last_evaluated(registry.aliases()[alias], [suite.name for suite in suites])
     interval = timedelta(seconds=settings.TUNELOOP_EVAL_INTERVAL_S.get())
-    for event in reversed(registry.history(adapter_of(registry, alias))):
-        if now - aware(event.created_at) >= interval:
-            break
-        version, _, suite = event.message.partition(" on ")
-        if event.kind == EVALUATED and version == ref and suite in names:
-            return False
-    return True
+    return last is None or (now or datetime.now(UTC)) - last >= interval
 
 
 @dataclass

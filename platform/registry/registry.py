@@ -7,8 +7,9 @@ is never a version without its adapter, or an alias moved without its event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -348,6 +349,16 @@ class Registry:
             version = self._resolve(session, ref)
             session.add(Evaluation(version_id=version.id, suite=suite, metrics=metrics))
             self._event(session, version.adapter, "evaluation", f"{version.ref} on {suite}", metrics)
+
+    def last_evaluated(self, ref: str, suites: Collection[str]) -> datetime | None:
+        """When `ref` was last evaluated on one of `suites` (UTC), or None if never."""
+        with self.transaction() as session:
+            version = self._resolve(session, ref)
+            query = select(func.max(Evaluation.created_at)).where(
+                Evaluation.version_id == version.id, Evaluation.suite.in_(list(suites))
+            )
+            found = session.scalar(query)
+            return None if found is None else found if found.tzinfo else found.replace(tzinfo=UTC)
 
     def add_event(self, ref: str, kind: str, message: str, detail: dict[str, Any] | None = None) -> None:
         """Record an event in the history of the adapter behind `ref` (an alias, `adapter@N`, or an

@@ -221,3 +221,22 @@ def test_the_input_detectors_of_a_round_are_configurable(
     monkeypatch.setenv("TUNELOOP_DRIFT_INPUT_DETECTORS", "no_such_detector")
     failed = run_round(registry, store)[0]  # one alias's bad configuration is reported, not raised
     assert failed.error is not None and "unknown drift detector 'no_such_detector'" in failed.error
+
+
+def test_evaluation_is_due_once_per_interval_per_live_version(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, timedelta
+
+    from tuneloop.monitoring.control.loop import evaluation_due
+    from tuneloop.monitoring.evaluation.suite import Suite
+
+    monkeypatch.setenv("TUNELOOP_EVAL_INTERVAL_S", "3600")
+    suites = [Suite("golden", (), "g.jsonl")]
+    assert evaluation_due(registry, "support", suites)  # never evaluated
+    registry.add_evaluation("support@1", "feedback", {"exact_match": 1.0})  # a gate's, not a suite's
+    assert evaluation_due(registry, "support", suites)
+    registry.add_evaluation("support@1", "golden", {"exact_match": 1.0})
+    assert not evaluation_due(registry, "support", suites)
+    later = datetime.now(UTC) + timedelta(hours=1, seconds=1)
+    assert evaluation_due(registry, "support", suites, now=later)
