@@ -7,8 +7,7 @@
 # binaries only, never a service.
 #
 # Debian's package asks invoke-rc.d to start its own cluster (5432); we deny service starts for the
-# install through /usr/sbin/policy-rc.d (exit 101; the previous policy is put back after), as
-# scripts/install-prometheus.sh does.
+# install through /usr/sbin/policy-rc.d (scripts/apt-install-no-start.sh, as install-prometheus.sh).
 # Idempotent: does nothing when initdb and pg_ctl are found (on PATH or in /usr/lib/postgresql/*/bin).
 set -euo pipefail
 
@@ -39,22 +38,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-policy=/usr/sbin/policy-rc.d
-saved=""
-if [[ -e "$policy" ]]; then
-    saved=$(mktemp)
-    cp -p "$policy" "$saved"
-fi
-restore_policy() {
-    if [[ -n "$saved" ]]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
-}
-trap restore_policy EXIT
-printf '#!/bin/sh\nexit 101\n' > "$policy"
-chmod 755 "$policy"
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends postgresql
+"$(dirname "$0")/apt-install-no-start.sh" postgresql
 
 if ! have_binaries; then
     echo "install-postgres: the postgresql package did not provide initdb and pg_ctl" >&2

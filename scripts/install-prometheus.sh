@@ -8,8 +8,8 @@
 #
 # Debian's package ships a systemd unit and a SysV script (/etc/init.d/prometheus), and its postinst
 # asks invoke-rc.d to start it (9090, all interfaces). Containers usually deny that through
-# /usr/sbin/policy-rc.d; we deny it ourselves for the install (exit 101, the previous policy is put
-# back after), and fail if anything listens on :9090 afterwards that did not before.
+# /usr/sbin/policy-rc.d; we deny it ourselves for the install (scripts/apt-install-no-start.sh), and
+# fail if anything listens on :9090 afterwards that did not before.
 # Idempotent: does nothing when /usr/bin/prometheus and /usr/bin/promtool are already there.
 set -euo pipefail
 
@@ -33,23 +33,7 @@ fi
 listening_9090() { (ss -Hltn 'sport = :9090' 2>/dev/null || true) | grep -c . || true; }
 before=$(listening_9090)
 
-# Deny service starts during this install (invoke-rc.d consults policy-rc.d), then restore.
-policy=/usr/sbin/policy-rc.d
-saved=""
-if [[ -e "$policy" ]]; then
-    saved=$(mktemp)
-    cp -p "$policy" "$saved"
-fi
-restore_policy() {
-    if [[ -n "$saved" ]]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
-}
-trap restore_policy EXIT
-printf '#!/bin/sh\nexit 101\n' > "$policy"
-chmod 755 "$policy"
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends prometheus
+"$(dirname "$0")/apt-install-no-start.sh" prometheus
 
 for tool in "$PROMETHEUS" "$PROMTOOL"; do
     if [[ ! -x "$tool" ]]; then
