@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,7 +31,6 @@ import yaml
 from helpers.helm import (
     CHART,
     HELM,
-    MONITORING,
     NO_HELM,
     RELEASE,
     REPO,
@@ -49,6 +46,7 @@ from helpers.helm import (
     one,
     pod_specs,
     ray_pods,
+    render_notes,
     unique_docs,
 )
 
@@ -741,20 +739,7 @@ def test_service_monitors_scrape_gateway_engine_and_control_plane(rendered: dict
 
 @pytest.mark.parametrize("value_set", ["default", "everything-on", "everything-off"])
 def test_notes_tell_how_to_call_the_endpoint_and_submit_training(tmp_path: Path, value_set: str) -> None:
-    # helm template never prints NOTES.txt: a copy of the chart renders it into a ConfigMap.
-    chart = tmp_path / "helm" / "tuneloop"
-    shutil.copytree(CHART, chart, symlinks=True)
-    os.symlink(MONITORING, tmp_path / "monitoring")
-    (chart / "templates" / "zz-notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
-        '  notes: {{ include "tuneloop/templates/NOTES.txt" . | quote }}\n'
-    )
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(VALUE_SETS[value_set]))
-    proc = helm(
-        "template", RELEASE, chart, "-n", "ml", "-f", values, "--show-only", "templates/zz-notes.yaml"
-    )
-    notes = yaml.safe_load(proc.stdout)["data"]["notes"]
+    notes = render_notes(tmp_path, VALUE_SETS[value_set])
     assert 'OpenAI(base_url="http://127.0.0.1:8000/v1"' in notes
     assert "kubectl -n ml port-forward svc/tl-tuneloop-serving 8000:8000" in notes
     assert "exec deploy/tl-tuneloop-control -- tuneloop keys create --admin" in notes

@@ -3,15 +3,22 @@ TUNELOOP_CONTROL_TOKEN_FILE names, and the same Secret as Alertmanager's bearer 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
-from helpers.helm import CHART, HELM, MONITORING, NO_HELM, RELEASE, Doc, Renderer, by_kind, env_of, helm, one
+from helpers.helm import (
+    HELM,
+    NO_HELM,
+    RELEASE,
+    Doc,
+    Renderer,
+    by_kind,
+    env_of,
+    one,
+    render_notes,
+)
 
 pytestmark = pytest.mark.skipif(HELM is None, reason=NO_HELM)
 FULL = f"{RELEASE}-tuneloop"
@@ -82,20 +89,7 @@ def test_jobs_from_the_control_plane_leave_the_registry_url_to_the_cluster(rende
 
 @pytest.mark.parametrize("alertmanager", [False, True])
 def test_notes_say_where_the_webhook_token_is(tmp_path: Path, alertmanager: bool) -> None:
-    # helm template never prints NOTES.txt: a copy of the chart renders it into a ConfigMap.
-    chart = tmp_path / "helm" / "tuneloop"
-    shutil.copytree(CHART, chart, symlinks=True)
-    os.symlink(MONITORING, tmp_path / "monitoring")
-    (chart / "templates" / "zz-notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
-        '  notes: {{ include "tuneloop/templates/NOTES.txt" . | quote }}\n'
-    )
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"monitoring": {"alertmanagerConfig": {"enabled": alertmanager}}}))
-    proc = helm(
-        "template", RELEASE, chart, "-n", "ml", "-f", values, "--show-only", "templates/zz-notes.yaml"
-    )
-    notes = yaml.safe_load(proc.stdout)["data"]["notes"]
+    notes = render_notes(tmp_path, {"monitoring": {"alertmanagerConfig": {"enabled": alertmanager}}})
     assert "http://tl-tuneloop-control.ml.svc:8080/v1/alerts" in notes
     assert "Secret tl-tuneloop-control-token (key token)" in notes
     assert ("AlertmanagerConfig tl-tuneloop-control routes" in notes) is alertmanager

@@ -54,6 +54,25 @@ def helm(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[s
     return proc
 
 
+def render_notes(tmp_path: Path, values: dict[str, Any], namespace: str = "ml") -> str:
+    """The chart's NOTES.txt for `values`. `helm template` never prints NOTES.txt, so a copy of the
+    chart under `tmp_path` renders it into a ConfigMap."""
+    chart = tmp_path / "helm" / "tuneloop"
+    shutil.copytree(CHART, chart, symlinks=True)
+    os.symlink(MONITORING, tmp_path / "monitoring")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        '  notes: {{ include "tuneloop/templates/NOTES.txt" . | quote }}\n'
+    )
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    proc = helm(
+        "template", RELEASE, chart, "-n", namespace, "-f", path, "--show-only", "templates/zz-notes.yaml"
+    )
+    notes: str = yaml.safe_load(proc.stdout)["data"]["notes"]
+    return notes
+
+
 @dataclass
 class Renderer:
     """`helm template` with a cache, so each (values, chart, release) renders once per session."""
