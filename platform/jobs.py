@@ -62,19 +62,20 @@ def load_and_check(spec_path: Path) -> JobSpec:
     from tuneloop.train.spec import load_spec
 
     spec = load_spec(spec_path)
-    remote = False
+    local: dict[str, Path] = {}
     for key in DATA_KEYS:
         path = getattr(spec.data, key)
         if path is None:
             continue
         if not path.exists() and not _was_relative(spec_path, key):
             log.warning("data.%s %s is not on this machine; it must exist where the job runs", key, path)
-            remote = True
             continue
-        minimum = spec.data.min_examples if key == "train" else 1
-        read_examples(path, task=spec.task, min_examples=minimum)
-    if not remote:
-        make_splits(spec.data, spec.task)
+        local[key] = path
+    if len(local) == sum(getattr(spec.data, key) is not None for key in DATA_KEYS):
+        make_splits(spec.data, spec.task)  # reads and checks every file, then splits as the job will
+        return spec
+    for key, path in local.items():
+        read_examples(path, task=spec.task, min_examples=spec.data.min_examples if key == "train" else 1)
     return spec
 
 
