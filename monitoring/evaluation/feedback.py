@@ -55,14 +55,10 @@ def correctness(request: CapturedRequest, feedback: Feedback) -> bool | None:
     return None
 
 
-def judged_answers(store: CaptureStore, alias: str, version: str) -> list[bool]:
-    """Right/wrong per answer of `version` served under `alias` whose feedback says which (its
-    latest feedback counts), ordered by feedback time, oldest first: the feedback-accuracy sample."""
-    return [verdict for _, verdict in judged_with_times(store, alias, version)]
-
-
 def judged_with_times(store: CaptureStore, alias: str, version: str) -> list[tuple[datetime, bool]]:
-    """`judged_answers` with the time of the feedback that decided each verdict."""
+    """Right/wrong per answer of `version` served under `alias` whose trusted feedback says which
+    (its latest feedback counts), with that feedback's time, oldest first: the sample of the
+    feedback drift check."""
     latest: dict[str, tuple[datetime, bool]] = {}
     trust = settings.TUNELOOP_FEEDBACK_TRUST.get()
     for request, feedback in store.with_feedback(alias):

@@ -19,7 +19,7 @@ from openai import OpenAI
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.evaluation import evaluate, golden_suite, labelled_examples, run_suite
-from tuneloop.monitoring.evaluation.feedback import captured_prompt, correctness, judged_answers
+from tuneloop.monitoring.evaluation.feedback import captured_prompt, correctness, judged_with_times
 from tuneloop.platform.errors import ConfigError
 from tuneloop.platform.registry import Registry
 from tuneloop.serve.capture import prompt_text
@@ -234,6 +234,10 @@ def test_correctness_of_one_feedback(
     assert correctness(request, row) is verdict
 
 
+def verdicts(store: CaptureStore, alias: str, version: str) -> list[bool]:
+    return [verdict for _, verdict in judged_with_times(store, alias, version)]
+
+
 def test_judged_answers_are_the_versions_latest_verdicts_by_feedback_time(store: CaptureStore) -> None:
     store.add_requests(
         [
@@ -247,11 +251,11 @@ def test_judged_answers_are_the_versions_latest_verdicts_by_feedback_time(store:
     for request_id, verdict in [("r1", "good"), ("r2", "bad"), ("r3", "good"), ("r5", "good"), ("r1", "bad")]:
         store.add_feedback(FeedbackIn(request_id=request_id, label=verdict), key_id=1)
     store.add_feedback(FeedbackIn(request_id="r4", rating=3), key_id=1)  # says neither
-    assert judged_answers(store, "support", "support@1") == [False, False]  # r2, then r1's newer "bad"
+    assert verdicts(store, "support", "support@1") == [False, False]  # r2, then r1's newer "bad"
     store.add_feedback(FeedbackIn(request_id="r2", rating=5), key_id=1)
-    assert judged_answers(store, "support", "support@1") == [False, True]  # r1, then r2's newer rating
-    assert judged_answers(store, "support", "support@2") == [True]
-    assert judged_answers(store, "support", "support@9") == []
+    assert verdicts(store, "support", "support@1") == [False, True]  # r1, then r2's newer rating
+    assert verdicts(store, "support", "support@2") == [True]
+    assert verdicts(store, "support", "support@9") == []
 
 
 def test_captured_prompt_is_what_the_gateway_captures(tmp_path: Path) -> None:
@@ -289,7 +293,7 @@ def test_only_trusted_feedback_becomes_training_data_or_judges_answers(
 
     def used() -> tuple[list[str | None], int]:
         examples = labelled_examples(store, "support")
-        return [e.completion for e in examples], len(judged_answers(store, "support", "support@1"))
+        return [e.completion for e in examples], len(verdicts(store, "support", "support@1"))
 
     monkeypatch.delenv("TUNELOOP_FEEDBACK_TRUST", raising=False)
     assert used() == (["right1"], 1)

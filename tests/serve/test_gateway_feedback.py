@@ -20,7 +20,7 @@ from helpers.gateway import Replica, start_gateway
 from helpers.tiny_model import build_random_lora
 
 from tuneloop.monitoring.capture import CapturedRequest, CaptureStore
-from tuneloop.monitoring.evaluation.feedback import judged_answers, labelled_examples
+from tuneloop.monitoring.evaluation.feedback import judged_with_times, labelled_examples
 from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key, hash_key
 from tuneloop.platform.artifacts import ArtifactStore, Manifest
@@ -127,9 +127,11 @@ def test_only_the_requester_or_an_admin_may_judge_a_request(
     assert _feedback(replica, "admin", request_id=request_id, label="good")[0] == 201
     ((_, stored),) = capture.with_feedback("bot")
     assert (stored.key_id, stored.by_admin) == (key_ids["admin"], True)
-    assert labelled_examples(capture, "bot") == [] and judged_answers(capture, "bot", "bot@1") == []
+    assert labelled_examples(capture, "bot") == [] and judged_with_times(capture, "bot", "bot@1") == []
     monkeypatch.setenv("TUNELOOP_FEEDBACK_TRUST", "requester,admin")
-    assert len(labelled_examples(capture, "bot")) == 1 and judged_answers(capture, "bot", "bot@1") == [True]
+    assert len(labelled_examples(capture, "bot")) == 1 and [
+        v for _, v in judged_with_times(capture, "bot", "bot@1")
+    ] == [True]
 
     # No key secret (nor its hash) is in the capture database.
     database = Path(capture.engine.url.database or "")
