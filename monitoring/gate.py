@@ -37,13 +37,13 @@ from tuneloop.monitoring.evaluation.runner import EvalResult, evaluate, record
 from tuneloop.monitoring.evaluation.suite import FEEDBACK, GOLDEN, UNCHANGED
 from tuneloop.platform import settings
 from tuneloop.platform.errors import TuneloopError
-from tuneloop.platform.registry.models import VersionStatus
+from tuneloop.platform.registry.tables import VersionStatus
 
 if TYPE_CHECKING:
     from openai import OpenAI
 
+    from tuneloop.platform.data.formats import Example
     from tuneloop.platform.registry import Registry
-    from tuneloop.train.data.formats import Example
 
 GATE_EVENT = "gate.decided"
 KEEP_SUITES = (UNCHANGED, GOLDEN)  # the non-regression sets

@@ -33,7 +33,7 @@ hyperparameters that made the live version, on data that says today's truth. Wit
 TUNELOOP_RETRAIN_WARM_START on, PEFT methods also get `output.init_from`: the retrain continues from
 the live weights (which wants a lower learning rate than training from scratch). Everything is
 written under
-TUNELOOP_HOME/retrains/<alias>/<time>/ and submitted through the Ray Jobs API (platform/jobs.py).
+TUNELOOP_HOME/retrains/<alias>/<time>/ and submitted through the Ray Jobs API (platform/ray/submit.py).
 
 `advance` follows the open retrains of an alias: when a job has ended it records `retrain.finished`
 (a failure with the job's own error, naming the retrain's files rather than Ray's copies), and a job
@@ -58,16 +58,16 @@ from tuneloop.monitoring import metrics
 from tuneloop.monitoring.evaluation.suite import last_spec
 from tuneloop.monitoring.policy import DRIFT_CHECKED, PROMOTED, RETRAIN_FINISHED, RETRAIN_STARTED, aware
 from tuneloop.platform import settings
+from tuneloop.platform.answers import normalize_answer
+from tuneloop.platform.data.formats import Example, read_examples, reference_answer
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
-from tuneloop.train.answers import normalize_answer
-from tuneloop.train.data.formats import Example, read_examples, reference_answer
 
 if TYPE_CHECKING:
     from openai import OpenAI
 
     from tuneloop.monitoring.capture import CaptureStore
     from tuneloop.monitoring.gate import GateDecision
-    from tuneloop.platform.rayjobs import JobsClient
+    from tuneloop.platform.ray.client import JobsClient
     from tuneloop.platform.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,8 @@ def drift_onset(registry: Registry, alias: str) -> datetime | None:
 def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -> RetrainData:
     """Write the retrain's spec and data files into `folder` (which must not exist)."""
     from tuneloop.monitoring.evaluation.feedback import labelled_with_times
+    from tuneloop.platform.data.splits import make_splits
     from tuneloop.train import methods
-    from tuneloop.train.data.splits import make_splits
 
     ref = registry.aliases().get(alias)
     if ref is None:
@@ -292,7 +292,7 @@ def start(
 ) -> str:
     """Prepare and submit a retrain of `alias`; record `retrain.started`; return the Ray job id."""
     from tuneloop.monitoring.control.loop import adapter_of
-    from tuneloop.platform.jobs import new_job_id, submit_spec
+    from tuneloop.platform.ray.submit import new_job_id, submit_spec
 
     ref = registry.aliases().get(alias)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -351,9 +351,9 @@ def advance(
     from tuneloop.monitoring.evaluation.suite import golden_suite
     from tuneloop.monitoring.gate import run_gate
     from tuneloop.platform.errors import TuneloopError
-    from tuneloop.platform.jobs import record_outcome
-    from tuneloop.platform.rayjobs import TERMINAL, JobNotFoundError
-    from tuneloop.platform.registry.models import VersionStatus
+    from tuneloop.platform.ray.client import TERMINAL, JobNotFoundError
+    from tuneloop.platform.ray.submit import record_outcome
+    from tuneloop.platform.registry.tables import VersionStatus
 
     closed: list[GateDecision | None] = []
     for retrain in open_retrains(registry, alias):
@@ -416,7 +416,7 @@ def _read_if_any(path: Path) -> list[Example]:
 
 def _job_error(registry: Registry, job_id: str, folder: Path) -> str:
     """The error the job's driver recorded, naming the retrain's own files instead of Ray's copies."""
-    from tuneloop.platform.jobs import staged_sources, unstage
+    from tuneloop.platform.ray.submit import staged_sources, unstage
 
     try:
         error = str((registry.get_job(job_id).result or {}).get("error") or "")

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 from tuneloop.platform.artifacts import REFUSED_SUFFIXES, ArtifactStore, Manifest, Serving
+from tuneloop.platform.basemodels import local_model_dir, same_base_model
 from tuneloop.platform.errors import ArtifactError, ConfigError, ConflictError, NotFoundError
-from tuneloop.platform.models import local_model_dir, same_base_model
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.registry.models import Version
+from tuneloop.platform.registry.tables import Version
 
 ADAPTER_CONFIG = "adapter_config.json"
 

@@ -43,18 +43,18 @@ def models_pull(name: str, dest: Path | None = None) -> None:
         name: Model to pull; `tuneloop models list` shows the names.
         dest: Folder to put models in (default: TUNELOOP_MODELS_DIR).
     """
-    from tuneloop.platform import models
+    from tuneloop.platform import basemodels
 
-    path = models.pull(name, dest_root=dest)
+    path = basemodels.pull(name, dest_root=dest)
     print(path)
 
 
 def models_list() -> None:
     """List the models `tuneloop models pull` knows and whether each is already pulled."""
-    from tuneloop.platform import models, settings
+    from tuneloop.platform import basemodels, settings
 
     root = settings.TUNELOOP_MODELS_DIR.get()
-    for name in models.KNOWN_MODELS:
+    for name in basemodels.KNOWN_MODELS:
         where = root / name
         print(f"{name:<16} {'pulled: ' + str(where) if (where / 'config.json').exists() else 'not pulled'}")
 

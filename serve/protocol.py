@@ -53,7 +53,7 @@ M = TypeVar("M", bound=SamplingFields)
 def parse_body(raw: bytes, schema: type[M]) -> M:
     """`raw` validated as `schema`, or a 400 naming the first bad field.
 
-    The body's size was bounded while it was read (serve/limits.py): this parse holds the interpreter.
+    The body's size was bounded while it was read (serve/request/limits.py): this parse holds the interpreter.
     """
     try:
         parsed = schema.model_validate_json(raw)

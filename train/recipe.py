@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.platform import settings
+from tuneloop.platform.data import DataError, make_splits
 from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.spec import HyperParams, JobSpec, ScalingSpec, load_spec
 from tuneloop.train import methods
 from tuneloop.train.cluster import address_problems, ray_cluster
-from tuneloop.train.data import DataError, encode_splits, make_splits
 from tuneloop.train.errors import TrainingError
 from tuneloop.train.preflight import base_model, lineage_problems
-from tuneloop.train.spec import HyperParams, JobSpec, ScalingSpec, load_spec
+from tuneloop.train.tokenize import encode_splits
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint
@@ -86,7 +87,7 @@ def run(
     """Run a whole fine-tuning job in this process (the Ray job driver) and publish its result."""
     from tuneloop.platform.artifacts import ArtifactStore
     from tuneloop.platform.registry import Registry
-    from tuneloop.platform.registry.models import JobStatus
+    from tuneloop.platform.registry.tables import JobStatus
     from tuneloop.train import tune
     from tuneloop.train.evaluate import evaluate_result, format_table, pad_token_id
     from tuneloop.train.publish import export_checkpoint, publish
@@ -578,7 +579,7 @@ def _close_recorded_job(registry: Registry, job_id: str | None, error: str) -> N
     """Mark a job that was recorded before it ran as failed; never create a row for a job that
     could not start."""
     from tuneloop.platform.errors import NotFoundError
-    from tuneloop.platform.registry.models import JobStatus
+    from tuneloop.platform.registry.tables import JobStatus
 
     if job_id is None:
         return

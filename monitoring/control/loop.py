@@ -162,8 +162,8 @@ def reference_prompts(registry: Registry, alias: str, suites: Sequence[Suite]) -
     data is not reachable from here, the prompts of its evaluation suites."""
     from tuneloop.monitoring.evaluation.feedback import captured_prompt
     from tuneloop.monitoring.retrain import last_spec
+    from tuneloop.platform.data.splits import make_splits
     from tuneloop.platform.errors import TuneloopError
-    from tuneloop.train.data.splits import make_splits
 
     try:
         spec = last_spec(registry, registry.aliases()[alias])
@@ -220,7 +220,7 @@ def check_alias(
     from tuneloop.monitoring.evaluation.runner import run_suite
     from tuneloop.monitoring.evaluation.suite import suites_for
     from tuneloop.platform.errors import TuneloopError
-    from tuneloop.platform.rayjobs import JobsClient
+    from tuneloop.platform.ray.client import JobsClient
 
     result = RoundResult(alias)
     if retrain.open_retrains(registry, alias):

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConflictError, DatabaseUnreachableError, NotFoundError, StaleAliasError
 from tuneloop.platform.registry import db
-from tuneloop.platform.registry.models import (
+from tuneloop.platform.registry.tables import (
     Adapter,
     Alias,
     ApiKey,

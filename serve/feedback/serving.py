@@ -22,10 +22,10 @@ from tuneloop.monitoring.metrics import BASE_VERSION
 from tuneloop.serve.auth.keys import Principal
 from tuneloop.serve.errors import OpenAIError
 from tuneloop.serve.feedback.protocol import FeedbackIn, FeedbackOut
-from tuneloop.serve.limits import read_body
-from tuneloop.serve.pipeline import replica_of
 from tuneloop.serve.protocol import as_bad_request
 from tuneloop.serve.replica import Replica
+from tuneloop.serve.request.limits import read_body
+from tuneloop.serve.request.pipeline import replica_of
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Literal
 
 from tuneloop.monitoring.metrics import BASE_VERSION
 from tuneloop.platform.adapters import engine_only_reason, unservable_reason
-from tuneloop.platform.models import same_base_model
+from tuneloop.platform.basemodels import same_base_model
 from tuneloop.serve.auth.keys import Principal
 from tuneloop.serve.errors import OpenAIError, bad_request, engine_unavailable, model_not_found
-from tuneloop.serve.hooks import prompt_embeds_hook
+from tuneloop.serve.request.hooks import prompt_embeds_hook
 from tuneloop.serve.routing.snapshot import Snapshot, VersionInfo
 
 Kind = Literal["base", "lora", "prompt_embeddings"]

@@ -20,8 +20,8 @@ from tuneloop.monitoring.gate import (
     run_gate,
     sign_test,
 )
+from tuneloop.platform.data.formats import Example
 from tuneloop.platform.registry import Registry
-from tuneloop.train.data.formats import Example
 
 
 def pair(suite: str, live: list[float], candidate: list[float]) -> dict[str, object]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("platform", "serve", "train", "monitoring")
+FOLDERS = ("platform", "serve", "train", "monitoring", "demo")
 
 
 def test_platform_folder_does_not_shadow_stdlib() -> None:

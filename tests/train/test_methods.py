@@ -19,9 +19,9 @@ import torch
 
 from tuneloop.platform.artifacts import REFUSED_SUFFIXES
 from tuneloop.platform.errors import ArtifactError, ConfigError
+from tuneloop.platform.spec import Method, MethodSpec
 from tuneloop.train.methods import base
 from tuneloop.train.methods.soft_prompts import virtual_token_embeddings
-from tuneloop.train.spec import Method, MethodSpec
 
 BASE_REF = "served/tiny-llama"  # the string vLLM is started with; adapters must name it exactly
 STEPS = 30

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.data import Example
 from tuneloop.platform.errors import ArtifactError, ConflictError
 from tuneloop.platform.registry import Registry
+from tuneloop.platform.spec import HyperParams, JobSpec, SearchSpec
 from tuneloop.train import methods
-from tuneloop.train.data import Example
 from tuneloop.train.evaluate import exact_match, format_table, normalize_answer, score, token_f1
 from tuneloop.train.recipe import planned_steps
 from tuneloop.train.schedule import lr_factor
-from tuneloop.train.spec import HyperParams, JobSpec, SearchSpec
 from tuneloop.train.state import BEST, load_checkpoint, read_state, save_checkpoint, trainable_snapshot
 from tuneloop.train.stopping import EarlyStopper
 from tuneloop.train.tune import space_problems
@@ -185,7 +185,7 @@ def test_answers_are_compared_squad_style() -> None:
 def test_score_reports_loss_perplexity_and_answer_metrics(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneloop.train.data.tokenize import sft_parts
+    from tuneloop.train.tokenize import sft_parts
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     examples = [
@@ -248,7 +248,7 @@ def _trained_checkpoint(model_dir: Path, folder: Path) -> torch.nn.Module:
 def test_published_version_reloads_with_identical_logits(
     tiny_model_dir: Path, tmp_path: Path, stores: tuple[Registry, ArtifactStore]
 ) -> None:
-    from tuneloop.platform.registry.models import VersionStatus
+    from tuneloop.platform.registry.tables import VersionStatus
     from tuneloop.train.publish import LINEAGE_FILE, export_checkpoint, publish
 
     registry, store = stores
@@ -339,7 +339,7 @@ def test_a_failed_store_leaves_no_row_and_a_failed_row_leaves_no_files(
 
 
 def test_jobs_start_once_and_keep_their_events(stores: tuple[Registry, ArtifactStore]) -> None:
-    from tuneloop.platform.registry.models import JobStatus
+    from tuneloop.platform.registry.tables import JobStatus
 
     registry, _ = stores
     registry.add_job("submitted", "parts", {"from": "jobs submit"})  # what `tuneloop jobs submit` does
@@ -405,8 +405,8 @@ def test_every_method_exports_its_best_weights_and_scores(
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    from tuneloop.train.data.tokenize import sft_parts
     from tuneloop.train.publish import export_checkpoint
+    from tuneloop.train.tokenize import sft_parts
 
     spec = JobSpec.model_validate(_spec_dict(tiny_model_dir, method={"name": name, **METHOD_OPTIONS[name]}))
     method = methods.get(name)
@@ -453,7 +453,7 @@ def test_every_method_exports_its_best_weights_and_scores(
 
 def test_a_job_that_cannot_start_closes_only_a_row_recorded_before(tmp_path: Path) -> None:
     from tuneloop.platform.errors import ConfigError, NotFoundError
-    from tuneloop.platform.registry.models import JobStatus
+    from tuneloop.platform.registry.tables import JobStatus
     from tuneloop.train.recipe import run
 
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")

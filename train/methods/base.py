@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 # Modules of this package that hold built-in methods; importing one registers its classes.
 BUILTIN_MODULES = ("full", "lora", "soft_prompts", "bottleneck", "ia3")

@@ -35,7 +35,7 @@ from tuneloop.train.methods.base import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 PEFT_TYPE = "BOTTLENECK"
 DEFAULT_TARGETS = ["mlp"]

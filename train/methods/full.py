@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 # Copied from the base folder when present: what a tokenizer and chat template need, all JSON/text.
 TOKENIZER_FILES = (

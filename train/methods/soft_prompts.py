@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 PROMPT_EMBEDDING_TYPES = ("PROMPT_TUNING", "P_TUNING")
 
