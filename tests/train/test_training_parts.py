@@ -360,8 +360,8 @@ def test_jobs_start_once_and_keep_their_events(stores: tuple[Registry, ArtifactS
 
 def test_importing_the_recipe_is_cheap() -> None:
     code = (
-        "import sys, tuneloop.train.recipe, tuneloop.train.command, tuneloop.train.tune, "
-        "tuneloop.train.evaluate, tuneloop.train.publish; "
+        "import sys, tuneloop.train.recipe, tuneloop.train.driver, tuneloop.train.command, "
+        "tuneloop.train.tune, tuneloop.train.evaluate, tuneloop.train.publish; "
         "heavy = {'torch', 'ray', 'transformers'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -454,7 +454,7 @@ def test_every_method_exports_its_best_weights_and_scores(
 def test_a_job_that_cannot_start_closes_only_a_row_recorded_before(tmp_path: Path) -> None:
     from tuneloop.platform.errors import ConfigError, NotFoundError
     from tuneloop.platform.registry.tables import JobStatus
-    from tuneloop.train.recipe import run
+    from tuneloop.train.driver import run
 
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     store = ArtifactStore(str(tmp_path / "artifacts"))
