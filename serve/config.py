@@ -21,6 +21,7 @@ from tuneloop.platform.adapters import engine_lora_targets
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.basemodels import local_model_dir
 from tuneloop.platform.errors import ConfigError, NotFoundError
+from tuneloop.platform.refs import VersionRef
 from tuneloop.serve.engine.launch import EngineConfig
 from tuneloop.serve.engine.pidfile import reclaim_port
 from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
@@ -144,13 +145,12 @@ def resolve_base(model: str, models_cache: Path) -> BaseModel:
     folder = local_model_dir(model)
     if folder is not None:
         return BaseModel(public=model, engine=str(folder))
-    _adapter, sep, number = model.rpartition("@")
-    if not (sep and number.isdigit()):
+    if VersionRef.parse(model) is None:
         raise NotFoundError(
             f"--model {model!r} is not a model folder, a pulled model (`tuneloop models list`) "
             "or a stored version ADAPTER@N (`tuneloop adapters list`)"
         )
-    from tuneloop.platform.adapters import serving_of
+    from tuneloop.platform.promotion import serving_of
     from tuneloop.platform.registry import Registry
     from tuneloop.serve.engine.cache import local_copy
 
