@@ -59,14 +59,20 @@ def tickets(count: int) -> bytes:
 
 def first_answer(client: OpenAI, model: str) -> None:
     client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Ticket 1: my password issue, which team?"}], max_tokens=4
+        model=model,
+        messages=[{"role": "user", "content": "Ticket 1: my password issue, which team?"}],
+        max_tokens=4,
     )
 
 
 def via_api(client: OpenAI, base: str, file_id: str) -> dict[str, float]:
     started = time.monotonic()
     job = client.fine_tuning.jobs.create(
-        model=base, training_file=file_id, seed=7, hyperparameters={"batch_size": 4}, extra_body={"tuneloop": OPTIONS}
+        model=base,
+        training_file=file_id,
+        seed=7,
+        hyperparameters={"batch_size": 4},
+        extra_body={"tuneloop": OPTIONS},
     )
     created = time.monotonic()
     while job.status not in {"succeeded", "failed", "cancelled"}:
@@ -77,8 +83,12 @@ def via_api(client: OpenAI, base: str, file_id: str) -> dict[str, float]:
     succeeded = time.monotonic()
     first_answer(client, job.fine_tuned_model)
     answered = time.monotonic()
-    return {"create_s": created - started, "train_s": succeeded - created, "answer_s": answered - succeeded,
-            "total_s": answered - started}  # fmt: skip
+    return {
+        "create_s": created - started,
+        "train_s": succeeded - created,
+        "answer_s": answered - succeeded,
+        "total_s": answered - started,
+    }
 
 
 def via_cli(client: OpenAI, model_dir: Path, data: Path) -> dict[str, float]:
@@ -89,10 +99,14 @@ def via_cli(client: OpenAI, model_dir: Path, data: Path) -> dict[str, float]:
         "base_model": str(model_dir),
         "method": {"name": "lora"},
         "data": {"train": data.name, "seed": 7, "max_length": OPTIONS["max_length"]},
-        "hyperparameters": {"batch_size": 4, "seed": 7, "max_steps": OPTIONS["max_steps"],
-                            "eval_every": OPTIONS["eval_every"]},
+        "hyperparameters": {
+            "batch_size": 4,
+            "seed": 7,
+            "max_steps": OPTIONS["max_steps"],
+            "eval_every": OPTIONS["eval_every"],
+        },
         "output": {"adapter": "cli-bench"},
-    }  # fmt: skip
+    }
     path = data.parent / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     started = time.monotonic()
@@ -124,17 +138,27 @@ def run(model: str, scratch: Path) -> dict[str, Any]:
     data.write_bytes(tickets(48))
     context = "512" if model == "tiny" else "2048"
     with start_ray_head(scratch / "ray-logs") as head:
-        ray_env = {"TUNELOOP_RAY_ADDRESS": head.address, "RAY_AUTH_TOKEN_PATH": head.env["RAY_AUTH_TOKEN_PATH"]}
+        ray_env = {
+            "TUNELOOP_RAY_ADDRESS": head.address,
+            "RAY_AUTH_TOKEN_PATH": head.env["RAY_AUTH_TOKEN_PATH"],
+        }
         env = {**ray_env, "TUNELOOP_ENGINE_MAX_MODEL_LEN": context, "TUNELOOP_CAPTURE_ENABLED": "0"}
         with start_gateway(str(model_dir), home, extra_env=env) as gateway:
             client = OpenAI(base_url=gateway.base_url, api_key=user, max_retries=0, timeout=120)
             file_id = client.files.create(file=("tickets.jsonl", data.read_bytes()), purpose="fine-tune").id
             api = via_api(client, str(model_dir), file_id)
-            os.environ.update({**ray_env, "TUNELOOP_HOME": str(home), "TUNELOOP_DB_URL": "", "TUNELOOP_ARTIFACTS": ""})
+            os.environ.update(
+                {**ray_env, "TUNELOOP_HOME": str(home), "TUNELOOP_DB_URL": "", "TUNELOOP_ARTIFACTS": ""}
+            )
             admin_client = OpenAI(base_url=gateway.base_url, api_key=admin, max_retries=0, timeout=120)
             cli = via_cli(admin_client, model_dir, data)
-    return {"model": model, "api": api, "cli": cli, "ratio": api["total_s"] / cli["total_s"],
-            "load_1m": os.getloadavg()[0]}  # fmt: skip
+    return {
+        "model": model,
+        "api": api,
+        "cli": cli,
+        "ratio": api["total_s"] / cli["total_s"],
+        "load_1m": os.getloadavg()[0],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,10 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args.model, Path(tmp))
     api, cli = result["api"], result["cli"]
     print(f"model {args.model}, load average (1 min) {load:.1f} before, {result['load_1m']:.1f} after")
-    print(f"(a) api: jobs.create -> first answer {api['total_s']:.1f} s "
-          f"(create {api['create_s']:.2f} s, to succeeded {api['train_s']:.1f} s, first answer {api['answer_s']:.2f} s)")  # fmt: skip
-    print(f"(b) cli: submit_spec -> first answer {cli['total_s']:.1f} s "
-          f"(to SUCCEEDED {cli['train_s']:.1f} s, first answer {cli['answer_s']:.2f} s)")  # fmt: skip
+    print(
+        f"(a) api: jobs.create -> first answer {api['total_s']:.1f} s "
+        f"(create {api['create_s']:.2f} s, to succeeded {api['train_s']:.1f} s, "
+        f"first answer {api['answer_s']:.2f} s)"
+    )
+    print(
+        f"(b) cli: submit_spec -> first answer {cli['total_s']:.1f} s "
+        f"(to SUCCEEDED {cli['train_s']:.1f} s, first answer {cli['answer_s']:.2f} s)"
+    )
     print(f"ratio api/cli: {result['ratio']:.2f}")
     if args.json:
         print(json.dumps(result, indent=2))

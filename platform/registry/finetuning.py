@@ -130,4 +130,4 @@ def owners(registry: Registry) -> dict[str, int]:
         query = select(FineTuningJob.adapter_name, FineTuningJob.key_id).where(
             FineTuningJob.key_id.isnot(None)
         )
-        return {name: int(key) for name, key in session.execute(query).tuples()}
+        return {name: key for name, key in session.execute(query).tuples() if key is not None}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from fastapi import Request, Response
@@ -129,7 +129,7 @@ async def _form(request: Request, raw: bytes) -> tuple[str, str, bytes]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise bad_request("Upload the file as multipart/form-data (files.create does).", param="file")
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         yield raw
 
     parser = MultiPartParser(request.headers, body(), max_files=1, max_fields=8, max_part_size=64 * 1024)

@@ -87,7 +87,7 @@ def as_object(view: View) -> JobObject:
         model=ft.model,
         result_files=[ft.result_file] if ft.result_file else [],
         seed=request["seed"],
-        status=status,  # type: ignore[arg-type]
+        status=status,
         trained_tokens=training.get("tokens") if status == "succeeded" else None,
         training_file=request["training_file"],
         validation_file=request.get("validation_file"),

@@ -211,7 +211,9 @@ def test_a_bad_line_is_a_400_naming_it_and_bad_requests_name_their_param(replica
     }
     for param, extra in cases.items():
         error = error_of(
-            lambda: bob.fine_tuning.jobs.create(model=replica.base, training_file=file_id, **extra)
+            lambda extra=extra: bob.fine_tuning.jobs.create(
+                model=replica.base, training_file=file_id, **extra
+            )
         )
         assert (error.status_code, error.body["param"]) == (400, param), error.body
     refused = error_of(
@@ -261,9 +263,13 @@ def test_a_job_ray_no_longer_knows_ends_failed_not_running(replica: Replica) -> 
     registry.add_job("tuneloop-lost-20261204-000000-abcd", "lost-abc", {"output": {"adapter": "lost-abc"}})
     request = {"training_file": "file-x", "seed": 1, "hyperparameters": {}}
     row = FineTuningJob(
-        id="ftjob-lost", key_id=key_id, job_id="tuneloop-lost-20261204-000000-abcd", adapter_name="lost-abc",
-        model=replica.base, request=request,
-    )  # fmt: skip
+        id="ftjob-lost",
+        key_id=key_id,
+        job_id="tuneloop-lost-20261204-000000-abcd",
+        adapter_name="lost-abc",
+        model=replica.base,
+        request=request,
+    )
     finetuning.add_ft_job(registry, row)
     job = replica.client("bob").fine_tuning.jobs.retrieve("ftjob-lost")
     assert job.status == "failed" and "no longer knows this job" in job.error.message
