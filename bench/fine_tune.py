@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test builders: tiny model, gatewa
 
 from helpers.gateway import start_gateway  # noqa: E402
 from helpers.servers import start_ray_head  # noqa: E402
+from helpers.tickets import ticket_chats  # noqa: E402
 from helpers.tiny_model import build_tiny_llama  # noqa: E402
 from openai import OpenAI  # noqa: E402
 
@@ -42,19 +43,6 @@ from tuneloop.platform.apikeys import FINE_TUNING_SCOPE, create_key  # noqa: E40
 from tuneloop.platform.registry import Registry  # noqa: E402
 
 OPTIONS = {"max_steps": 8, "eval_every": 4, "max_length": 64}
-TEAMS = {"invoice": "billing", "password": "access", "crash": "engineering", "parcel": "shipping"}
-
-
-def tickets(count: int) -> bytes:
-    rows = []
-    for n in range(count):
-        subject = list(TEAMS)[n % len(TEAMS)]
-        turns = [
-            {"role": "user", "content": f"Ticket {n}: my {subject} issue, which team?"},
-            {"role": "assistant", "content": TEAMS[subject]},
-        ]
-        rows.append(json.dumps({"messages": turns}))
-    return ("\n".join(rows) + "\n").encode()
 
 
 def first_answer(client: OpenAI, model: str) -> None:
@@ -135,7 +123,7 @@ def run(model: str, scratch: Path) -> dict[str, Any]:
     admin = create_key(registry, scopes=[], admin=True).secret
     data = scratch / "cli" / "tickets.jsonl"
     data.parent.mkdir()
-    data.write_bytes(tickets(48))
+    data.write_bytes(ticket_chats(48))
     context = "512" if model == "tiny" else "2048"
     with start_ray_head(scratch / "ray-logs") as head:
         ray_env = {

@@ -7,7 +7,6 @@ exist, so ids cannot be probed.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import func, select
@@ -42,6 +41,11 @@ def list_files(registry: Registry, owner: int | None, purpose: str | None, limit
         if purpose:
             query = query.where(File.purpose == purpose)
         return list(session.scalars(query))
+
+
+def count_files(registry: Registry, owner: int | None) -> int:
+    with registry.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(File).where(File.key_id == owner)) or 0)
 
 
 def delete_file(registry: Registry, file_id: str, owner: int | None) -> File:
@@ -109,19 +113,6 @@ def active_jobs(registry: Registry, owner: int | None) -> int:
         if owner is not None:
             query = query.where(FineTuningJob.key_id == owner)
         return int(session.scalar(query) or 0)
-
-
-def open_jobs(registry: Registry, ids: Collection[str] | None = None) -> list[FineTuningJob]:
-    """Fine-tuning jobs whose registry job has not ended (all of them, or those among `ids`)."""
-    with registry.transaction() as session:
-        query = (
-            select(FineTuningJob)
-            .join(Job, FineTuningJob.job_id == Job.id)
-            .where(Job.status.in_([str(s) for s in OPEN]))
-        )
-        if ids is not None:
-            query = query.where(FineTuningJob.id.in_(list(ids)))
-        return list(session.scalars(query))
 
 
 def owners(registry: Registry) -> dict[str, int]:

@@ -75,9 +75,8 @@ async def create_file(request: Request) -> FileObject:
         )
     registry, store = replica.registry, replica.store
     owner = principal.key_id
-    if len(await asyncio.to_thread(finetuning.list_files, registry, owner, None, 10**6)) >= (
-        most := settings.TUNELOOP_FILES_MAX_PER_KEY.get()
-    ):
+    most = settings.TUNELOOP_FILES_MAX_PER_KEY.get()
+    if await asyncio.to_thread(finetuning.count_files, registry, owner) >= most:
         raise OpenAIError(
             429,
             f"This key keeps {most} files already (TUNELOOP_FILES_MAX_PER_KEY); delete some first.",

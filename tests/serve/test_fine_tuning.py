@@ -8,7 +8,6 @@ a few steps). Keys: `alice` and `bob` hold the `fine-tuning` scope (TUNELOOP_FIN
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import openai
 import pytest
 from helpers.gateway import Replica, start_gateway
 from helpers.servers import RayHead
+from helpers.tickets import ticket_chats
 from helpers.tiny_model import build_random_lora
 from openai import OpenAI
 
@@ -28,20 +28,7 @@ from tuneloop.platform.registry import Registry, finetuning
 from tuneloop.platform.registry.tables import FineTuningJob
 
 pytestmark = pytest.mark.slow
-TEAMS = {"invoice": "billing", "password": "access", "crash": "engineering", "parcel": "shipping"}
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def tickets(count: int) -> bytes:
-    rows = []
-    for n in range(count):
-        subject = list(TEAMS)[n % len(TEAMS)]
-        turns = [
-            {"role": "user", "content": f"Ticket {n}: my {subject} issue, which team?"},
-            {"role": "assistant", "content": TEAMS[subject]},
-        ]
-        rows.append(json.dumps({"messages": turns}))
-    return ("\n".join(rows) + "\n").encode()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +82,7 @@ def error_of(call: Any) -> openai.APIStatusError:
 
 def test_upload_train_follow_and_chat_with_the_result_at_once(replica: Replica) -> None:
     alice = replica.client("alice")
-    data = tickets(48)
+    data = ticket_chats(48)
     file = alice.files.create(file=("tickets.jsonl", data), purpose="fine-tune")
     assert (file.object, file.purpose, file.bytes, file.filename) == (
         "file",
@@ -195,14 +182,14 @@ def test_upload_train_follow_and_chat_with_the_result_at_once(replica: Replica) 
 
 def test_a_bad_line_is_a_400_naming_it_and_bad_requests_name_their_param(replica: Replica) -> None:
     bob = replica.client("bob")
-    lines = tickets(4).decode().splitlines()
+    lines = ticket_chats(4).decode().splitlines()
     lines[2] = '{"messages": [{"role": "user", "content": "no answer"}]}'
     bad = error_of(lambda: upload(bob, ("\n".join(lines) + "\n").encode(), "bad.jsonl"))
     assert bad.status_code == 400 and bad.body["param"] == "file"
     assert "bad.jsonl:3:" in bad.body["message"] and "tuneloop-upload" not in bad.body["message"]
     assert bob.files.list().data == []  # nothing stored
 
-    file_id = upload(bob, tickets(40))
+    file_id = upload(bob, ticket_chats(40))
     cases = {
         "method.type": dict(method={"type": "dpo", "dpo": {}}),
         "hyperparameters.n_epochs": dict(hyperparameters={"n_epochs": 0}),
@@ -232,11 +219,11 @@ def test_a_bad_line_is_a_400_naming_it_and_bad_requests_name_their_param(replica
 
 def test_too_few_examples_fail_in_validation_cancel_the_429_and_newest_first(replica: Replica) -> None:
     bob = replica.client("bob")
-    few = bob.fine_tuning.jobs.create(model=replica.base, training_file=upload(bob, tickets(3)))
+    few = bob.fine_tuning.jobs.create(model=replica.base, training_file=upload(bob, ticket_chats(3)))
     assert few.status == "failed" and few.error.code == "invalid_training_file", few
     assert few.error.param == "training_file" and "at least" in few.error.message
 
-    file_id = upload(bob, tickets(40))
+    file_id = upload(bob, ticket_chats(40))
     long = bob.fine_tuning.jobs.create(
         model=replica.base, training_file=file_id, extra_body={"tuneloop": {"max_steps": 100000}}
     )
