@@ -130,7 +130,12 @@ def run(model: str, scratch: Path) -> dict[str, Any]:
             "TUNELOOP_RAY_ADDRESS": head.address,
             "RAY_AUTH_TOKEN_PATH": head.env["RAY_AUTH_TOKEN_PATH"],
         }
-        env = {**ray_env, "TUNELOOP_ENGINE_MAX_MODEL_LEN": context, "TUNELOOP_CAPTURE_ENABLED": "0"}
+        env = {
+            **ray_env,
+            "TUNELOOP_ENGINE_MAX_MODEL_LEN": context,
+            "TUNELOOP_ENGINE_KV_CACHE_BYTES": str(256 * 2**20),  # as bench/serve.py: enough for SmolLM2
+            "TUNELOOP_CAPTURE_ENABLED": "0",
+        }
         with start_gateway(str(model_dir), home, extra_env=env) as gateway:
             client = OpenAI(base_url=gateway.base_url, api_key=user, max_retries=0, timeout=120)
             file_id = client.files.create(file=("tickets.jsonl", data.read_bytes()), purpose="fine-tune").id
