@@ -7,8 +7,9 @@
 
 A job still open in the registry whose Ray job has ended is closed with Ray's verdict
 (`record_outcome`); one that Ray no longer knows at all (the head restarted and lost it) is closed as
-failed with a message saying so, so no job stays `running` for ever. Ray being unreachable changes
-nothing: the registry's view is shown until Ray answers again.
+failed with a message saying so, so no job stays `running` for ever; one whose submission never
+completed (the gateway stopped during `jobs.create`) is closed as failed after UNSUBMITTED_AFTER_S.
+Ray being unreachable changes nothing: the registry's view is shown until Ray answers again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from tuneloop.serve.errors import scrubbed
 from tuneloop.serve.fine_tuning.protocol import Checkpoint, JobError, JobEvent, JobObject
 
 log = logging.getLogger(__name__)
+UNSUBMITTED_AFTER_S = 600
+"""A job that has neither a Ray job nor an error this long after creation was being submitted by a
+gateway that stopped (submission takes seconds): it is closed as failed, never left validating."""
+UNSUBMITTED = "the gateway that was submitting this job stopped before it reached Ray; create it again"
 LOST = "the Ray cluster no longer knows this job (its head restarted while the job ran); submit it again"
 FINAL = {JobStatus.SUCCEEDED: "succeeded", JobStatus.FAILED: "failed", JobStatus.STOPPED: "cancelled"}
 
@@ -58,6 +63,9 @@ class View:
 def read(registry: Registry, ft: FineTuningJob, job: Job | None, *, check_ray: bool = True) -> View:
     """The job as it is now, its registry job reconciled with Ray first (blocking: a worker thread)."""
     ray_status = None
+    if job is None and not ft.error and _age_s(ft.created_at) > UNSUBMITTED_AFTER_S:
+        ft.error = {"code": "submission_failed", "message": UNSUBMITTED, "param": None}
+        finetuning.update_ft_job(registry, ft.id, error=ft.error)
     if job is not None and job.status in finetuning.OPEN and check_ray:
         try:
             ray_status = str(record_outcome(JobsClient(), job.id).status.value)
@@ -209,6 +217,10 @@ def _shown(view: View, text: str) -> str:
         if fid
     }
     return scrubbed(unstage(text, sources))
+
+
+def _age_s(when: datetime) -> float:
+    return (datetime.now(UTC) - (when if when.tzinfo else when.replace(tzinfo=UTC))).total_seconds()
 
 
 def _ts(when: datetime) -> int:

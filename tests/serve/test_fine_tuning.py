@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +262,16 @@ def test_a_job_ray_no_longer_knows_ends_failed_not_running(replica: Replica) -> 
     job = replica.client("bob").fine_tuning.jobs.retrieve("ftjob-lost")
     assert job.status == "failed" and "no longer knows this job" in job.error.message
     assert registry.get_job("tuneloop-lost-20261204-000000-abcd").status == "failed"
+
+    # A gateway that stopped while submitting leaves a job with no Ray job: failed after a while.
+    stale = FineTuningJob(
+        id="ftjob-stale",
+        key_id=key_id,
+        adapter_name="stale-abc",
+        model=replica.base,
+        request=request,
+        created_at=datetime.now(UTC) - timedelta(minutes=20),
+    )
+    finetuning.add_ft_job(registry, stale)
+    job = replica.client("bob").fine_tuning.jobs.retrieve("ftjob-stale")
+    assert job.status == "failed" and "stopped before it reached Ray" in job.error.message
