@@ -164,6 +164,7 @@ def job_env() -> dict[str, str]:
         **registry_env(),
         "TUNELOOP_ARTIFACTS": settings.TUNELOOP_ARTIFACTS.get(),
         "TUNELOOP_MODELS_DIR": str(settings.TUNELOOP_MODELS_DIR.get()),
+        **settings.hub_env(),
     }
 
 
