@@ -51,6 +51,7 @@ COMMANDS: dict[str, str] = {
     "jobs stop": "tuneloop.platform.ray.submit:jobs_stop",
     "jobs list": "tuneloop.platform.ray.submit:jobs_list",
     "train": "tuneloop.train.command:train",
+    "data check": "tuneloop.train.check:data_check",
     "eval run": "tuneloop.monitoring.evaluation.command:eval_run",
     "control": "tuneloop.monitoring.control.command:control",
     "demo": "tuneloop.demo.run:demo",

@@ -80,11 +80,17 @@ APPLIES_TO: dict[str, set[str]] = {
 class DataSpec(_Strict):
     """Where the data comes from and how it is split."""
 
-    train: Path = Field(description="JSONL file: chat (messages), prompt/completion, or text lines.")
-    validation: Path | None = Field(
-        None, description="Optional JSONL validation file (else split from train)."
+    train: Path = Field(
+        description="Data file: JSONL, CSV or Parquet, or a `datasets` folder saved to disk; rows in chat "
+        "(messages), prompt/completion or text format."
     )
-    test: Path | None = Field(None, description="Optional JSONL test file (else split from train).")
+    validation: Path | None = Field(None, description="Optional validation data (else split from train).")
+    test: Path | None = Field(None, description="Optional test data (else split from train).")
+    columns: dict[Literal["messages", "prompt", "completion", "text"], str] = Field(
+        default_factory=dict,
+        description="Column mapping, tuneloop's field -> your column or key, e.g. {prompt: question, "
+        "completion: answer}; applies to every data file.",
+    )
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="Train/validation/test fractions used when files are not given."
     )

@@ -116,7 +116,7 @@ class Source:
                         continue
                     if not any(record.values()):
                         continue  # a row of empty cells
-                    obj: dict[str, Any] = {k: record[k] for k in keep if record.get(k) not in (None, "")}
+                    obj: dict[str, Any] = {k: record[k] for k in keep if record.get(k) is not None}
                     problem = _messages_from_json(obj)
                     yield reader.line_num, (None if problem else obj), problem
         except UnicodeDecodeError as exc:

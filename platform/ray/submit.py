@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import shlex
@@ -74,21 +75,23 @@ def load_and_check(spec_path: Path) -> JobSpec:
         make_splits(spec.data, spec.task)  # reads and checks every file, then splits as the job will
         return spec
     for key, path in local.items():
-        read_examples(path, task=spec.task, min_examples=spec.data.min_examples if key == "train" else 1)
+        least = spec.data.min_examples if key == "train" else 1
+        read_examples(path, task=spec.task, min_examples=least, columns=spec.data.columns)
     return spec
 
 
 def staged_sources(spec_path: Path) -> dict[str, str]:
     """Where each data file of the spec lands in the staged working dir (`data/<key>/<name>`), mapped
-    to the file the user named, so messages from the cluster can name the user's files."""
+    to the file as the user named it (the spec's path, seen from where the spec was given: `data/x.jsonl`
+    for a spec `job.yaml` in the current folder), so messages from the cluster name the user's files."""
     data = _raw(spec_path).get("data")
     found: dict[str, str] = {}
     for key in DATA_KEYS:
         value = data.get(key) if isinstance(data, dict) else None
         if isinstance(value, str):
-            source = Path(value).expanduser()
-            source = source if source.is_absolute() else spec_path.parent / source
-            found[f"data/{key}/{source.name}"] = str(source.resolve())
+            written = Path(value).expanduser()
+            source = written if written.is_absolute() else Path(os.path.normpath(spec_path.parent / written))
+            found[f"data/{key}/{written.name}"] = str(source)
     return found
 
 
@@ -140,10 +143,13 @@ def staged_working_dir(spec_path: Path) -> Iterator[tuple[Path, str]]:
                 continue
             source = Path(value).expanduser()
             source = source if source.is_absolute() else spec_path.parent / source
-            if source.is_file():
+            if source.is_file() or source.is_dir():  # a `datasets` folder travels whole
                 dest = root / "data" / key / source.name
                 dest.parent.mkdir(parents=True)
-                shutil.copyfile(source, dest)
+                if source.is_dir():
+                    shutil.copytree(source, dest)
+                else:
+                    shutil.copyfile(source, dest)
                 data[key] = dest.relative_to(root).as_posix()
             elif not Path(value).expanduser().is_absolute():
                 raise ConfigError(f"{spec_path}: data.{key} file {source} does not exist")
