@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "models list": "tuneloop.platform.commands:models_list",
     "adapters list": "tuneloop.platform.commands:adapters_list",
     "adapters import": "tuneloop.platform.commands:adapters_import",
+    "adapters export": "tuneloop.platform.commands:adapters_export",
     "adapters promote": "tuneloop.platform.commands:adapters_promote",
     "adapters rollback": "tuneloop.platform.commands:adapters_rollback",
     "adapters history": "tuneloop.platform.commands:adapters_history",
