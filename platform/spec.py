@@ -19,6 +19,8 @@ Method = Literal[
     "full", "partial", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "adapter", "ia3"
 ]
 Task = Literal["sft", "uft"]
+RowField = Literal["messages", "prompt", "completion", "text"]
+"""A row's content fields, as a column mapping (data.columns) names them."""
 
 
 class _Strict(BaseModel):
@@ -86,7 +88,7 @@ class DataSpec(_Strict):
     )
     validation: Path | None = Field(None, description="Optional validation data (else split from train).")
     test: Path | None = Field(None, description="Optional test data (else split from train).")
-    columns: dict[Literal["messages", "prompt", "completion", "text"], str] = Field(
+    columns: dict[RowField, str] = Field(
         default_factory=dict,
         description="Column mapping, tuneloop's field -> your column or key, e.g. {prompt: question, "
         "completion: answer}; applies to every data file.",

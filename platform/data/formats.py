@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from tuneloop.platform.data.sources import MAX_ROW_BYTES, Kind, SourceError, kind_of, open_source
 from tuneloop.platform.errors import ConfigError
-from tuneloop.platform.spec import Task
+from tuneloop.platform.spec import RowField, Task
 
 Format = Literal["chat", "prompt_completion", "text"]
 ROLES = ("system", "user", "assistant")
@@ -134,7 +134,7 @@ class Scan:
 
 
 def scan(
-    path: Path, *, columns: Mapping[str, str] | None = None, max_line_bytes: int = MAX_LINE_BYTES
+    path: Path, *, columns: Mapping[RowField, str] | None = None, max_line_bytes: int = MAX_LINE_BYTES
 ) -> Scan:
     """Read every row of a data source and check it, collecting problems instead of raising on them."""
     try:
@@ -174,7 +174,7 @@ def read_examples(
     task: Task | None = None,
     min_examples: int = 1,
     max_line_bytes: int = MAX_LINE_BYTES,
-    columns: Mapping[str, str] | None = None,
+    columns: Mapping[RowField, str] | None = None,
 ) -> list[Example]:
     """Read and validate a data source; raise one DataError listing every bad row, else return examples."""
     found = scan(path, columns=columns, max_line_bytes=max_line_bytes)

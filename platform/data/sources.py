@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.spec import RowField
 
 Kind = Literal["jsonl", "csv", "parquet", "arrow"]
 SUFFIXES: dict[str, Kind] = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -47,7 +48,7 @@ class Source:
 
     path: Path
     kind: Kind
-    columns: Mapping[str, str] = field(default_factory=dict)
+    columns: Mapping[RowField, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     max_row_bytes: int = MAX_ROW_BYTES
 
@@ -162,7 +163,7 @@ class Source:
 
 
 def open_source(
-    path: Path, columns: Mapping[str, str] | None = None, max_row_bytes: int = MAX_ROW_BYTES
+    path: Path, columns: Mapping[RowField, str] | None = None, max_row_bytes: int = MAX_ROW_BYTES
 ) -> Source:
     """The source at `path`, its kind known by suffix (or a `datasets` folder); SourceError if unreadable."""
     if path.is_dir():
