@@ -199,9 +199,21 @@ def load_spec(path: Path) -> JobSpec:
     if isinstance(data, dict):
         # Absolute, so a recorded spec (the registry's job row) does not depend on the cwd.
         for key in ("train", "validation", "test"):
-            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str(path.resolve().parent / data[key])
+            if isinstance(data.get(key), str):
+                data[key] = str(data_path(data[key], path.resolve().parent))
     return parse_spec(raw, source=str(path))
+
+
+def data_path(value: str, spec_dir: Path) -> Path:
+    """A spec's data path as a local path: relative to the spec's folder, and a hub dataset file
+    (`hf://datasets/ORG/NAME[@REVISION]/FILE`) as its copy in the Hugging Face cache."""
+    from tuneloop.platform.hub import hub_dataset_file
+
+    cached = hub_dataset_file(value)
+    if cached is not None:
+        return cached
+    given = Path(value).expanduser()
+    return given if given.is_absolute() else spec_dir / given
 
 
 def parse_spec(raw: dict[str, Any], source: str = "spec") -> JobSpec:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from tuneloop.platform.data.formats import DataError, Example, scan
 from tuneloop.platform.data.splits import SPLITS, dedupe, make_splits
 from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.hub import hub_dataset_file
 from tuneloop.platform.spec import DataSpec, Task, load_spec
 
 SHOWN = 20  # bad rows listed per file in the human report (the JSON report lists up to MAX_LISTED)
@@ -38,7 +39,7 @@ def data_check(
     job would make, and token lengths against max_length with the base model's tokenizer.
 
     Args:
-        files: data files (JSONL, CSV, Parquet, `datasets` folder): train, validation, test; or a job spec
+        files: JSONL, CSV, Parquet, datasets folders or hf://datasets/... (train, validation, test), or a spec
         base_model: model folder, pulled name or Hugging Face id whose tokenizer counts (default: the spec's)
         task: sft or uft (a spec's by default)
         max_length: token limit to compare lengths with (a spec's data.max_length by default)
@@ -51,7 +52,8 @@ def data_check(
     else:
         if not 1 <= len(files) <= len(SPLITS):
             raise ConfigError("give 1 to 3 data files (train, validation, test) or one job spec")
-        data = _data_spec(files, column or [], max_length)
+        local = [hub_dataset_file(str(f)) or f for f in files]  # hf://datasets/... from the HF cache
+        data = _data_spec(local, column or [], max_length)
     report = check(data, task, base_model)
     print(_json.dumps(report, indent=2) if json else "\n".join(_lines(report)))
     return 0 if report["ok"] else 1

@@ -32,6 +32,7 @@ import yaml
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
+from tuneloop.platform.hub import DATASET_PREFIX
 from tuneloop.platform.private_files import write_private_file
 from tuneloop.platform.ray.client import TERMINAL, JobsClient
 
@@ -90,8 +91,13 @@ def staged_sources(spec_path: Path) -> dict[str, str]:
         value = data.get(key) if isinstance(data, dict) else None
         if isinstance(value, str):
             written = Path(value).expanduser()
-            source = written if written.is_absolute() else Path(os.path.normpath(spec_path.parent / written))
-            found[f"data/{key}/{written.name}"] = str(source)
+            if value.startswith(DATASET_PREFIX):
+                source = value  # a hub dataset file: named as written, it has no path of the user's
+            elif written.is_absolute():
+                source = str(written)
+            else:
+                source = os.path.normpath(spec_path.parent / written)
+            found[f"data/{key}/{written.name}"] = source
     return found
 
 
@@ -128,6 +134,8 @@ def staged_working_dir(spec_path: Path) -> Iterator[tuple[Path, str]]:
     not exist here is kept as it is (a file on the cluster). A base model given as a local folder
     becomes an absolute path: models are never uploaded, and the driver runs in the working dir.
     """
+    from tuneloop.platform.spec import data_path
+
     raw = _raw(spec_path)
     data = raw.get("data")
     if not isinstance(data, dict):
@@ -141,8 +149,7 @@ def staged_working_dir(spec_path: Path) -> Iterator[tuple[Path, str]]:
             value = data.get(key)
             if not isinstance(value, str):
                 continue
-            source = Path(value).expanduser()
-            source = source if source.is_absolute() else spec_path.parent / source
+            source = data_path(value, spec_path.parent)
             if source.is_file() or source.is_dir():  # a `datasets` folder travels whole
                 dest = root / "data" / key / source.name
                 dest.parent.mkdir(parents=True)

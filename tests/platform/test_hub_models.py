@@ -81,3 +81,48 @@ def test_an_adapter_imports_against_a_base_named_by_id(
     assert Registry().get_version("bot@1").adapter.base_model == REPO
     assert main(["adapters", "import", "bot2", str(tiny_lora_dir), "--base-model", "tiny-org/absent"]) == 1
     assert "not in the Hugging Face cache" in capsys.readouterr().err
+
+
+def test_a_hub_dataset_file_is_read_from_the_cache(
+    hub: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import yaml
+
+    from tuneloop.platform.data import make_splits
+    from tuneloop.platform.ray import submit as jobs
+    from tuneloop.platform.spec import load_spec
+
+    files = tmp_path / "dataset-files"
+    files.mkdir()
+    rows = [{"prompt": f"Question {i}?", "completion": f" {i}"} for i in range(10)]
+    (files / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lay_out_hub_cache(tmp_path / "hf", "tiny-org/qa", files, repo_type="dataset")
+    url = "hf://datasets/tiny-org/qa/qa.jsonl"
+    spec = {
+        "base_model": REPO,
+        "method": {"name": "lora"},
+        "data": {"train": url},
+        "output": {"adapter": "a"},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    loaded = load_spec(tmp_path / "job.yaml")
+    assert loaded.data.train.parts[-4:] == (
+        "datasets--tiny-org--qa",
+        "snapshots",
+        loaded.data.train.parts[-2],
+        "qa.jsonl",
+    )
+    assert make_splits(loaded.data, "sft").stats["train"] == 8
+    assert jobs.staged_sources(tmp_path / "job.yaml") == {"data/train/qa.jsonl": url}
+    with jobs.staged_working_dir(tmp_path / "job.yaml") as (root, _):
+        assert (root / "data" / "train" / "qa.jsonl").read_text() == (files / "qa.jsonl").read_text()
+    from tuneloop.platform.cli import main
+
+    assert main(["data", "check", url]) == 0
+    assert "10 rows, 10 valid (10 prompt_completion)" in capsys.readouterr().out
+    assert main(["data", "check", "hf://datasets/tiny-org/qa/absent.jsonl"]) == 1
+    assert (
+        "'hf://datasets/tiny-org/qa/absent.jsonl' is not in the Hugging Face cache" in capsys.readouterr().err
+    )
