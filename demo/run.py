@@ -229,9 +229,8 @@ def _loop(
     from tuneloop.demo.traffic import accuracy, serve_and_judge
     from tuneloop.monitoring.capture import CaptureStore
     from tuneloop.monitoring.control.loop import run_round
-    from tuneloop.platform.adapters import check_promotable
     from tuneloop.platform.apikeys import create_key
-    from tuneloop.platform.artifacts import ArtifactStore
+    from tuneloop.platform.promotion import promote
     from tuneloop.platform.ray.submit import submit_spec
     from tuneloop.platform.registry import Registry
     from tuneloop.train.evaluate import format_table
@@ -248,8 +247,7 @@ def _loop(
 
         _step(3, f"{v1.ref} against the base model on the held-out test split", started)
         print(format_table(v1.metrics))
-        check_promotable(v1, ArtifactStore())
-        registry.promote(ALIAS, v1.ref, reason="demo: first version")
+        promote(registry, ALIAS, v1.ref, reason="demo: first version")
         admin, app = (
             create_key(registry, scopes=[], admin=True),
             create_key(registry, scopes=[ALIAS], admin=False),

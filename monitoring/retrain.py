@@ -195,10 +195,9 @@ def stale_answers(old: dict[str, str | None], new: dict[str, str | None], least:
 def drift_onset(registry: Registry, alias: str) -> datetime | None:
     """When the drift being retrained for began: the change point of the feedback check's latest
     drift decision since the live version went live, else that promotion; None if neither."""
-    from tuneloop.monitoring.control.loop import adapter_of
 
     onset: datetime | None = None
-    for event in registry.history(adapter_of(registry, alias)):
+    for event in registry.history(registry.adapter_of(alias)):
         detail = event.detail or {}
         if event.kind == PROMOTED:
             onset = aware(event.created_at)
@@ -291,14 +290,13 @@ def start(
     registry: Registry, store: CaptureStore, alias: str, reason: str, *, address: str | None = None
 ) -> str:
     """Prepare and submit a retrain of `alias`; record `retrain.started`; return the Ray job id."""
-    from tuneloop.monitoring.control.loop import adapter_of
     from tuneloop.platform.ray.submit import new_job_id, submit_spec
 
     ref = registry.aliases().get(alias)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     folder = settings.TUNELOOP_HOME.get() / "retrains" / alias / stamp
     data = prepare(registry, store, alias, folder)
-    adapter = adapter_of(registry, alias)
+    adapter = registry.adapter_of(alias)
     job_id = new_job_id(adapter)
     detail = {
         "alias": alias,
@@ -325,10 +323,9 @@ def start(
 
 def open_retrains(registry: Registry, alias: str) -> list[dict[str, Any]]:
     """The `retrain.started` details of `alias` that no `retrain.finished` has closed, oldest first."""
-    from tuneloop.monitoring.control.loop import adapter_of
 
     started: dict[str, dict[str, Any]] = {}
-    for event in registry.history(adapter_of(registry, alias)):
+    for event in registry.history(registry.adapter_of(alias)):
         detail = event.detail or {}
         if detail.get("alias") != alias or not detail.get("job_id"):
             continue
@@ -347,7 +344,6 @@ def advance(
     Without a gateway client (no TUNELOOP_EVAL_KEY) a finished retrain stays open: its candidate
     cannot be compared yet. Returns one entry per retrain closed: the gate's decision, or None for
     a job that registered no candidate."""
-    from tuneloop.monitoring.control.loop import adapter_of
     from tuneloop.monitoring.evaluation.suite import golden_suite
     from tuneloop.monitoring.gate import run_gate
     from tuneloop.platform.errors import TuneloopError
@@ -367,7 +363,7 @@ def advance(
             continue
         if status not in TERMINAL and status != "LOST":
             continue
-        versions = [v for v in registry.list_versions(adapter_of(registry, alias)) if v.job_id == job_id]
+        versions = [v for v in registry.list_versions(registry.adapter_of(alias)) if v.job_id == job_id]
         if status != "SUCCEEDED" or not versions:
             why = f"job {job_id} ended {status}" + ("" if versions else " without registering a version")
             error = _job_error(registry, job_id, Path(retrain["folder"]))
@@ -404,10 +400,9 @@ def advance(
 def _finish(
     registry: Registry, alias: str, job_id: str, status: str, candidate: str | None, why: str
 ) -> None:
-    from tuneloop.monitoring.control.loop import adapter_of
 
     detail = {"alias": alias, "job_id": job_id, "status": status, "candidate": candidate}
-    registry.add_event(adapter_of(registry, alias), RETRAIN_FINISHED, f"{alias}: {why}", detail)
+    registry.add_event(registry.adapter_of(alias), RETRAIN_FINISHED, f"{alias}: {why}", detail)
 
 
 def _read_if_any(path: Path) -> list[Example]:

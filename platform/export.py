@@ -19,10 +19,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from tuneloop.platform.adapters import inspect_adapter, serving_of
+from tuneloop.platform.adapters import inspect_adapter
 from tuneloop.platform.artifacts import MANIFEST, ArtifactStore
 from tuneloop.platform.basemodels import resolve_model
 from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.promotion import serving_of
 from tuneloop.platform.registry import Registry
 
 MERGEABLE = ("LORA", "IA3")

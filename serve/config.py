@@ -19,8 +19,9 @@ from pathlib import Path
 from tuneloop.platform import settings
 from tuneloop.platform.adapters import engine_lora_targets
 from tuneloop.platform.artifacts import ArtifactStore
-from tuneloop.platform.basemodels import resolve_model
+from tuneloop.platform.basemodels import local_model_dir, resolve_model
 from tuneloop.platform.errors import ConfigError, NotFoundError
+from tuneloop.platform.refs import VersionRef
 from tuneloop.serve.engine.launch import EngineConfig
 from tuneloop.serve.engine.pidfile import reclaim_port
 from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
@@ -142,13 +143,15 @@ class GatewayConfig:
 def resolve_base(model: str, models_cache: Path) -> BaseModel:
     """The base model `--model` names: a folder, a pulled name, a Hugging Face id, or a stored
     full/partial fine-tune (ADAPTER@N). Clients call it by the name as given."""
-    _adapter, sep, number = model.rpartition("@")
-    if not (sep and number.isdigit() and "/" not in model):
+    folder = local_model_dir(model)
+    if folder is not None:
+        return BaseModel(public=model, engine=str(folder))
+    if VersionRef.parse(model) is None:
         try:
             return BaseModel(public=model, engine=str(resolve_model(model)))
         except NotFoundError as exc:
             raise NotFoundError(f"--model: {exc}, nor a stored version ADAPTER@N") from None
-    from tuneloop.platform.adapters import serving_of
+    from tuneloop.platform.promotion import serving_of
     from tuneloop.platform.registry import Registry
     from tuneloop.serve.engine.cache import local_copy
 

@@ -75,6 +75,17 @@ class Checked:
 
 
 @dataclass
+class Recorded:
+    """A job the registry knows: where its progress, versions and artifacts go."""
+
+    job_id: str
+    spec_record: dict[str, Any]  # the spec as recorded: only what the user set
+    registry: Registry
+    store: ArtifactStore
+    echo: Callable[[str], None]
+
+
+@dataclass
 class Fitted:
     """The kept run of a job: its checkpoint, the hyper-parameters it used, the runs to clean up."""
 
@@ -116,10 +127,11 @@ def run(
     registry.start_job(job_id, spec.output.adapter, spec_record)
     echo(f"job {job_id}: {spec.method.name} {spec.task} on {checked.base_ref} -> {spec.output.adapter}")
     registry.add_job_event(job_id, "job.started", f"training {spec.output.adapter} ({spec.method.name})")
+    recorded = Recorded(job_id, spec_record, registry, store, echo)
     fitted: Fitted | None = None
     try:
-        fitted = fit(checked, job_id, spec_record, registry, store, echo)
-        outcome = finish(checked, fitted, job_id, spec_record, registry, store, echo)
+        fitted = fit(checked, recorded)
+        outcome = finish(checked, fitted, recorded)
     except BaseException as exc:
         shutil.rmtree(staging_dir(job_id), ignore_errors=True)
         stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
@@ -177,31 +189,24 @@ def check(job: Path | JobSpec, registry: Registry, echo: Callable[[str], None]) 
     return checked
 
 
-def fit(
-    checked: Checked,
-    job_id: str,
-    spec_record: dict[str, Any],
-    registry: Registry,
-    store: ArtifactStore,
-    echo: Callable[[str], None],
-) -> Fitted:
+def fit(checked: Checked, recorded: Recorded) -> Fitted:
     """3. Train: one Ray Train run, or one per Ray Tune trial with the best kept."""
     import logging
 
     from tuneloop.train import tune
 
-    spec = checked.spec
+    spec, job_id, registry, echo = checked.spec, recorded.job_id, recorded.registry, recorded.echo
     exit_at = settings.TUNELOOP_TEST_WORKER_EXIT_AT_STEP.get()
     if exit_at:
         logging.getLogger(__name__).warning(
             "TUNELOOP_TEST_WORKER_EXIT_AT_STEP=%d: a worker will exit at that step (testing only)", exit_at
         )
-    storage = f"{store.root_url.rstrip('/')}/runs"
+    storage = f"{recorded.store.root_url.rstrip('/')}/runs"
     with ray_cluster(echo):
         import ray
 
         loop_config = {
-            "spec": spec_record,
+            "spec": recorded.spec_record,
             "overrides": {},
             "model_dir": str(checked.model_dir),
             "data": ray.put({"train": checked.encoded["train"], "validation": checked.encoded["validation"]}),
@@ -256,15 +261,7 @@ def fit(
     )
 
 
-def finish(
-    checked: Checked,
-    fitted: Fitted,
-    job_id: str,
-    spec_record: dict[str, Any],
-    registry: Registry,
-    store: ArtifactStore,
-    echo: Callable[[str], None],
-) -> TrainOutcome:
+def finish(checked: Checked, fitted: Fitted, recorded: Recorded) -> TrainOutcome:
     """4. The best weights in the method's format, scored on the test split beside the base; published."""
     from tuneloop.platform.registry.tables import JobStatus
     from tuneloop.train.evaluate import evaluate_result, format_table
@@ -272,6 +269,7 @@ def finish(
     from tuneloop.train.state import read_state, training_summary
 
     spec, splits = checked.spec, checked.splits
+    job_id, registry, echo = recorded.job_id, recorded.registry, recorded.echo
     if fitted.checkpoint is None:
         raise TrainingError(f"job {job_id}: training ended without a checkpoint to publish")
     with tempfile.TemporaryDirectory(prefix="tuneloop-export-") as tmp:
@@ -300,7 +298,7 @@ def finish(
         hyperparameters = fitted.hyperparameters.model_dump(mode="json")
         lineage = {
             "job_id": job_id,
-            "spec": spec_record,
+            "spec": recorded.spec_record,
             "hyperparameters": hyperparameters,
             "base_model": checked.base_ref,
             "data_hash": checked.data_hash,
@@ -311,7 +309,7 @@ def finish(
         }
         version = publish(
             registry=registry,
-            store=store,
+            store=recorded.store,
             source_dir=out_dir,
             spec=spec,
             base_ref=checked.base_ref,

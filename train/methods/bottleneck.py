@@ -99,7 +99,6 @@ class BottleneckAdapters(FineTuneMethod):
     """Bottleneck adapters after each decoder layer's MLP (or `target_modules`)."""
 
     name = "adapter"
-    serving = "none"
 
     def prepare(self, model: PreTrainedModel, spec: MethodSpec) -> torch.nn.Module:
         model.requires_grad_(False)

@@ -25,7 +25,6 @@ class IA3(PeftMethod):
     """peft IA3 (default targets k_proj, v_proj, down_proj; down_proj as feed-forward)."""
 
     name = "ia3"
-    serving = "none"
 
     def peft_config(self, model: PreTrainedModel, spec: MethodSpec) -> Any:
         from peft import IA3Config
