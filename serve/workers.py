@@ -34,9 +34,12 @@ import time
 from collections.abc import Iterator
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuneloop.platform.errors import TuneloopError
+
+if TYPE_CHECKING:
+    from tuneloop.serve.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def metrics_dir(run_dir: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run_workers(config: Any, *, host: str, port: int, workers: int) -> None:
+def run_workers(config: GatewayConfig, *, host: str, port: int, workers: int) -> None:
     """Serve `config` (a GatewayConfig) with `workers` processes until SIGTERM or SIGINT.
 
     Call it with PROMETHEUS_MULTIPROC_DIR exported (`metrics_dir`), in the main thread: the
@@ -81,7 +84,9 @@ def run_workers(config: Any, *, host: str, port: int, workers: int) -> None:
         sock.close()
 
 
-async def _parent(config: Any, worker_config: Any, sock: socket.socket, host: str, port: int, n: int) -> None:
+async def _parent(
+    config: GatewayConfig, worker_config: GatewayConfig, sock: socket.socket, host: str, port: int, n: int
+) -> None:
     import httpx
     from prometheus_client import multiprocess
 
@@ -145,7 +150,7 @@ async def _parent(config: Any, worker_config: Any, sock: socket.socket, host: st
         raise TuneloopError(fatal[0])
 
 
-def _spawn(config: Any, sock: socket.socket, host: str, port: int, index: int) -> SpawnProcess:
+def _spawn(config: GatewayConfig, sock: socket.socket, host: str, port: int, index: int) -> SpawnProcess:
     import multiprocessing
 
     level = logging.getLogger("tuneloop").level
@@ -173,7 +178,9 @@ def _stop_all(procs: list[SpawnProcess], deadline_s: float) -> None:
             proc.join(5.0)
 
 
-def _worker(config: Any, sock: socket.socket, host: str, port: int, parent: int, level: int) -> None:
+def _worker(
+    config: GatewayConfig, sock: socket.socket, host: str, port: int, parent: int, level: int
+) -> None:
     """One worker process: a whole gateway on the shared socket, until SIGTERM or its parent dies."""
     import ctypes
 
