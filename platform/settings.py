@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -230,6 +231,43 @@ TUNELOOP_ENGINE_DTYPE: Var[str] = Var(
     lambda: "auto",
     "Weight dtype of the engine (auto, float32, bfloat16); small models answer better in float32.",
 )
+TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE: Var[int] = Var(
+    "TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 1,
+    "GPUs one engine shards the model over (vLLM --tensor-parallel-size); the Helm chart sets it to "
+    "serving.gpusPerReplica.",
+)
+TUNELOOP_ENGINE_GPU_MEMORY_FRACTION: Var[float | None] = Var(
+    "TUNELOOP_ENGINE_GPU_MEMORY_FRACTION",
+    lambda raw: _unit_fraction(raw),
+    lambda: None,
+    "Share of each GPU's memory the engine may take, 0 < f <= 1 (vLLM --gpu-memory-utilization); "
+    "when set, vLLM sizes the KV cache from it and TUNELOOP_ENGINE_KV_CACHE_BYTES is not passed. "
+    "Empty: the KV cache is TUNELOOP_ENGINE_KV_CACHE_BYTES (what a CPU needs).",
+)
+TUNELOOP_ENGINE_EXTRA_ARGS: Var[tuple[str, ...]] = Var(
+    "TUNELOOP_ENGINE_EXTRA_ARGS",
+    lambda raw: tuple(shlex.split(raw)),
+    lambda: (),
+    "More vLLM engine flags, shell-quoted (e.g. `--enforce-eager --max-num-batched-tokens 8192`); "
+    "flags tuneloop sets itself (model, host, port, LoRA, KV cache, ...) are refused with the "
+    "setting that owns them.",
+)
+TUNELOOP_SERVED_MODEL_NAME: Var[str] = Var(
+    "TUNELOOP_SERVED_MODEL_NAME",
+    str,
+    lambda: "",
+    "Name clients call the base model by and /v1/models lists (vLLM's --served-model-name); the "
+    "`--model` string keeps working. Empty: the `--model` string.",
+)
+TUNELOOP_TOOL_CALL_PARSER: Var[str] = Var(
+    "TUNELOOP_TOOL_CALL_PARSER",
+    str,
+    lambda: "",
+    "vLLM tool-call parser for the base model's chat format (hermes, llama3_json, mistral, ...): the "
+    "engine then runs with automatic tool choice. Empty: chat requests with `tools` are refused (400).",
+)
 TUNELOOP_ENGINE_START_TIMEOUT_S: Var[float] = Var(
     "TUNELOOP_ENGINE_START_TIMEOUT_S",
     float,
@@ -390,6 +428,13 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _unit_fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 < value <= 1.0:
+        raise ValueError("must be above 0 and at most 1")
+    return value
+
+
 def _fraction(raw: str) -> float:
     value = float(raw)
     if not 0.0 <= value <= 1.0:
@@ -530,6 +575,13 @@ TUNELOOP_CONTROL_TOKEN_FILE: Var[Path] = Var(
     lambda: _home() / "control_token",
     "File holding the control API's bearer token when TUNELOOP_CONTROL_TOKEN is empty; `tuneloop "
     "control` creates it (mode 0600, a random token) when it does not exist.",
+)
+TUNELOOP_CONTROL_URL: Var[str] = Var(
+    "TUNELOOP_CONTROL_URL",
+    str,
+    lambda: f"http://{LOOPBACK}:8080",
+    "Control API `tuneloop status` asks whether it answers (its /health); `tuneloop control` listens "
+    "on 8080 unless given --port.",
 )
 TUNELOOP_SCHEDULER: Var[bool] = Var(
     "TUNELOOP_SCHEDULER",
