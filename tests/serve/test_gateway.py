@@ -45,6 +45,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell 
 NO_EOS = {"ignore_eos": True}  # a random model may stop at once; fixed lengths make outputs comparable
 MAX_IN_FLIGHT = 12
 STREAMS = 8
+SERVED_NAME = "tiny-base"
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,11 @@ def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         # Capture on, with a working database: tests/serve/test_gateway_prompt_tuned.py.
         "TUNELOOP_CAPTURE_ENABLED": "0",
         "TUNELOOP_CAPTURE_DB_URL": f"sqlite:///{home / 'capture.db'}",
+        # Clients call the base by this name; the folder `--model` names keeps working (test below).
+        "TUNELOOP_SERVED_MODEL_NAME": SERVED_NAME,
     }
     with start_gateway(str(tiny_model_dir), home, extra_env=env) as gateway:
-        state = Replica(gateway, str(tiny_model_dir), keys, registry, set(gateway.engine_pids()))
+        state = Replica(gateway, SERVED_NAME, keys, registry, set(gateway.engine_pids()))
         yield state
         state.engine_pids.update(gateway.engine_pids())
     left = [pid for pid in state.engine_pids if group_members(pid)]
@@ -159,6 +162,45 @@ def test_base_alias_and_pinned_version_answer_chat_completion_and_streams(replic
     assert texts["bot"] == texts["bot@1"], "the alias must serve the version it points at"
     assert texts["bot@1"][0] != texts["bot@2"][0] != texts[replica.base][0]
     assert texts["bot@1"][2] != texts[replica.base][2]
+
+
+def test_the_served_name_and_the_model_folder_both_call_the_base(
+    replica: Replica, tiny_model_dir: Path
+) -> None:
+    client = replica.client("bot")
+    assert SERVED_NAME in {m.id for m in client.models.list().data}
+    assert str(tiny_model_dir) not in {m.id for m in client.models.list().data}
+    by_folder = client.completions.create(
+        model=str(tiny_model_dir), prompt=PROMPT, max_tokens=4, temperature=0.0, extra_body=NO_EOS
+    )
+    by_name = client.completions.create(
+        model=SERVED_NAME, prompt=PROMPT, max_tokens=4, temperature=0.0, extra_body=NO_EOS
+    )
+    assert by_folder.choices[0].text == by_name.choices[0].text
+
+
+def test_tools_without_a_tool_call_parser_are_a_400_naming_the_setting(replica: Replica) -> None:
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        replica.client("bot").chat.completions.create(
+            model="bot",
+            messages=MESSAGES,
+            max_tokens=4,
+            tools=[tool],  # type: ignore[list-item]
+        )
+    assert "TUNELOOP_TOOL_CALL_PARSER" in str(caught.value) and caught.value.code == "tools_not_enabled"
+
+
+def test_max_completion_tokens_is_honoured_on_completions(replica: Replica) -> None:
+    client = replica.client("bot")
+    done = client.completions.create(
+        model="bot", prompt=PROMPT, temperature=0.0, extra_body={"max_completion_tokens": 3, **NO_EOS}
+    )
+    assert done.usage is not None and done.usage.completion_tokens == 3
+    with pytest.raises(openai.BadRequestError, match="max_completion_tokens"):
+        client.completions.create(
+            model="bot", prompt=PROMPT, max_tokens=5, extra_body={"max_completion_tokens": 3}
+        )
 
 
 def test_gateway_and_engine_listen_on_loopback_only(replica: Replica) -> None:
