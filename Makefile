@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu
-EXTRAS ?= cpu,dev,postgres,s3
+EXTRAS ?= cpu,qlora,embeddings,dev,postgres,s3
 PYTEST_ARGS ?=
 
 .PHONY: install install-helm install-prometheus install-postgres demo test lint typecheck pytest lock clean
