@@ -100,6 +100,7 @@ LOOP_METRICS = (
     *metrics.TRAINING_GAUGES.values(),
 )
 LOOP_SERIES = {name for metric in LOOP_METRICS for name in series_names(metric)}
+TRAINING_SERIES = {name for metric in metrics.TRAINING_GAUGES.values() for name in series_names(metric)}
 
 
 # -- offline checks
@@ -483,6 +484,8 @@ def _check_all_queries(prom: Prometheus, start: float, end: float) -> str:
                 f"{query.where} mixes the loop's and the gateway's metrics"
             )
             source = "set values (loop exporter)" if loop else "real gateway traffic"
+            if query.metrics <= TRAINING_SERIES:
+                source = "a job's curves, exported (loop exporter)"
             if path.name == "tuneloop-serving.json" or "Alias switches" in query.where:
                 assert not loop, f"{query.where} should be proved against the gateway"
             for alias in (".*", "bot"):

@@ -154,38 +154,20 @@ def test_base_alias_and_pinned_version_answer_chat_completion_and_streams(replic
     assert texts["bot@1"][2] != texts[replica.base][2]
 
 
-def test_the_served_name_and_the_model_folder_both_call_the_base(
-    replica: Replica, tiny_model_dir: Path
-) -> None:
-    client = replica.client("bot")
-    assert SERVED_NAME in {m.id for m in client.models.list().data}
-    assert str(tiny_model_dir) not in {m.id for m in client.models.list().data}
-    by_folder = client.completions.create(
-        model=str(tiny_model_dir), prompt=PROMPT, max_tokens=4, temperature=0.0, extra_body=NO_EOS
-    )
-    by_name = client.completions.create(
-        model=SERVED_NAME, prompt=PROMPT, max_tokens=4, temperature=0.0, extra_body=NO_EOS
-    )
-    assert by_folder.choices[0].text == by_name.choices[0].text
-
-
-def test_tools_without_a_tool_call_parser_are_a_400_naming_the_setting(replica: Replica) -> None:
+def test_served_name_tools_and_max_completion_tokens(replica: Replica, tiny_model_dir: Path) -> None:
+    client, greedy = replica.client("bot"), {"prompt": PROMPT, "temperature": 0.0}
+    # The served name is listed; the folder `--model` named is not, yet still answers the same.
+    assert SERVED_NAME in {m.id for m in client.models.list().data} - {str(tiny_model_dir)}
+    texts = [
+        client.completions.create(model=m, max_tokens=4, extra_body=NO_EOS, **greedy).choices[0].text
+        for m in (SERVED_NAME, str(tiny_model_dir))
+    ]
+    assert texts[0] == texts[1]
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.BadRequestError) as caught:
-        replica.client("bot").chat.completions.create(
-            model="bot",
-            messages=MESSAGES,
-            max_tokens=4,
-            tools=[tool],  # type: ignore[list-item]
-        )
-    assert "TUNELOOP_TOOL_CALL_PARSER" in str(caught.value) and caught.value.code == "tools_not_enabled"
-
-
-def test_max_completion_tokens_is_honoured_on_completions(replica: Replica) -> None:
-    client = replica.client("bot")
-    done = client.completions.create(
-        model="bot", prompt=PROMPT, temperature=0.0, extra_body={"max_completion_tokens": 3, **NO_EOS}
-    )
+    with pytest.raises(openai.BadRequestError, match="TUNELOOP_TOOL_CALL_PARSER") as caught:
+        client.chat.completions.create(model="bot", messages=MESSAGES, tools=[tool])  # type: ignore[list-item]
+    assert caught.value.code == "tools_not_enabled"  # no parser configured: never answered as text
+    done = client.completions.create(model="bot", extra_body={"max_completion_tokens": 3, **NO_EOS}, **greedy)
     assert done.usage is not None and done.usage.completion_tokens == 3
     with pytest.raises(openai.BadRequestError, match="max_completion_tokens"):
         client.completions.create(
