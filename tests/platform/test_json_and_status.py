@@ -59,6 +59,7 @@ def test_list_commands_print_json(
     home: Path, tiny_lora_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert as_json(capsys, "adapters", "list") == []
+    assert as_json(capsys, "eval", "run") == []  # no alias to evaluate: no gateway is asked
     assert main(["adapters", "import", "support", str(tiny_lora_dir)]) == 0
     assert main(["adapters", "import", "support", str(tiny_lora_dir)]) == 0
     assert main(["adapters", "promote", "support", "2"]) == 0

@@ -24,6 +24,7 @@ import yaml
 from helpers.servers import RAY_CLI, RayHead
 
 from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.curves import read_rows
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.registry.tables import Job, JobStatus, VersionStatus
 from tuneloop.platform.settings import child_env
@@ -205,7 +206,7 @@ def test_the_job_keeps_its_loss_curves_beside_its_artifacts(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tuneloop.platform.cli import main
-    from tuneloop.platform.curves import job_dir, read_rows
+    from tuneloop.platform.curves import job_dir
 
     job_id = lora_job.submission_id
     rows = read_rows(lora_job.store, job_id)
@@ -367,6 +368,9 @@ def test_a_search_records_every_trial_and_publishes_the_best(
     assert result["hyperparameters"]["learning_rate"] == best["config"]["learning_rate"]
     assert version.manifest["training"]["best_val_loss"] == pytest.approx(best["best_val_loss"])
     assert finished.events().count("job.trial") == 3
+    # Each trial's curve is kept in the job's, under its own run name (and TensorBoard run).
+    rows = read_rows(finished.store, finished.submission_id) or []
+    assert {row["run"] for row in rows} == {f"trial {t['trial_id']}" for t in trials}
     # Trials ASHA stopped may die mid-upload; their staged checkpoints went with the job, runs too.
     assert not staging_dir(finished.submission_id).exists()
     assert not finished.store.fs.exists(f"{finished.store.root}/runs") or not finished.store.fs.ls(
