@@ -22,6 +22,8 @@ from tuneloop.platform.env.monitoring import *  # noqa: F403
 from tuneloop.platform.env.serving import *  # noqa: F403
 from tuneloop.platform.env.state import *  # noqa: F403
 from tuneloop.platform.env.state import (
+    HF_HOME,
+    HF_HUB_OFFLINE,
     RAY_JOB_CONFIG_JSON_ENV_VAR,
     TUNELOOP_ALLOW_REMOTE_BIND,
     TUNELOOP_HOST,
@@ -63,6 +65,12 @@ def ray_env() -> dict[str, str]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(ray_dir / "auth_token"),
     }
+
+
+def hub_env() -> dict[str, str]:
+    """The Hugging Face cache variables that are set here, for processes that must resolve the same
+    hub ids (Ray jobs, the embedded head)."""
+    return {var.name: os.environ[var.name] for var in (HF_HOME, HF_HUB_OFFLINE) if os.environ.get(var.name)}
 
 
 def ray_job_submission_id() -> str | None:

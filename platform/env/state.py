@@ -84,6 +84,21 @@ TUNELOOP_MODELS_DIR: Var[Path] = Var(
     lambda: _home() / "models",
     "Where `tuneloop models pull` puts converted Hugging Face model folders.",
 )
+# Read by huggingface_hub itself (tuneloop resolves `ORG/NAME` base models through it); declared here
+# so `tuneloop env` shows them and jobs on this machine get the same cache (settings.hub_env).
+HF_HOME: Var[Path] = Var(
+    "HF_HOME",
+    _path,
+    lambda: Path("~/.cache/huggingface").expanduser(),
+    "Hugging Face cache root: base models given by hub id (`ORG/NAME`) are looked up in its hub/ "
+    "folder (models--ORG--NAME/snapshots/REVISION) and downloaded into it where a network exists.",
+)
+HF_HUB_OFFLINE: Var[bool] = Var(
+    "HF_HUB_OFFLINE",
+    _bool,
+    lambda: False,
+    "Never contact the Hugging Face hub: a hub id must already be in the HF_HOME cache.",
+)
 TUNELOOP_PIP_INSTALL: Var[bool] = Var(
     "TUNELOOP_PIP_INSTALL",
     _bool,
