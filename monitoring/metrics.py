@@ -222,6 +222,82 @@ ROLLBACKS = Counter(
     registry=REGISTRY,
 )
 
+# -- training jobs: the latest values of each running job (set by `refresh_training`)
+TRAINING_LABELS = ("job", "adapter")
+TRAINING_LOSS = Gauge(
+    "tuneloop_training_loss",
+    "Training loss of a running job's latest step, over every worker.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_VAL_LOSS = Gauge(
+    "tuneloop_training_val_loss",
+    "Validation loss of a running job's latest validation.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_LEARNING_RATE = Gauge(
+    "tuneloop_training_learning_rate",
+    "Learning rate of a running job's latest step.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_GRAD_NORM = Gauge(
+    "tuneloop_training_grad_norm",
+    "Gradient norm (before clipping) of a running job's latest step.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_TOKENS_PER_SECOND = Gauge(
+    "tuneloop_training_tokens_per_second",
+    "Input tokens per second of a running job since its previous report, summed over workers.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_STEP = Gauge(
+    "tuneloop_training_step",
+    "Optimizer steps a running job has made.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_TOTAL_STEPS = Gauge(
+    "tuneloop_training_total_steps",
+    "Optimizer steps a running job plans to make.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_ETA = Gauge(
+    "tuneloop_training_eta_seconds",
+    "Seconds a running job needs for its remaining steps at its pace so far.",
+    TRAINING_LABELS,
+    registry=REGISTRY,
+)
+TRAINING_GAUGES = {
+    "loss": TRAINING_LOSS,
+    "val_loss": TRAINING_VAL_LOSS,
+    "lr": TRAINING_LEARNING_RATE,
+    "grad_norm": TRAINING_GRAD_NORM,
+    "tokens_per_s": TRAINING_TOKENS_PER_SECOND,
+    "step": TRAINING_STEP,
+    "total_steps": TRAINING_TOTAL_STEPS,
+    "eta_s": TRAINING_ETA,
+}
+"""A curves row's field (platform/curves.py) -> its gauge."""
+
+
+def set_training(running: dict[tuple[str, str], dict[str, object]]) -> None:
+    """Make the training gauges say exactly `running`: (job, adapter) -> its latest curves row.
+
+    Jobs that ended lose their series, so a dashboard shows running jobs only.
+    """
+    for gauge in TRAINING_GAUGES.values():
+        gauge.clear()
+    for (job, adapter), row in running.items():
+        for key, gauge in TRAINING_GAUGES.items():
+            value = row.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                gauge.labels(job, adapter).set(value)
+
 
 def declare_alias(alias: str) -> None:
     """Export the loop's counters for `alias` at 0 before their first event.

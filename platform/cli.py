@@ -29,6 +29,7 @@ PROG = "tuneloop"
 COMMANDS: dict[str, str] = {
     "version": "tuneloop.platform.commands:version",
     "env": "tuneloop.platform.commands:env",
+    "status": "tuneloop.monitoring.status:status",
     "db upgrade": "tuneloop.platform.commands:db_upgrade",
     "models pull": "tuneloop.platform.commands:models_pull",
     "models list": "tuneloop.platform.commands:models_list",
@@ -51,6 +52,7 @@ COMMANDS: dict[str, str] = {
     "jobs logs": "tuneloop.platform.ray.submit:jobs_logs",
     "jobs stop": "tuneloop.platform.ray.submit:jobs_stop",
     "jobs list": "tuneloop.platform.ray.submit:jobs_list",
+    "jobs metrics": "tuneloop.platform.curves:jobs_metrics",
     "train": "tuneloop.train.command:train",
     "data check": "tuneloop.train.check:data_check",
     "eval run": "tuneloop.monitoring.evaluation.command:eval_run",

@@ -49,18 +49,34 @@ def models_pull(name: str, dest: Path | None = None) -> None:
     print(path)
 
 
-def models_list() -> None:
-    """List the models `tuneloop models pull` knows and whether each is already pulled."""
+def models_list(json: bool = False) -> None:
+    """List the models `tuneloop models pull` knows and whether each is already pulled.
+
+    Args:
+        json: Print a JSON list (name, pulled, path) instead of the table.
+    """
     from tuneloop.platform import basemodels, settings
+    from tuneloop.platform.output import print_json
 
     root = settings.TUNELOOP_MODELS_DIR.get()
-    for name in basemodels.KNOWN_MODELS:
-        where = root / name
-        print(f"{name:<16} {'pulled: ' + str(where) if (where / 'config.json').exists() else 'not pulled'}")
+    rows = [
+        {"name": name, "pulled": (root / name / "config.json").exists(), "path": str(root / name)}
+        for name in basemodels.KNOWN_MODELS
+    ]
+    if json:
+        print_json(rows)
+        return
+    for row in rows:
+        print(f"{row['name']:<16} {'pulled: ' + str(row['path']) if row['pulled'] else 'not pulled'}")
 
 
-def adapters_list() -> None:
-    """List adapter versions in the registry with status, method and aliases."""
+def adapters_list(json: bool = False) -> None:
+    """List adapter versions in the registry with status, method and aliases.
+
+    Args:
+        json: Print a JSON list (version, adapter, number, status, method, aliases, job_id, created_at).
+    """
+    from tuneloop.platform.output import print_json
     from tuneloop.platform.registry import Registry
 
     registry = Registry()
@@ -68,6 +84,23 @@ def adapters_list() -> None:
     for alias, ref in registry.aliases().items():
         aliases.setdefault(ref, []).append(alias)
     versions = registry.list_versions()
+    if json:
+        print_json(
+            [
+                {
+                    "version": v.ref,
+                    "adapter": v.adapter.name,
+                    "number": v.number,
+                    "status": v.status,
+                    "method": v.method,
+                    "aliases": sorted(aliases.get(v.ref, [])),
+                    "job_id": v.job_id,
+                    "created_at": v.created_at,
+                }
+                for v in versions
+            ]
+        )
+        return
     if not versions:
         print("no adapters yet")
         return
@@ -172,7 +205,7 @@ def adapters_rollback(alias: str) -> None:
     print(f"{alias} -> {version.ref} (was {before})")
 
 
-def adapters_history(alias: str) -> None:
+def adapters_history(alias: str, json: bool = False) -> None:
     """Print the registry events of the adapter behind ALIAS, oldest first, one per line.
 
     Versions added, evaluations, drift checks and alerts, retrains, gate decisions, promotions and
@@ -180,8 +213,10 @@ def adapters_history(alias: str) -> None:
 
     Args:
         alias: An alias, or an adapter name.
+        json: Print a JSON list of events (time, kind, message, detail) instead of lines.
     """
     from tuneloop.platform.errors import NotFoundError
+    from tuneloop.platform.output import print_json
     from tuneloop.platform.registry import Registry
 
     registry = Registry()
@@ -189,6 +224,11 @@ def adapters_history(alias: str) -> None:
         events = registry.history(registry.adapter_of(alias))
     except NotFoundError:
         raise NotFoundError(f"no alias or adapter named {alias!r}; see `tuneloop adapters list`") from None
+    if json:
+        print_json(
+            [{"time": e.created_at, "kind": e.kind, "message": e.message, "detail": e.detail} for e in events]
+        )
+        return
     for event in events:
         when = event.created_at.strftime("%Y-%m-%d %H:%M:%S")
         print(f"{when}  {event.kind:<22} {event_line(event.kind, event.message, event.detail or {})}")
@@ -221,11 +261,24 @@ def keys_create(scope: str | None = None, admin: bool = False) -> None:
     print(key.secret)
 
 
-def keys_list() -> None:
-    """List the active gateway API keys: the prefix each is shown by, its scopes, when it was made."""
+def keys_list(json: bool = False) -> None:
+    """List the active gateway API keys: the prefix each is shown by, its scopes, when it was made.
+
+    Args:
+        json: Print a JSON list (prefix, admin, scopes, created_at); never a key or its hash.
+    """
+    from tuneloop.platform.output import print_json
     from tuneloop.platform.registry import Registry
 
     keys = sorted(Registry().api_keys(), key=lambda k: k.created_at)
+    if json:
+        print_json(
+            [
+                {"prefix": k.prefix, "admin": k.admin, "scopes": k.scopes, "created_at": k.created_at}
+                for k in keys
+            ]
+        )
+        return
     if not keys:
         print("no keys (create one with `tuneloop keys create`)")
         return

@@ -12,6 +12,7 @@ serve/prompt_embeds/engine.py for why).
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.basemodels import local_model_dir, resolve_model
 from tuneloop.platform.errors import ConfigError, NotFoundError
 from tuneloop.platform.refs import VersionRef
-from tuneloop.serve.engine.launch import EngineConfig
+from tuneloop.serve.engine.launch import EngineConfig, check_extra_args
 from tuneloop.serve.engine.lora_limits import LoraLimits
 from tuneloop.serve.engine.pidfile import reclaim_port
 from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
@@ -97,7 +98,7 @@ class GatewayConfig:
     def from_settings(cls, model: str) -> GatewayConfig:
         """Resolve `--model` (fetching a stored fine-tune if it names one) and read every setting."""
         cache_dir = settings.TUNELOOP_CACHE_DIR.get()
-        base = resolve_base(model, cache_dir / "models")
+        base = resolve_base(model, cache_dir / "models", settings.TUNELOOP_SERVED_MODEL_NAME.get())
         engine_port = settings.TUNELOOP_ENGINE_PORT.get()
         run_dir = settings.TUNELOOP_HOME.get() / "run"
         if port_in_use(engine_port):
@@ -111,6 +112,8 @@ class GatewayConfig:
                 f"TUNELOOP_LORA_TARGET_MODULES: {exc}; or set TUNELOOP_PROMPT_EMBEDS=0"
             ) from None
         limits = engine_lora_limits(base)
+        user_args = settings.TUNELOOP_ENGINE_EXTRA_ARGS.get()
+        check_extra_args(user_args)
         engine = EngineConfig(
             model=base.engine,
             port=engine_port,
@@ -120,7 +123,10 @@ class GatewayConfig:
             kv_cache_bytes=settings.TUNELOOP_ENGINE_KV_CACHE_BYTES.get(),
             max_model_len=settings.TUNELOOP_ENGINE_MAX_MODEL_LEN.get(),
             dtype=settings.TUNELOOP_ENGINE_DTYPE.get(),
-            extra_args=extra_args,
+            tensor_parallel_size=settings.TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE.get(),
+            gpu_memory_fraction=settings.TUNELOOP_ENGINE_GPU_MEMORY_FRACTION.get(),
+            tool_call_parser=settings.TUNELOOP_TOOL_CALL_PARSER.get(),
+            extra_args=[*extra_args, *user_args],
         )
         return cls(
             base=base,
@@ -188,9 +194,17 @@ def engine_lora_limits(base: BaseModel) -> LoraLimits:
     return limits
 
 
-def resolve_base(model: str, models_cache: Path) -> BaseModel:
+def resolve_base(model: str, models_cache: Path, served_name: str = "") -> BaseModel:
     """The base model `--model` names: a folder, a pulled name, a Hugging Face id, or a stored
-    full/partial fine-tune (ADAPTER@N). Clients call it by the name as given."""
+    full/partial fine-tune (ADAPTER@N). Clients call it by the name as given, or by `served_name`
+    when one is given (TUNELOOP_SERVED_MODEL_NAME; the name as given keeps working)."""
+    base = _resolve_base(model, models_cache)
+    if served_name and served_name != model:
+        return dataclasses.replace(base, public=served_name, given=model)
+    return base
+
+
+def _resolve_base(model: str, models_cache: Path) -> BaseModel:
     folder = local_model_dir(model)
     if folder is not None:
         return BaseModel(public=model, engine=str(folder))

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.platform import settings
+from tuneloop.platform import extras, settings
 from tuneloop.platform.data import DataError, Splits, make_splits
 from tuneloop.platform.errors import ConfigError
 from tuneloop.platform.spec import HyperParams, JobSpec, load_spec
@@ -162,6 +162,8 @@ def check(job: Path | JobSpec, registry: Registry, echo: Callable[[str], None]) 
         problems += tune.space_problems(spec.search, spec.hyperparameters)
     problems += lineage_problems(registry, spec, base_ref)
     problems += address_problems()
+    if spec.method.name == "qlora" and (missing_extra := extras.problem("qlora", "method qlora")):
+        problems.append(missing_extra)
     splits = None
     try:
         splits = make_splits(spec.data, spec.task)
@@ -216,11 +218,16 @@ def fit(checked: Checked, recorded: Recorded) -> Fitted:
             "tag": job_id,
         }
         if spec.search is None:
-            from tuneloop.train.progress import RegistryEvents
+            from tuneloop.train.progress import RegistryEvents, TrainingCurves
 
             events = RegistryEvents(registry.engine.url.render_as_string(hide_password=False), job_id, job_id)
+            curves = TrainingCurves(recorded.store.root_url, job_id, job_id)
             trainer = build_trainer(
-                loop_config, scaling=spec.scaling, storage_path=storage, name=job_id, callbacks=[events]
+                loop_config,
+                scaling=spec.scaling,
+                storage_path=storage,
+                name=job_id,
+                callbacks=[events, curves],
             )
             result = trainer.fit()
             if result.error is not None:
@@ -237,6 +244,7 @@ def fit(checked: Checked, recorded: Recorded) -> Fitted:
                 scaling=spec.scaling,
                 storage_path=storage,
                 search_name=search_name,
+                curves_store=recorded.store.root_url,
             ),
             storage_path=storage,
             name=search_name,

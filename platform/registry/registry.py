@@ -302,6 +302,12 @@ class Registry:
                 raise NotFoundError(f"no job {job_id!r} in the registry")
             return job
 
+    def running_jobs(self) -> list[Job]:
+        """Jobs that started and have not ended, oldest first."""
+        with self.transaction() as session:
+            query = select(Job).where(Job.status == JobStatus.RUNNING).order_by(Job.created_at)
+            return list(session.scalars(query))
+
     def finish_job(self, job_id: str, status: JobStatus, result: dict[str, Any] | None = None) -> None:
         with self.transaction() as session:
             job = session.get(Job, job_id)

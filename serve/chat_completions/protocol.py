@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from tuneloop.serve.errors import bad_request
 from tuneloop.serve.protocol import RequestModel, SamplingFields
 
 
@@ -33,3 +34,19 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name of max_tokens.")
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = Field(
+        None, max_length=128, description="Functions the model may call."
+    )
+    tool_choice: str | dict[str, Any] | None = Field(None, description="none, auto, required, or a function.")
+
+    def check_tools(self, parser: str) -> None:
+        """Refuse (400) tools this replica's engine cannot call: without a tool-call parser the engine
+        would answer in plain text, or fail naming vLLM's flags rather than ours. `tool_choice: none`
+        asks for text, which any engine gives."""
+        if self.tools and self.tool_choice != "none" and not parser:
+            raise bad_request(
+                "Tool calling is not enabled on this server: its operator sets TUNELOOP_TOOL_CALL_PARSER "
+                "(the vLLM tool-call parser for the model's chat format, e.g. hermes) to enable it.",
+                param="tools",
+                code="tools_not_enabled",
+            )

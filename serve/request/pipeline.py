@@ -27,6 +27,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from tuneloop.monitoring import metrics
+from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
 from tuneloop.serve.engine.lora import AdapterLoadError
 from tuneloop.serve.errors import OpenAIError, bad_request, engine_unavailable
 from tuneloop.serve.protocol import SamplingFields, engine_body, parse_body
@@ -54,6 +55,8 @@ async def complete(request: Request, endpoint: str, schema: type[SamplingFields]
         parsed = parse_body(await read_body(request, limits.max_body_bytes), schema)
         check_request(parsed, limits)
         replica.require_synced()
+        if isinstance(parsed, ChatCompletionRequest):
+            parsed.check_tools(replica.config.engine.tool_call_parser)
         follower = replica.follower
         target = replica.resolver.resolve(parsed.model, principal, follower.snapshot, follower.live)
         if target.kind == "prompt_embeddings":

@@ -45,9 +45,12 @@ class BaseModel:
     """The engine's own name for it (the local folder vLLM was started with)."""
     version: str | None = None
     """`adapter@N` when the base is a stored full or partial fine-tune."""
+    given: str = ""
+    """The `--model` string when TUNELOOP_SERVED_MODEL_NAME renames the model for clients."""
 
     def names(self) -> set[str]:
-        return {self.public, self.engine} | ({self.version} if self.version else set())
+        extra = {name for name in (self.version, self.given) if name}
+        return {self.public, self.engine} | extra
 
 
 @dataclass(frozen=True)

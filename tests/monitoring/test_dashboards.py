@@ -14,7 +14,10 @@ template variables substituted as Grafana would, and requires data:
 - against SET values: every panel of tuneloop-drift.json, its `alias` and `detector` variables and
   its "Promotions" / "Rollbacks" annotations. Nothing updates the loop's metrics yet (the loop is
   built next), so the test sets the SAME metric objects from monitoring/metrics.py and serves only
-  those from this process (prometheus_client's start_http_server on a loopback port).
+  those from this process (prometheus_client's start_http_server on a loopback port);
+- against curves a job's writer (train/progress.TrainingCurves) put in an artifact store: every
+  panel and variable of tuneloop-training.json, its gauges set from them as the control process
+  sets them for running jobs, served by the same exporter.
 The test asserts that split (by the metrics each query names) and prints it.
 """
 
@@ -94,15 +97,18 @@ LOOP_METRICS = (
     metrics.RETRAINS_REJECTED,
     metrics.PROMOTIONS,
     metrics.ROLLBACKS,
+    *metrics.TRAINING_GAUGES.values(),
 )
 LOOP_SERIES = {name for metric in LOOP_METRICS for name in series_names(metric)}
+TRAINING_SERIES = {name for metric in metrics.TRAINING_GAUGES.values() for name in series_names(metric)}
 
 
 # -- offline checks
 
 
-def test_there_are_a_serving_and_a_drift_dashboard() -> None:
-    assert {p.name for p in DASHBOARDS} >= {"tuneloop-serving.json", "tuneloop-drift.json"}
+def test_there_are_serving_drift_and_training_dashboards() -> None:
+    names = {p.name for p in DASHBOARDS}
+    assert names >= {"tuneloop-serving.json", "tuneloop-drift.json", "tuneloop-training.json"}
     uids = [load(p)["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids), uids
 
@@ -157,8 +163,12 @@ def test_every_panel_reads_the_datasource_variable_and_has_targets(path: Path) -
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    assert variables["alias"]["type"] == "query" and variables["alias"]["datasource"] == DATASOURCE
-    assert variables["alias"]["includeAll"] and variables["alias"]["allValue"] == ".*"
+    # Filters: `alias` on the serving and drift boards, `adapter` and `job` on the training one.
+    filters = [v for v in variables.values() if v["type"] == "query"]
+    assert filters and ("alias" in variables or "job" in variables), list(variables)
+    for variable in filters:
+        assert variable["datasource"] == DATASOURCE, variable["name"]
+        assert variable["includeAll"] and variable["allValue"] == ".*", variable["name"]
     ids = [p["id"] for p in panels(board)]
     assert len(set(ids)) == len(ids), f"panel ids repeat: {ids}"
     for panel in panels(board):
@@ -284,6 +294,23 @@ def _set_loop_baseline(alias: str) -> None:
         metrics.DRIFT_LAST_CHECK.labels(alias, detector).set(time.time())
 
 
+def _set_training(artifacts: Path, adapter: str) -> None:
+    """A running job's curves as its writer puts them in the store, exported as the control process
+    exports them (monitoring/control/app.py): the training dashboard's data."""
+    from tuneloop.platform import curves
+    from tuneloop.train.progress import TrainingCurves
+
+    store = ArtifactStore(str(artifacts))
+    writer = TrainingCurves(store.root_url, "job-1", "job-1")
+    for step, evaluated in ((2, False), (4, True), (5, False)):
+        point = {"step": step, "loss": 2.0 / step, "lr": 1e-4, "grad_norm": 0.7}
+        report = {"step": step, "total_steps": 10, "tokens_per_s": 900.0, "eta_s": 30.0, "curve": [point]}
+        writer.after_report(None, [{**report, "evaluated": evaluated, "val_loss": 1.1}], None)
+    latest = curves.latest(store, "job-1")
+    assert latest is not None and latest["val_loss"] == 1.1
+    metrics.set_training({("job-1", adapter): latest})
+
+
 def _loop_events(alias: str) -> None:
     """A drift, a retrain, a rejected and a promoted candidate, a rollback: one cycle of the loop."""
     metrics.DRIFT_SCORE.labels(alias, "embedding").set(0.31)
@@ -392,6 +419,7 @@ def test_every_query_returns_data_from_a_real_prometheus(
         "admin": create_key(registry, scopes=[], admin=True).secret,  # Prometheus scrapes with it
     }
     _set_loop_baseline("bot")
+    _set_training(home / "artifacts", "bot")
     traffic = Traffic()
     env = {"TUNELOOP_MAX_RESIDENT_ADAPTERS": "1", "TUNELOOP_REGISTRY_POLL_S": "0.25"}
     started = time.monotonic()
@@ -456,12 +484,16 @@ def _check_all_queries(prom: Prometheus, start: float, end: float) -> str:
                 f"{query.where} mixes the loop's and the gateway's metrics"
             )
             source = "set values (loop exporter)" if loop else "real gateway traffic"
+            if query.metrics <= TRAINING_SERIES:
+                source = "a job's curves, exported (loop exporter)"
             if path.name == "tuneloop-serving.json" or "Alias switches" in query.where:
                 assert not loop, f"{query.where} should be proved against the gateway"
             for alias in (".*", "bot"):
                 variables = {
                     "alias": alias,
                     "detector": ".*",
+                    "adapter": ".*",
+                    "job": ".*",
                     "datasource": "prometheus",
                     "__rate_interval": "1m",
                     "__interval": "15s",

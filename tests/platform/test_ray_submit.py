@@ -191,6 +191,13 @@ def test_submit_status_logs_list_stop(on_head: RayHead, capsys: pytest.CaptureFi
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     listed = {row[0]: (row[1], row[4]) for row in rows}  # id, status, date, time, adapter, ...
     assert listed[short] == ("SUCCEEDED", "demo") and listed[long] == ("RUNNING", "-")
+    assert jobs.jobs_list(json=True) == 0
+    as_json = {job["id"]: job for job in json.loads(capsys.readouterr().out)}
+    assert (as_json[short]["status"], as_json[short]["adapter"]) == ("SUCCEEDED", "demo")
+    assert as_json[long]["adapter"] is None and as_json[long]["ended_at"] is None
+    assert jobs.jobs_status(long, json=True) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["id"] == long and one["status"] == "RUNNING" and one["started_at"].endswith("+00:00")
     started = time.monotonic()
     assert jobs.jobs_stop(long) == 0
     assert capsys.readouterr().out.strip() == f"{long} STOPPED"

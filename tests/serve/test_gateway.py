@@ -45,6 +45,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell 
 NO_EOS = {"ignore_eos": True}  # a random model may stop at once; fixed lengths make outputs comparable
 MAX_IN_FLIGHT = 12
 STREAMS = 8
+SERVED_NAME = "tiny-base"
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,11 @@ def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         # Capture on, with a working database: tests/serve/test_gateway_prompt_tuned.py.
         "TUNELOOP_CAPTURE_ENABLED": "0",
         "TUNELOOP_CAPTURE_DB_URL": f"sqlite:///{home / 'capture.db'}",
+        # Clients call the base by this name; the folder `--model` names keeps working (test below).
+        "TUNELOOP_SERVED_MODEL_NAME": SERVED_NAME,
     }
     with start_gateway(str(tiny_model_dir), home, extra_env=env) as gateway:
-        state = Replica(gateway, str(tiny_model_dir), keys, registry, set(gateway.engine_pids()))
+        state = Replica(gateway, SERVED_NAME, keys, registry, set(gateway.engine_pids()))
         yield state
         state.engine_pids.update(gateway.engine_pids())
     left = [pid for pid in state.engine_pids if group_members(pid)]
@@ -149,6 +152,27 @@ def test_base_alias_and_pinned_version_answer_chat_completion_and_streams(replic
     assert texts["bot"] == texts["bot@1"], "the alias must serve the version it points at"
     assert texts["bot@1"][0] != texts["bot@2"][0] != texts[replica.base][0]
     assert texts["bot@1"][2] != texts[replica.base][2]
+
+
+def test_served_name_tools_and_max_completion_tokens(replica: Replica, tiny_model_dir: Path) -> None:
+    client, greedy = replica.client("bot"), {"prompt": PROMPT, "temperature": 0.0}
+    # The served name is listed; the folder `--model` named is not, yet still answers the same.
+    assert SERVED_NAME in {m.id for m in client.models.list().data} - {str(tiny_model_dir)}
+    texts = [
+        client.completions.create(model=m, max_tokens=4, extra_body=NO_EOS, **greedy).choices[0].text
+        for m in (SERVED_NAME, str(tiny_model_dir))
+    ]
+    assert texts[0] == texts[1]
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match="TUNELOOP_TOOL_CALL_PARSER") as caught:
+        client.chat.completions.create(model="bot", messages=MESSAGES, tools=[tool])  # type: ignore[list-item]
+    assert caught.value.code == "tools_not_enabled"  # no parser configured: never answered as text
+    done = client.completions.create(model="bot", extra_body={"max_completion_tokens": 3, **NO_EOS}, **greedy)
+    assert done.usage is not None and done.usage.completion_tokens == 3
+    with pytest.raises(openai.BadRequestError, match="max_completion_tokens"):
+        client.completions.create(
+            model="bot", prompt=PROMPT, max_tokens=5, extra_body={"max_completion_tokens": 3}
+        )
 
 
 def test_gateway_and_engine_listen_on_loopback_only(replica: Replica) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import yaml
 from helpers.servers import RAY_CLI, RayHead
 
 from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.curves import read_rows
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.registry.tables import Job, JobStatus, VersionStatus
 from tuneloop.platform.settings import child_env
@@ -198,6 +200,45 @@ def test_the_job_trains_on_two_workers_and_val_loss_falls(lora_job: Finished) ->
     assert "colours@1" in lines and any(line.startswith("test metric") for line in lines)
 
 
+def test_the_job_keeps_its_loss_curves_beside_its_artifacts(
+    lora_job: Finished, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tuneloop.platform.cli import main
+    from tuneloop.platform.curves import job_dir
+
+    job_id = lora_job.submission_id
+    rows = read_rows(lora_job.store, job_id)
+    assert rows is not None
+    # Every step once (the steps the killed attempt made after its checkpoint were written again).
+    assert sorted(row["step"] for row in rows) == list(range(1, 19))
+    assert all(math.isfinite(row["loss"]) and row["lr"] > 0 and row["grad_norm"] > 0 for row in rows)
+    validated = {row["step"]: row["val_loss"] for row in rows if row.get("val_loss") is not None}
+    assert sorted(validated) == [6, 12, 18]
+    assert validated[18] < rows[0]["loss"]
+    assert any(row.get("tokens_per_s", 0) > 0 for row in rows) and rows[-1]["total_steps"] == 18
+    # The progress lines carry an ETA until the last report.
+    assert re.search(r"step \d+/18 .* eta \d+(m\d\d)?s", lora_job.log), lora_job.log[-3000:]
+
+    # TensorBoard reads the same curves from the event files.
+    events = EventAccumulator(f"{job_dir(lora_job.store, job_id)}/tensorboard/{job_id}")
+    events.Reload()
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert {e.step for e in events.Scalars("train/loss")} == set(range(1, 19))
+    assert [e.step for e in events.Scalars("eval/loss")][-1] == 18
+
+    # `tuneloop jobs metrics` prints them.
+    monkeypatch.setenv("TUNELOOP_ARTIFACTS", lora_job.store.root_url)
+    assert main(["jobs", "metrics", job_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
+    assert main(["jobs", "metrics", job_id]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["STEP", "LOSS", "VAL_LOSS"] and len(table) == 19
+
+
 def test_a_killed_worker_resumes_from_its_last_checkpoint(lora_job: Finished) -> None:
     assert "worker 1 exits at step 8" in lora_job.log
     assert "resumed at step 6 (restart 1)" in lora_job.log
@@ -362,6 +403,9 @@ def test_a_search_records_every_trial_and_publishes_the_best(
     assert result["hyperparameters"]["learning_rate"] == best["config"]["learning_rate"]
     assert version.manifest["training"]["best_val_loss"] == pytest.approx(best["best_val_loss"])
     assert finished.events().count("job.trial") == 3
+    # Each trial's curve is kept in the job's, under its own run name (and TensorBoard run).
+    rows = read_rows(finished.store, finished.submission_id) or []
+    assert {row["run"] for row in rows} == {f"trial {t['trial_id']}" for t in trials}
     # Trials ASHA stopped may die mid-upload; their staged checkpoints went with the job, runs too.
     assert not staging_dir(finished.submission_id).exists()
     assert not finished.store.fs.exists(f"{finished.store.root}/runs") or not finished.store.fs.ls(

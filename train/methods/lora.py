@@ -70,6 +70,10 @@ def load_4bit(model_dir: Path, *, compute_dtype: torch.dtype, device: str | torc
     """The base quantized to NF4 4-bit (double quantization), with the CPU gradient fix applied."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from tuneloop.platform.extras import require
+
+    require("qlora", "method qlora")
+
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

@@ -317,3 +317,15 @@ it with (the same Secret Prometheus scrapes with).
       key: {{ .Values.monitoring.metricsKey.secretKey }}
       optional: true
 {{- end }}
+
+{{/*
+A list of arguments as one shell-quoted string (read back with Python's shlex.split): each in single
+quotes, a single quote inside written as '"'"'.
+*/}}
+{{- define "tuneloop.shellArgs" -}}
+{{- $quoted := list }}
+{{- range . }}
+{{- $quoted = append $quoted (printf "'%s'" (replace "'" "'\"'\"'" (toString .))) }}
+{{- end }}
+{{- join " " $quoted }}
+{{- end }}
