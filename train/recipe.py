@@ -13,9 +13,11 @@ The driver (`run`, in the process `tuneloop train` runs in, the Ray job's driver
    format, and score them on the held-out test split beside the base model.
 6. Publish: artifact store + registry version (status candidate); close the job.
 
-The per-worker loop: load the base through the method, prepare it, wrap it in DDP (gloo on CPUs,
-NCCL on GPUs), AdamW with a warm-up schedule, gradient accumulation, validation every eval_every
-steps with early stopping that all workers agree on, checkpoints at every validation, and resume
+The per-worker loop: load the base through the method, prepare it, wrap it with its loss
+(`step.CausalLMLoss`) in DDP or FSDP (`scaling.strategy`, see `parallel.py`; gloo on CPUs, NCCL on
+GPUs), AdamW with a warm-up schedule, gradient accumulation, validation every eval_every
+steps with early stopping that all workers agree on, each optimizer step taken by
+`step.optimizer_step` (the code bench/train_gpu.py measures), checkpoints at every validation, and resume
 from `ray.train.get_checkpoint()` so that `FailureConfig(max_failures)` restarts a failed worker
 group from its last checkpoint, on exactly the batches it had not yet seen.
 """
@@ -367,26 +369,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The training loop Ray Train runs on every worker; rank 0 reports checkpoints and prints."""
     import os
     import time
-    from contextlib import nullcontext
 
     import ray
     import ray.train
     import ray.train.torch
     import torch
     from ray.train import Checkpoint, CheckpointUploadMode
-    from torch.nn.parallel import DistributedDataParallel
 
-    from tuneloop.train.batches import autocast, loss_sums, micro_batches, scored_tokens, shard_loader
+    from tuneloop.train import parallel
+    from tuneloop.train.batches import loss_sums, micro_batches, shard_loader
     from tuneloop.train.dist import all_reduce_sum, broadcast_flag
     from tuneloop.train.progress import emit, progress_line, quiet_worker_logs
     from tuneloop.train.schedule import lr_factor
     from tuneloop.train.state import (
-        load_checkpoint,
+        load_trainable,
+        read_checkpoint,
         save_checkpoint,
         staging_dir,
         trainable_snapshot,
         warm_start,
     )
+    from tuneloop.train.step import CausalLMLoss, apply_options, optimizer_step
     from tuneloop.train.stopping import EarlyStopper
 
     # -- what to train, and where
@@ -409,32 +412,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     if spec.output.init_from:  # continue from a stored version's weights (a checkpoint still wins)
         warm_start(method, model, spec.output.init_from)
+    apply_options(model, hp)
     model.train()
     torch.manual_seed(hp.seed + rank)  # same initial weights everywhere, different dropout per worker
-    trainable = [param for param in model.parameters() if param.requires_grad]
     n_trainable, n_total = method.trainable_parameters(model)
 
     # -- data: this worker's shard of train; validation is split across workers and summed
     data = ray.get(config["data"])
     pad_id = config["pad_id"]
     loader = shard_loader(
-        data["train"], batch_size=hp.batch_size, rank=rank, world=world, seed=hp.seed, pad_id=pad_id
+        data["train"],
+        batch_size=hp.batch_size,
+        rank=rank,
+        world=world,
+        seed=hp.seed,
+        pad_id=pad_id,
+        packed_width=spec.data.max_length if hp.packing else None,
     )
     validation = data["validation"][rank::world]
     total_steps = planned_steps(hp, len(data["train"]), world)
 
-    # -- optimiser, schedule, early stopping
-    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(hp.schedule, warmup_steps=hp.warmup_steps, total_steps=total_steps)
-    )
-    stopping = spec.early_stopping
-    stopper = EarlyStopper(
-        patience=stopping.patience if stopping else None, min_delta=stopping.min_delta if stopping else 0.0
-    )
-    best: dict[str, torch.Tensor] = {}
-
-    # -- resume: weights, optimiser, schedule, position in the data, early-stopping record
+    # -- resume, part 1: the weights go in before DDP/FSDP wraps the model
     state: dict[str, Any] = {
         "step": 0,
         "micro_batches": 0,
@@ -443,16 +441,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "resumed_from_step": 0,
         "initial_val_loss": None,
     }
+    best: dict[str, torch.Tensor] = {}
     resumed_from = ray.train.get_checkpoint()
+    saved = None
     if resumed_from is not None:
         with resumed_from.as_directory() as directory:
-            saved, best = load_checkpoint(
-                Path(directory), model=model, optimizer=optimizer, scheduler=scheduler
-            )
-        stopper.load_state_dict(saved["stopper"])
-        state.update({key: saved[key] for key in ("step", "micro_batches", "tokens", "initial_val_loss")})
-        state["restarts"] = saved["restarts"] + 1
-        state["resumed_from_step"] = saved["step"]
+            saved = read_checkpoint(Path(directory))
+        load_trainable(model, saved.weights)
+        best = saved.best if rank == 0 else {}
+        for key in ("step", "micro_batches", "tokens", "initial_val_loss"):
+            state[key] = saved.state[key]
+        state["restarts"] = saved.state["restarts"] + 1
+        state["resumed_from_step"] = saved.state["step"]
+
+    # -- DDP (gradients averaged) or FSDP (everything sharded) around the model and its loss
+    strategy = spec.scaling.strategy
+    module = parallel.wrap(CausalLMLoss(model), model, strategy)
+    trainable = [param for param in module.parameters() if param.requires_grad]
+
+    # -- optimiser, schedule, early stopping; resume, part 2: their state
+    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(hp.schedule, warmup_steps=hp.warmup_steps, total_steps=total_steps)
+    )
+    stopping = spec.early_stopping
+    stopper = EarlyStopper(
+        patience=stopping.patience if stopping else None, min_delta=stopping.min_delta if stopping else 0.0
+    )
+    if saved is not None:
+        parallel.load_optimizer_state(module, optimizer, saved.optimizer)
+        scheduler.load_state_dict(saved.scheduler)
+        stopper.load_state_dict(saved.state["stopper"])
 
     # Checkpoints are written here, then uploaded by Ray in the background (see `staging_dir`).
     staging = staging_dir(config["job_id"]) / context.get_experiment_name()
@@ -460,28 +479,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
 
-    # -- DDP: gradients averaged over workers (returns the model itself on one worker)
-    ddp = ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": False}
-    )
+    # Under FSDP every forward is a collective: each worker runs as many validation batches as the
+    # largest shard needs. Under DDP each scores its own shard on the unwrapped module.
+    sharded = strategy == "fsdp"
+    scorer = module if sharded else CausalLMLoss(model)
+    validation_batches = math.ceil(math.ceil(len(data["validation"]) / world) / hp.batch_size)
 
     def validate() -> float:
-        local = loss_sums(model, validation, batch_size=hp.batch_size, pad_id=pad_id, device=device)
+        local = loss_sums(
+            scorer,
+            validation,
+            batch_size=hp.batch_size,
+            pad_id=pad_id,
+            device=device,
+            batches=validation_batches if sharded else None,
+        )
         total, count = all_reduce_sum(local)
         return total / count if count else math.nan
 
     if rank == 0:
         shape = f"{hp.batch_size} x {hp.gradient_accumulation} x {world}"
         emit(
-            f"[{tag}] {world} worker(s) on {device}: {spec.method.name} trains {n_trainable:,} of "
-            f"{n_total:,} parameters; {total_steps} steps of {shape} examples"
+            f"[{tag}] {world} worker(s) on {device} ({strategy}): {spec.method.name} trains "
+            f"{n_trainable:,} of {n_total:,} parameters; {total_steps} steps of {shape} examples"
             + (f"; resumed at step {state['step']} (restart {state['restarts']})" if resumed_from else "")
         )
     if state["initial_val_loss"] is None:
         initial = validate()
         state["initial_val_loss"] = initial
         stopper.update(0, initial)
-        best = trainable_snapshot(model)
+        best = trainable_snapshot(model, keep=rank == 0)
         if rank == 0:
             emit(f"[{tag}] step 0/{total_steps} val_loss {initial:.4f} (before training)")
 
@@ -491,22 +518,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_loss, window_scored, window_tokens = 0.0, 0, 0
     window_start = last_report = time.monotonic()
     while step < total_steps and not stop:
-        # One optimizer step over `gradient_accumulation` micro-batches; DDP syncs on the last only.
-        for micro in range(hp.gradient_accumulation):
-            batch = {key: value.to(device) for key, value in next(batches).items()}
-            last_micro = micro == hp.gradient_accumulation - 1
-            no_sync = ddp.no_sync() if not last_micro and isinstance(ddp, DistributedDataParallel) else None
-            with no_sync or nullcontext(), autocast(device):
-                loss = ddp(**batch).loss
-                (loss / hp.gradient_accumulation).backward()
-            scored = scored_tokens(batch["labels"])
-            window_loss += float(loss.detach()) * scored
-            window_scored += scored
-            window_tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        # One optimizer step over `gradient_accumulation` micro-batches (step.py, as the benchmark runs it).
+        stats = optimizer_step(
+            module,
+            [next(batches) for _ in range(hp.gradient_accumulation)],
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainable=trainable,
+            device=device,
+            max_grad_norm=MAX_GRAD_NORM,
+        )
+        window_loss += stats.loss_sum
+        window_scored += stats.scored
+        window_tokens += stats.tokens
         step += 1
         state["micro_batches"] += hp.gradient_accumulation
         if config["exit_at_step"] == step and rank == world - 1 and resumed_from is None:
@@ -520,7 +544,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         evaluated = step % hp.eval_every == 0 or step == total_steps
         if evaluated:
             if stopper.update(step, validate()):
-                best = trainable_snapshot(model)
+                best = trainable_snapshot(model, keep=rank == 0)
             stop = broadcast_flag(stopper.should_stop) and step < total_steps
         if not (evaluated or broadcast_flag(rank == 0 and time.monotonic() - last_report >= REPORT_EVERY_S)):
             continue
@@ -549,6 +573,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window_loss, window_scored, window_tokens = 0.0, 0, 0
         window_start = last_report = now
         checkpoint: Checkpoint | None = None
+        if evaluated:  # gathered on every worker under FSDP; rank 0 writes
+            weights = trainable_snapshot(model, keep=rank == 0)
+            optimizer_state = parallel.optimizer_state(module, optimizer, keep=rank == 0)
         if rank == 0:
             emit(progress_line(tag, metrics))
             if evaluated:  # Ray uploads it in the background and deletes this folder afterwards
@@ -560,13 +587,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "stopper": stopper.state_dict(),
                     "stopped_early": stop,
                     "world_size": world,
+                    "strategy": strategy,
                     "hyperparameters": hp.model_dump(mode="json"),
                 }
                 save_checkpoint(
                     directory,
-                    model=model,
+                    weights=weights,
                     best=best,
-                    optimizer=optimizer,
+                    optimizer=optimizer_state,
                     scheduler=scheduler,
                     state=saved_state,
                 )
