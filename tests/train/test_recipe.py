@@ -270,6 +270,62 @@ def test_the_job_leaves_events_and_no_run_folders(lora_job: Finished) -> None:
     assert not staging_dir(lora_job.submission_id).exists()
 
 
+# -- the same job sharded with FSDP: resumes the same way, publishes the same PEFT folder --------------
+
+
+@pytest.fixture(scope="module")
+def fsdp_job(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Finished:
+    """The LoRA job above with `scaling.strategy: fsdp` (FSDP2 over gloo) and packed batches, the last
+    worker killed at step 8 again."""
+    root = tmp_path_factory.mktemp("fsdp-job")
+    workdir = write_job(
+        root / "job",
+        tiny_model_dir,
+        chat=True,
+        hyperparameters={
+            "learning_rate": 0.01,
+            "batch_size": 4,
+            "max_steps": 18,
+            "eval_every": 6,
+            "schedule": "cosine",
+            "warmup_steps": 2,
+            "packing": True,
+        },
+        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2, "strategy": "fsdp"},
+    )
+    finished = submit(ray_head, workdir, root / "state", {"TUNELOOP_TEST_WORKER_EXIT_AT_STEP": "8"})
+    print(f"\nFSDP LoRA job on 2 workers, one killed once: {finished.seconds:.1f} s submit-to-finish")
+    assert finished.returncode == 0, finished.log[-6000:]
+    return finished
+
+
+def test_an_fsdp_job_trains_resumes_and_publishes_a_peft_adapter(
+    fsdp_job: Finished, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from tuneloop.train import methods
+
+    assert "2 worker(s) on cpu (fsdp)" in fsdp_job.log
+    assert "worker 1 exits at step 8" in fsdp_job.log and "resumed at step 6 (restart 1)" in fsdp_job.log
+    training = fsdp_job.job().result["training"]
+    assert training["world_size"] == 2 and training["steps"] == 18
+    assert training["restarts"] == 1 and training["resumed_from_step"] == 6, training
+    assert [step for step, _ in training["val_history"]] == [0, 6, 12, 18]
+    assert training["best_val_loss"] < training["initial_val_loss"] - 0.5, training
+    # The adapter is the PEFT folder a DDP job publishes: whole (gathered) LoRA weights, base named.
+    fetched = fsdp_job.store.fetch("colours", 1, tmp_path / "fetched")
+    config = json.loads((fetched / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(tiny_model_dir)
+    weights = load_file(str(fetched / "adapter_model.safetensors"))
+    assert weights and all("lora_" in name for name in weights)
+    assert all(tensor.shape[0] in (8, 128) and tensor.shape[1] in (8, 128) for tensor in weights.values())
+    model = methods.get("lora").load(tiny_model_dir, fetched)
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    metrics = fsdp_job.registry.get_version("colours@1").metrics
+    assert metrics["loss"] < metrics["base_loss"]
+
+
 # -- early stopping, a search ---------------------------------------------------------
 
 
