@@ -78,13 +78,13 @@ def collate_packed(batch: Sequence[Encoded], pad_id: int, width: int) -> dict[st
         n = len(item["input_ids"])
         if n > width:
             raise ValueError(f"an example of {n} tokens does not fit a packed row of {width}")
-        row = next((r for r, full in enumerate(used) if full + n <= width), None)
-        if row is None:
+        fit = next((r for r, full in enumerate(used) if full + n <= width), None)
+        if fit is None:
             rows.append([item])
             used.append(n)
         else:
-            rows[row].append(item)
-            used[row] += n
+            rows[fit].append(item)
+            used[fit] += n
     filled = max(used)
     input_ids = torch.full((len(rows), filled), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), filled), IGNORE_INDEX, dtype=torch.long)

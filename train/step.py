@@ -108,7 +108,8 @@ class CausalLMLoss(torch.nn.Module):
         # transformers' shift: position t predicts label t+1.
         hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         targets = labels[:, 1:].reshape(-1)
-        return CausalLMOutput(loss=chunked_cross_entropy(hidden, head.weight, targets))
+        loss = chunked_cross_entropy(hidden, head.weight, targets)
+        return CausalLMOutput(loss=loss)  # type: ignore[arg-type]
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -128,7 +129,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and, chunk by chunk, its gradients; backward only scales them."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -172,7 +173,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return total / count
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
         has_hidden, has_weight, weight_dtype = ctx.has
         return (
