@@ -164,10 +164,16 @@ def lora_job(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.T
     """One job that shows most of the recipe: DDP over gloo on 2 workers, and the last worker killed at
     step 8 of the first attempt (after the checkpoint at step 6), so Ray Train restarts the worker
     group from that checkpoint and the job still completes all 18 steps."""
-    root = tmp_path_factory.mktemp("lora-job")
+    return killed_once(ray_head, tmp_path_factory.mktemp("lora-job"), tiny_model_dir, "ddp")
+
+
+def killed_once(
+    ray_head: RayHead, root: Path, model_dir: Path, strategy: str, **hyperparameters: Any
+) -> Finished:
+    """An 18-step LoRA job on 2 workers whose last worker exits at step 8 of its first attempt."""
     workdir = write_job(
         root / "job",
-        tiny_model_dir,
+        model_dir,
         chat=True,
         hyperparameters={
             "learning_rate": 0.01,
@@ -176,11 +182,12 @@ def lora_job(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.T
             "eval_every": 6,
             "schedule": "cosine",
             "warmup_steps": 2,
+            **hyperparameters,
         },
-        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2},
+        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2, "strategy": strategy},
     )
     finished = submit(ray_head, workdir, root / "state", {"TUNELOOP_TEST_WORKER_EXIT_AT_STEP": "8"})
-    print(f"\nLoRA job on 2 workers, one killed once: {finished.seconds:.1f} s submit-to-finish")
+    print(f"\nLoRA job ({strategy}) on 2 workers, one killed once: {finished.seconds:.1f} s submit-to-finish")
     assert finished.returncode == 0, finished.log[-6000:]
     return finished
 
@@ -277,26 +284,7 @@ def test_the_job_leaves_events_and_no_run_folders(lora_job: Finished) -> None:
 def fsdp_job(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Finished:
     """The LoRA job above with `scaling.strategy: fsdp` (FSDP2 over gloo) and packed batches, the last
     worker killed at step 8 again."""
-    root = tmp_path_factory.mktemp("fsdp-job")
-    workdir = write_job(
-        root / "job",
-        tiny_model_dir,
-        chat=True,
-        hyperparameters={
-            "learning_rate": 0.01,
-            "batch_size": 4,
-            "max_steps": 18,
-            "eval_every": 6,
-            "schedule": "cosine",
-            "warmup_steps": 2,
-            "packing": True,
-        },
-        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2, "strategy": "fsdp"},
-    )
-    finished = submit(ray_head, workdir, root / "state", {"TUNELOOP_TEST_WORKER_EXIT_AT_STEP": "8"})
-    print(f"\nFSDP LoRA job on 2 workers, one killed once: {finished.seconds:.1f} s submit-to-finish")
-    assert finished.returncode == 0, finished.log[-6000:]
-    return finished
+    return killed_once(ray_head, tmp_path_factory.mktemp("fsdp-job"), tiny_model_dir, "fsdp", packing=True)
 
 
 def test_an_fsdp_job_trains_resumes_and_publishes_a_peft_adapter(
