@@ -54,7 +54,7 @@ lint: install
 # mypy cannot follow setuptools' package-dir mapping, so it reads a tree of links named as the package.
 typecheck: install
 	@mkdir -p build/typecheck/tuneloop
-	@for d in platform serve train monitoring; do ln -sfn ../../../$$d build/typecheck/tuneloop/$$d; done
+	@for d in platform serve train monitoring demo; do ln -sfn ../../../$$d build/typecheck/tuneloop/$$d; done
 	MYPYPATH=build/typecheck $(BIN)/mypy -p tuneloop
 
 pytest: install $(BIN)/helm $(PROM) install-postgres

@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent
-FOLDERS = ("platform", "serve", "train", "monitoring")
+FOLDERS = ("platform", "serve", "train", "monitoring", "demo")
 DATA_SUFFIXES = ("*.json", "*.yaml", "*.yml", "*.ini", "*.mako", "*.jinja", "py.typed")
 
 

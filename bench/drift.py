@@ -42,49 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.demo.synthetic import cooking, new_products, pasted_context, support
 from tuneloop.monitoring import drift
 from tuneloop.monitoring.drift import embedders
 
 Rng = np.random.Generator
 
 # -- synthetic traffic: customer-support questions are what the adapter was trained on
-OPENERS = ["How do I", "Can you help me", "Please explain how to", "What is the fastest way to", "I need to"]
-OPENERS += ["Is it possible to", "Tell me how to", "Why can't I"]
-VERBS = ["reset", "update", "cancel", "find", "change", "download", "check", "fix", "renew", "close"]
-SUBJECTS = ["my account", "the invoice", "my password", "the billing page", "my subscription", "the refund"]
-SUBJECTS += ["two-factor login", "the mobile app", "my order", "the delivery address", "the payment method"]
-TAILS = ["today", "on my phone", "before Friday", "for my team", "without losing data", "", "right now"]
-COOK_VERBS = ["bake", "season", "grill", "marinate", "slice", "roast", "simmer", "whisk"]
-COOK_SUBJECTS = [
-    "a sourdough loaf",
-    "the risotto",
-    "salmon fillets",
-    "a lemon tart",
-    "fresh pasta",
-    "a curry",
-]
-COOK_TAILS = ["for dinner", "for six guests", "in a cast iron pan", "without an oven", "", "the Italian way"]
-NEW_PRODUCTS = ["zentrix", "quorbal", "hyloflux", "vantium", "plexora", "dravik", "omnisync", "kelvora"]
-
-
-def support(rng: Rng) -> str:
-    text = f"{rng.choice(OPENERS)} {rng.choice(VERBS)} {rng.choice(SUBJECTS)} {rng.choice(TAILS)}".strip()
-    if rng.random() < 0.3:
-        text += f" (order {rng.integers(10_000, 99_999)})"
-    return text + "?"
-
-
-def cooking(rng: Rng) -> str:
-    verb, subject, tail = rng.choice(COOK_VERBS), rng.choice(COOK_SUBJECTS), rng.choice(COOK_TAILS)
-    return f"{rng.choice(OPENERS)} {verb} {subject} {tail}".strip() + "?"
-
-
-def pasted_context(rng: Rng) -> str:
-    return " ".join(support(rng) for _ in range(3))
-
-
-def new_product(rng: Rng) -> str:
-    return f"{rng.choice(OPENERS)} {rng.choice(VERBS)} my {rng.choice(NEW_PRODUCTS)} {rng.choice(TAILS)}?"
 
 
 def score(mean: float) -> Callable[[Rng], float]:
@@ -117,7 +81,7 @@ def scenarios() -> list[Scenario]:
     support_after = {
         "cooking": mixture(support, cooking, 0.3),
         "pasted": mixture(support, pasted_context, 0.3),
-        "products": mixture(support, new_product, 0.3),
+        "products": mixture(support, new_products, 0.3),
     }
     return [
         Scenario(

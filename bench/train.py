@@ -88,9 +88,10 @@ def encode_train_split(setup: Setup) -> tuple[list[Any], int]:
     """The training split, tokenised as `tuneloop train` does; returns (inputs, pad id)."""
     from transformers import AutoTokenizer
 
-    from tuneloop.train.data import encode_splits, make_splits
+    from tuneloop.platform.data import make_splits
+    from tuneloop.platform.spec import DataSpec
     from tuneloop.train.evaluate import pad_token_id
-    from tuneloop.train.spec import DataSpec
+    from tuneloop.train.tokenize import encode_splits
 
     data = DataSpec(train=setup.data, max_length=setup.max_length, min_examples=1)
     tokenizer = AutoTokenizer.from_pretrained(str(setup.model_dir))
@@ -104,7 +105,7 @@ def plain_loop(setup: Setup, when: str = "") -> Result:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.train.data import collate
+    from tuneloop.train.tokenize import collate
 
     torch.manual_seed(0)
     torch.set_num_threads(setup.threads)

@@ -141,12 +141,12 @@ def measure(
     """Train `args.steps` measured steps (after `args.warmup`) of one method with one step variant."""
     import torch
 
+    from tuneloop.platform.spec import HyperParams, MethodSpec
     from tuneloop.train import methods
     from tuneloop.train.batches import collate_packed
-    from tuneloop.train.data.tokenize import collate
     from tuneloop.train.schedule import lr_factor
-    from tuneloop.train.spec import HyperParams, MethodSpec
     from tuneloop.train.step import CausalLMLoss, apply_options, optimizer_step
+    from tuneloop.train.tokenize import collate
 
     device = torch.device(args.device)
     method = methods.get(method_name)

@@ -37,13 +37,14 @@ from tuneloop.monitoring.evaluation.runner import EvalResult, evaluate, record
 from tuneloop.monitoring.evaluation.suite import FEEDBACK, GOLDEN, UNCHANGED
 from tuneloop.platform import settings
 from tuneloop.platform.errors import TuneloopError
-from tuneloop.platform.registry.models import VersionStatus
+from tuneloop.platform.refs import adapter_name
+from tuneloop.platform.registry.tables import VersionStatus
 
 if TYPE_CHECKING:
     from openai import OpenAI
 
+    from tuneloop.platform.data.formats import Example
     from tuneloop.platform.registry import Registry
-    from tuneloop.train.data.formats import Example
 
 GATE_EVENT = "gate.decided"
 KEEP_SUITES = (UNCHANGED, GOLDEN)  # the non-regression sets
@@ -181,10 +182,12 @@ def apply(
     rolled back or promoted while the gate evaluated): the registry's compare-and-set decides, and a
     candidate that lost that race is rejected as `superseded`."""
     from tuneloop.platform.errors import StaleAliasError
+    from tuneloop.platform.promotion import promote
 
     if decision.promote:
         try:
-            registry.promote(
+            promote(
+                registry,
                 alias,
                 candidate,
                 reason=f"{alias} -> {candidate}: {decision.reason}",
@@ -199,6 +202,8 @@ def apply(
                 decision.comparisons,
                 decision.rule,
             )
+        except TuneloopError as exc:  # it could not go live after all (settings changed, artifact gone)
+            decision = GateDecision(False, str(exc), "unservable", decision.comparisons, decision.rule)
         else:
             metrics.PROMOTIONS.labels(alias).inc()
     detail: dict[str, Any] = {
@@ -236,10 +241,10 @@ def run_gate(
 ) -> GateDecision:
     """Score the live version and `candidate` through the gateway on the same data, decide, apply.
 
-    A candidate the serving engines cannot serve (platform/adapters.py `check_promotable`) is
+    A candidate the serving engines cannot serve (platform/promotion.py `check_promotable`) is
     rejected as `unservable` before anything is scored."""
-    from tuneloop.platform.adapters import check_promotable
     from tuneloop.platform.artifacts import ArtifactStore
+    from tuneloop.platform.promotion import check_promotable
 
     try:
         check_promotable(registry.get_version(candidate), ArtifactStore())
@@ -279,8 +284,7 @@ def promotion_reference(registry: Registry, ref: str) -> tuple[list[bool], str] 
     A version the gate promoted: its exact match on the gate's labelled data. Any other version with
     a test evaluation from its training job: exact match on that held-out test split. None where
     neither was measured (an imported version)."""
-    adapter = ref.partition("@")[0]
-    for event in reversed(registry.history(adapter)):
+    for event in reversed(registry.history(adapter_name(ref))):
         detail = event.detail or {}
         if event.kind == GATE_EVENT and detail.get("candidate") == ref and detail.get("action") == "promote":
             base = detail.get("baseline") or {}

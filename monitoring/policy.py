@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from tuneloop.platform import settings
 
 if TYPE_CHECKING:
-    from tuneloop.platform.registry.models import Event
+    from tuneloop.platform.registry.tables import Event
 
 DRIFT_CHECKED: Final = "drift.checked"
 DRIFT_ALERT: Final = "drift.alert"

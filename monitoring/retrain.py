@@ -33,7 +33,7 @@ hyperparameters that made the live version, on data that says today's truth. Wit
 TUNELOOP_RETRAIN_WARM_START on, PEFT methods also get `output.init_from`: the retrain continues from
 the live weights (which wants a lower learning rate than training from scratch). Everything is
 written under
-TUNELOOP_HOME/retrains/<alias>/<time>/ and submitted through the Ray Jobs API (platform/jobs.py).
+TUNELOOP_HOME/retrains/<alias>/<time>/ and submitted through the Ray Jobs API (platform/ray/submit.py).
 
 `advance` follows the open retrains of an alias: when a job has ended it records `retrain.finished`
 (a failure with the job's own error, naming the retrain's files rather than Ray's copies), and a job
@@ -58,16 +58,16 @@ from tuneloop.monitoring import metrics
 from tuneloop.monitoring.evaluation.suite import last_spec
 from tuneloop.monitoring.policy import DRIFT_CHECKED, PROMOTED, RETRAIN_FINISHED, RETRAIN_STARTED, aware
 from tuneloop.platform import settings
+from tuneloop.platform.answers import normalize_answer
+from tuneloop.platform.data.formats import Example, read_examples, reference_answer
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
-from tuneloop.train.answers import normalize_answer
-from tuneloop.train.data.formats import Example, read_examples, reference_answer
 
 if TYPE_CHECKING:
     from openai import OpenAI
 
     from tuneloop.monitoring.capture import CaptureStore
     from tuneloop.monitoring.gate import GateDecision
-    from tuneloop.platform.rayjobs import JobsClient
+    from tuneloop.platform.ray.client import JobsClient
     from tuneloop.platform.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -195,10 +195,9 @@ def stale_answers(old: dict[str, str | None], new: dict[str, str | None], least:
 def drift_onset(registry: Registry, alias: str) -> datetime | None:
     """When the drift being retrained for began: the change point of the feedback check's latest
     drift decision since the live version went live, else that promotion; None if neither."""
-    from tuneloop.monitoring.control.loop import adapter_of
 
     onset: datetime | None = None
-    for event in registry.history(adapter_of(registry, alias)):
+    for event in registry.history(registry.adapter_of(alias)):
         detail = event.detail or {}
         if event.kind == PROMOTED:
             onset = aware(event.created_at)
@@ -216,8 +215,8 @@ def drift_onset(registry: Registry, alias: str) -> datetime | None:
 def prepare(registry: Registry, store: CaptureStore, alias: str, folder: Path) -> RetrainData:
     """Write the retrain's spec and data files into `folder` (which must not exist)."""
     from tuneloop.monitoring.evaluation.feedback import labelled_with_times
+    from tuneloop.platform.data.splits import make_splits
     from tuneloop.train import methods
-    from tuneloop.train.data.splits import make_splits
 
     ref = registry.aliases().get(alias)
     if ref is None:
@@ -291,14 +290,13 @@ def start(
     registry: Registry, store: CaptureStore, alias: str, reason: str, *, address: str | None = None
 ) -> str:
     """Prepare and submit a retrain of `alias`; record `retrain.started`; return the Ray job id."""
-    from tuneloop.monitoring.control.loop import adapter_of
-    from tuneloop.platform.jobs import new_job_id, submit_spec
+    from tuneloop.platform.ray.submit import new_job_id, submit_spec
 
     ref = registry.aliases().get(alias)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     folder = settings.TUNELOOP_HOME.get() / "retrains" / alias / stamp
     data = prepare(registry, store, alias, folder)
-    adapter = adapter_of(registry, alias)
+    adapter = registry.adapter_of(alias)
     job_id = new_job_id(adapter)
     detail = {
         "alias": alias,
@@ -325,10 +323,9 @@ def start(
 
 def open_retrains(registry: Registry, alias: str) -> list[dict[str, Any]]:
     """The `retrain.started` details of `alias` that no `retrain.finished` has closed, oldest first."""
-    from tuneloop.monitoring.control.loop import adapter_of
 
     started: dict[str, dict[str, Any]] = {}
-    for event in registry.history(adapter_of(registry, alias)):
+    for event in registry.history(registry.adapter_of(alias)):
         detail = event.detail or {}
         if detail.get("alias") != alias or not detail.get("job_id"):
             continue
@@ -347,13 +344,12 @@ def advance(
     Without a gateway client (no TUNELOOP_EVAL_KEY) a finished retrain stays open: its candidate
     cannot be compared yet. Returns one entry per retrain closed: the gate's decision, or None for
     a job that registered no candidate."""
-    from tuneloop.monitoring.control.loop import adapter_of
     from tuneloop.monitoring.evaluation.suite import golden_suite
     from tuneloop.monitoring.gate import run_gate
     from tuneloop.platform.errors import TuneloopError
-    from tuneloop.platform.jobs import record_outcome
-    from tuneloop.platform.rayjobs import TERMINAL, JobNotFoundError
-    from tuneloop.platform.registry.models import VersionStatus
+    from tuneloop.platform.ray.client import TERMINAL, JobNotFoundError
+    from tuneloop.platform.ray.submit import record_outcome
+    from tuneloop.platform.registry.tables import VersionStatus
 
     closed: list[GateDecision | None] = []
     for retrain in open_retrains(registry, alias):
@@ -367,7 +363,7 @@ def advance(
             continue
         if status not in TERMINAL and status != "LOST":
             continue
-        versions = [v for v in registry.list_versions(adapter_of(registry, alias)) if v.job_id == job_id]
+        versions = [v for v in registry.list_versions(registry.adapter_of(alias)) if v.job_id == job_id]
         if status != "SUCCEEDED" or not versions:
             why = f"job {job_id} ended {status}" + ("" if versions else " without registering a version")
             error = _job_error(registry, job_id, Path(retrain["folder"]))
@@ -404,10 +400,9 @@ def advance(
 def _finish(
     registry: Registry, alias: str, job_id: str, status: str, candidate: str | None, why: str
 ) -> None:
-    from tuneloop.monitoring.control.loop import adapter_of
 
     detail = {"alias": alias, "job_id": job_id, "status": status, "candidate": candidate}
-    registry.add_event(adapter_of(registry, alias), RETRAIN_FINISHED, f"{alias}: {why}", detail)
+    registry.add_event(registry.adapter_of(alias), RETRAIN_FINISHED, f"{alias}: {why}", detail)
 
 
 def _read_if_any(path: Path) -> list[Example]:
@@ -416,7 +411,7 @@ def _read_if_any(path: Path) -> list[Example]:
 
 def _job_error(registry: Registry, job_id: str, folder: Path) -> str:
     """The error the job's driver recorded, naming the retrain's own files instead of Ray's copies."""
-    from tuneloop.platform.jobs import staged_sources, unstage
+    from tuneloop.platform.ray.submit import staged_sources, unstage
 
     try:
         error = str((registry.get_job(job_id).result or {}).get("error") or "")

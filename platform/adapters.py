@@ -1,8 +1,7 @@
-"""Adapter versions as the serving side sees them: how each method is served, what may be promoted,
-and importing a PEFT adapter trained elsewhere.
+"""Adapter folders: reading a PEFT adapter's config and weights, the LoRA checks the serving engines
+need, and importing a PEFT adapter trained elsewhere.
 
-The method table of DESIGN.md lives here as data (`SERVING_BY_METHOD`), so the CLI's promotion check
-and the gateway's registry follower refuse the same things with the same words. An import is checked
+What may be promoted, and how each method is served, is platform/promotion.py. An import is checked
 before anything is stored: safetensors only, a PEFT type tuneloop knows, a LoRA rank the engine
 accepts, and weight shapes that fit the base model (read from the safetensors headers, no torch).
 """
@@ -11,33 +10,19 @@ from __future__ import annotations
 
 import json
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any
 
-from tuneloop.platform.artifacts import REFUSED_SUFFIXES, ArtifactStore, Manifest, Serving
+from tuneloop.platform.artifacts import REFUSED_SUFFIXES, SERVING_BY_METHOD, ArtifactStore, Manifest, Serving
+from tuneloop.platform.basemodels import local_model_dir, same_base_model
 from tuneloop.platform.errors import ArtifactError, ConfigError, ConflictError, NotFoundError
-from tuneloop.platform.models import local_model_dir, same_base_model
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.registry.models import Version
+from tuneloop.platform.registry.tables import Version
 
 ADAPTER_CONFIG = "adapter_config.json"
-
-SERVING_BY_METHOD: dict[str, Serving] = {
-    "lora": "lora",
-    "qlora": "lora",
-    "full": "engine",
-    "partial": "engine",
-    "prompt_tuning": "prompt_embeddings",
-    "p_tuning": "prompt_embeddings",
-    "prefix_tuning": "none",
-    "ia3": "none",
-    "adapter": "none",
-}
-"""How each training method's result is served (DESIGN.md, "Methods and how each is deployed")."""
 
 METHOD_BY_PEFT_TYPE: dict[str, str] = {
     "LORA": "lora",
@@ -48,38 +33,6 @@ METHOD_BY_PEFT_TYPE: dict[str, str] = {
     "BOTTLENECK": "adapter",
 }
 """`peft_type` of an adapter_config.json -> the method it is registered as by `adapters import`."""
-
-
-def serving_of(version: Version, store: ArtifactStore | None = None) -> Serving:
-    """How `version` is served: its manifest says so; older rows fall back to the stored manifest,
-    then to the method table (anything unknown is "none", refused rather than guessed)."""
-    declared = (version.manifest or {}).get("serving")
-    if declared in get_args(Serving):
-        return cast(Serving, declared)
-    if store is not None:
-        try:
-            return store.manifest(version.adapter.name, version.number).serving
-        except (NotFoundError, ArtifactError):
-            pass
-    return SERVING_BY_METHOD.get(version.method, "none")
-
-
-def unservable_reason(ref: str, method: str, serving: Serving) -> str | None:
-    """Why a version can never be served by vLLM (serving "none"), naming its method; else None."""
-    if serving != "none":
-        return None
-    return (
-        f"{ref} was trained with {method}, which vLLM cannot serve (prefix tuning, IA3 and bottleneck "
-        "adapters have no vLLM support); it cannot be promoted or called — retrain it with lora"
-    )
-
-
-def engine_only_reason(ref: str, method: str) -> str:
-    """What a LoRA replica answers for a full or partial fine-tune, which needs an engine of its own."""
-    return (
-        f"{ref} is a {method} fine-tune: it is served as its own base model, not as an adapter on this "
-        f"replica; serve it with `tuneloop serve --model {ref}`"
-    )
 
 
 @dataclass(frozen=True)
@@ -248,21 +201,6 @@ def check_lora_targets(adapter: Path, allowed: Sequence[str] | None) -> None:
         )
 
 
-def check_stored_lora_targets(version: Version, store: ArtifactStore, allowed: Sequence[str] | None) -> None:
-    """`check_lora_targets` for a stored LoRA version (fetched to a temporary folder, checksummed),
-    and its adapter_config.json must be well formed (a readable rank). `allowed` None (engines not
-    restricted) checks nothing: nothing is fetched."""
-    if allowed is None or serving_of(version, store) != "lora":
-        return
-    with tempfile.TemporaryDirectory(prefix="tuneloop-check-") as tmp:
-        folder = store.fetch(version.adapter.name, version.number, Path(tmp) / "v")
-        try:
-            lora_rank(read_adapter_config(folder), folder / ADAPTER_CONFIG)
-            check_lora_targets(folder, allowed)
-        except (ArtifactError, ConfigError) as exc:
-            raise type(exc)(str(exc).replace(str(folder), version.ref)) from None
-
-
 def import_adapter(
     alias: str,
     path: Path,
@@ -343,15 +281,3 @@ def _existing_base(registry: Registry, adapter: str) -> str | None:
     except NotFoundError:
         return None
     return versions[0].adapter.base_model
-
-
-def check_promotable(version: Version, store: ArtifactStore) -> Serving:
-    """How `version` would be served, or a ConfigError saying why it cannot go live: a method vLLM
-    cannot serve, or LoRA weights on modules the serving engines do not adapt. The CLI's promote
-    and the monitoring loop's gate both ask this before `Registry.promote`."""
-    serving = serving_of(version, store)
-    reason = unservable_reason(version.ref, version.method, serving)
-    if reason:
-        raise ConfigError(reason)
-    check_stored_lora_targets(version, store, engine_lora_targets())
-    return serving

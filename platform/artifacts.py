@@ -36,6 +36,20 @@ REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 Serving = Literal["lora", "prompt_embeddings", "engine", "none"]
 
+SERVING_BY_METHOD: dict[str, Serving] = {
+    "lora": "lora",
+    "qlora": "lora",
+    "full": "engine",
+    "partial": "engine",
+    "prompt_tuning": "prompt_embeddings",
+    "p_tuning": "prompt_embeddings",
+    "prefix_tuning": "none",
+    "ia3": "none",
+    "adapter": "none",
+}
+"""How each training method's result is served (DESIGN.md, "Methods and how each is deployed"): the
+one table; the method classes of train/methods take their `serving` from it."""
+
 STALE_AFTER_S = 3600.0
 """Age after which a staging folder, or a complete folder no registry row refers to, is swept: longer
 than any copy of a version takes, so a publish still in progress is never touched."""

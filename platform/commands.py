@@ -43,18 +43,18 @@ def models_pull(name: str, dest: Path | None = None) -> None:
         name: Model to pull; `tuneloop models list` shows the names.
         dest: Folder to put models in (default: TUNELOOP_MODELS_DIR).
     """
-    from tuneloop.platform import models
+    from tuneloop.platform import basemodels
 
-    path = models.pull(name, dest_root=dest)
+    path = basemodels.pull(name, dest_root=dest)
     print(path)
 
 
 def models_list() -> None:
     """List the models `tuneloop models pull` knows and whether each is already pulled."""
-    from tuneloop.platform import models, settings
+    from tuneloop.platform import basemodels, settings
 
     root = settings.TUNELOOP_MODELS_DIR.get()
-    for name in models.KNOWN_MODELS:
+    for name in basemodels.KNOWN_MODELS:
         where = root / name
         print(f"{name:<16} {'pulled: ' + str(where) if (where / 'config.json').exists() else 'not pulled'}")
 
@@ -116,9 +116,9 @@ def adapters_promote(alias: str, version: str) -> None:
         alias: The name clients send as `model`.
         version: A version number of the alias's adapter (3) or a full reference (support@3).
     """
-    from tuneloop.platform.adapters import check_promotable
-    from tuneloop.platform.artifacts import ArtifactStore
     from tuneloop.platform.errors import ConfigError
+    from tuneloop.platform.promotion import promote, serving_of
+    from tuneloop.platform.refs import VersionRef
     from tuneloop.platform.registry import Registry
 
     registry = Registry()
@@ -126,15 +126,12 @@ def adapters_promote(alias: str, version: str) -> None:
     if "@" not in version:
         if not version.isdigit():
             raise ConfigError(f"version {version!r} is neither a number nor ADAPTER@NUMBER")
-        current = registry.aliases().get(alias)
-        adapter = current.partition("@")[0] if current else alias
-        ref = f"{adapter}@{version}"
-    target = registry.get_version(ref)
-    serving = check_promotable(target, ArtifactStore())
+        ref = str(VersionRef(registry.adapter_of(alias), int(version)))
     before = registry.aliases().get(alias)
     # A compare-and-set against what this command saw: a promotion or rollback made by someone else
-    # while the checks above ran is never silently overwritten (StaleAliasError says what happened).
-    registry.promote(alias, target.ref, expected=before or "")
+    # while the checks ran is never silently overwritten (StaleAliasError says what happened).
+    target = promote(registry, alias, ref, expected=before or "")
+    serving = serving_of(target)
     print(f"{alias} -> {target.ref}" + (f" (was {before})" if before and before != target.ref else ""))
     if serving == "engine":
         print(
@@ -170,10 +167,8 @@ def adapters_history(alias: str) -> None:
     from tuneloop.platform.registry import Registry
 
     registry = Registry()
-    ref = registry.aliases().get(alias)
-    adapter = ref.partition("@")[0] if ref else alias
     try:
-        events = registry.history(adapter)
+        events = registry.history(registry.adapter_of(alias))
     except NotFoundError:
         raise NotFoundError(f"no alias or adapter named {alias!r}; see `tuneloop adapters list`") from None
     for event in events:

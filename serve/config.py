@@ -19,12 +19,13 @@ from pathlib import Path
 from tuneloop.platform import settings
 from tuneloop.platform.adapters import engine_lora_targets
 from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.basemodels import local_model_dir
 from tuneloop.platform.errors import ConfigError, NotFoundError
-from tuneloop.platform.models import local_model_dir
+from tuneloop.platform.refs import VersionRef
 from tuneloop.serve.engine.launch import EngineConfig
 from tuneloop.serve.engine.pidfile import reclaim_port
-from tuneloop.serve.limits import RequestLimits
 from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
+from tuneloop.serve.request.limits import RequestLimits
 from tuneloop.serve.routing.resolver import BaseModel
 
 
@@ -72,7 +73,7 @@ class GatewayConfig:
     """The engine's `--lora-target-modules`; None when prompt-embeddings serving is off (unrestricted)."""
     capture: CaptureConfig = field(default_factory=lambda: CaptureConfig(enabled=False))
     limits: RequestLimits = field(default_factory=RequestLimits)
-    """What one request may ask for (body size, prompts, sequences): serve/limits.py."""
+    """What one request may ask for (body size, prompts, sequences): serve/request/limits.py."""
     shutdown_grace: float = 10.0
     """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
     auth_negative_cache: int = 10_000
@@ -144,13 +145,12 @@ def resolve_base(model: str, models_cache: Path) -> BaseModel:
     folder = local_model_dir(model)
     if folder is not None:
         return BaseModel(public=model, engine=str(folder))
-    _adapter, sep, number = model.rpartition("@")
-    if not (sep and number.isdigit()):
+    if VersionRef.parse(model) is None:
         raise NotFoundError(
             f"--model {model!r} is not a model folder, a pulled model (`tuneloop models list`) "
             "or a stored version ADAPTER@N (`tuneloop adapters list`)"
         )
-    from tuneloop.platform.adapters import serving_of
+    from tuneloop.platform.promotion import serving_of
     from tuneloop.platform.registry import Registry
     from tuneloop.serve.engine.cache import local_copy
 

@@ -48,17 +48,23 @@ class SamplingFields(RequestModel):
 
 
 M = TypeVar("M", bound=SamplingFields)
+B = TypeVar("B", bound=BaseModel)
+
+
+def parse_json(raw: bytes, schema: type[B]) -> B:
+    """`raw` validated as `schema`, or a 400 naming the first bad field: every endpoint's body.
+
+    The body's size was bounded while it was read (serve/request/limits.py): this parse holds the interpreter.
+    """
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        raise as_bad_request(exc) from None
 
 
 def parse_body(raw: bytes, schema: type[M]) -> M:
-    """`raw` validated as `schema`, or a 400 naming the first bad field.
-
-    The body's size was bounded while it was read (serve/limits.py): this parse holds the interpreter.
-    """
-    try:
-        parsed = schema.model_validate_json(raw)
-    except ValidationError as exc:
-        raise as_bad_request(exc) from None
+    """A completion request's body: `parse_json`, plus the checks of fields vLLM would take as they are."""
+    parsed = parse_json(raw, schema)
     if isinstance(parsed.stop, list) and len(parsed.stop) > 16:
         raise bad_request("At most 16 stop sequences.", param="stop")
     for name in CLIENT_FORBIDDEN_FIELDS:

@@ -24,14 +24,14 @@ import httpx
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.registry import Registry
 from tuneloop.serve.auth.keys import KeyRing
-from tuneloop.serve.capture import Capture
 from tuneloop.serve.config import GatewayConfig
 from tuneloop.serve.engine.lora import EngineLoras
 from tuneloop.serve.engine.pidfile import pid_file
 from tuneloop.serve.engine.supervisor import EngineSupervisor
 from tuneloop.serve.errors import engine_unavailable, hide_internal, too_many_requests
-from tuneloop.serve.hooks import prepare_hook
-from tuneloop.serve.proxy import engine_session
+from tuneloop.serve.request.capture import Capture
+from tuneloop.serve.request.hooks import prepare_hook
+from tuneloop.serve.request.proxy import engine_session
 from tuneloop.serve.routing.follower import RegistryFollower
 from tuneloop.serve.routing.residency import Residency
 from tuneloop.serve.routing.resolver import Resolver
@@ -58,7 +58,7 @@ class Replica:
         self.fatal: str | None = None
         self._on_fatal = on_fatal
         # httpx for the control calls (health, adapter loads, metrics); completions go through
-        # `session` (aiohttp, made in start() on the event loop): see serve/proxy.py for why.
+        # `session` (aiohttp, made in start() on the event loop): see serve/request/proxy.py for why.
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             headers=config.engine.headers(),

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
-from tuneloop.train.data.tokenize import IGNORE_INDEX, Encoded, collate
+from tuneloop.train.tokenize import IGNORE_INDEX, Encoded, collate
 
 if TYPE_CHECKING:
     import torch

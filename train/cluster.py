@@ -40,8 +40,8 @@ def ray_cluster(echo: Callable[[str], None] = print) -> Iterator[str]:
 
     A process that is already connected (a test, a notebook) is used as it is and left connected.
     """
-    from tuneloop.platform.ray_embedded import running_info
-    from tuneloop.platform.raycluster import client_env
+    from tuneloop.platform.ray.cluster import client_env
+    from tuneloop.platform.ray.head import running_info
 
     already = sys.modules.get("ray")
     if already is not None and already.is_initialized():
@@ -68,7 +68,7 @@ def ray_cluster(echo: Callable[[str], None] = print) -> Iterator[str]:
 
 def address_problems() -> list[str]:
     """Why RAY_ADDRESS cannot be joined from here, if it cannot (checked before a job starts)."""
-    from tuneloop.platform.ray_embedded import running_info
+    from tuneloop.platform.ray.head import running_info
 
     address = settings.RAY_ADDRESS.get()
     if not _is_url(address):
@@ -108,7 +108,7 @@ def _joined(address: str, env: Mapping[str, str]) -> Iterator[str]:
 def _private_cluster() -> Iterator[str]:
     """A local Ray started by `ray.init`, loopback-only with token auth, removed on exit."""
     from tuneloop.platform.procs import free_port
-    from tuneloop.platform.raycluster import write_token
+    from tuneloop.platform.ray.cluster import write_token
 
     # Short and private: Ray's unix socket paths live under it and must stay under ~107 characters.
     root = Path(tempfile.mkdtemp(prefix="tl-train-", dir="/tmp"))

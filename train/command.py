@@ -24,8 +24,8 @@ def train(job: Path) -> int:
     Args:
         job: The job's YAML file (see examples/).
     """
+    from tuneloop.train.driver import run
     from tuneloop.train.evaluate import format_table
-    from tuneloop.train.recipe import run
 
     # `ray job stop` (and `tuneloop jobs stop`) send SIGTERM: unwind normally instead, so the registry
     # records the job as stopped and a private Ray started here is shut down and removed.

@@ -19,14 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# Re-exported for existing callers: the comparison lives in train/answers.py (shared with monitoring).
-from tuneloop.train.answers import exact_match as exact_match
-from tuneloop.train.answers import normalize_answer as normalize_answer
-from tuneloop.train.answers import token_f1 as token_f1
+# Re-exported for existing callers: the comparison lives in platform/answers.py (shared with monitoring).
+from tuneloop.platform.answers import exact_match as exact_match
+from tuneloop.platform.answers import normalize_answer as normalize_answer
+from tuneloop.platform.answers import token_f1 as token_f1
+from tuneloop.platform.data.formats import Example, reference_answer
+from tuneloop.platform.spec import JobSpec
 from tuneloop.train.batches import loss_sums
-from tuneloop.train.data.formats import Example, reference_answer
-from tuneloop.train.data.tokenize import Encoded, sft_parts
-from tuneloop.train.spec import JobSpec
+from tuneloop.train.tokenize import Encoded, sft_parts
 
 if TYPE_CHECKING:
     import torch

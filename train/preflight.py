@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import NotFoundError
-from tuneloop.train.spec import JobSpec
+from tuneloop.platform.spec import JobSpec
 
 if TYPE_CHECKING:
     from tuneloop.platform.registry import Registry

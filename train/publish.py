@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.platform.artifacts import ArtifactStore, Manifest
+from tuneloop.platform.spec import JobSpec
 from tuneloop.train import methods
-from tuneloop.train.spec import JobSpec
 from tuneloop.train.state import BEST, load_trainable
 
 if TYPE_CHECKING:
     from tuneloop.platform.registry import Registry
-    from tuneloop.platform.registry.models import Version
+    from tuneloop.platform.registry.tables import Version
 
 # Written beside the weights: the spec and data that made them travel with the artifact itself.
 LINEAGE_FILE = "tuneloop_training.json"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.platform.errors import ArtifactError
+from tuneloop.platform.refs import VersionRef
 
 if TYPE_CHECKING:
     import torch
@@ -159,6 +160,6 @@ def warm_start(method: FineTuneMethod, model: torch.nn.Module, ref: str) -> None
     `output.init_from`. Each worker fetches it from the artifact store itself (checksums checked)."""
     from tuneloop.platform.artifacts import ArtifactStore
 
-    adapter, _, number = ref.rpartition("@")
+    version = VersionRef.of(ref)
     with tempfile.TemporaryDirectory(prefix="tuneloop-init-") as tmp:
-        method.warm_start(model, ArtifactStore().fetch(adapter, int(number), Path(tmp) / "init"))
+        method.warm_start(model, ArtifactStore().fetch(version.adapter, version.number, Path(tmp) / "init"))

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tuneloop.train.batches import autocast, input_tokens, scored_tokens
-from tuneloop.train.data.tokenize import IGNORE_INDEX
+from tuneloop.train.tokenize import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import HyperParams
+    from tuneloop.platform.spec import HyperParams
 
 # transformers model types whose causal-LM forward is exactly `lm_head(decoder(...))` plus the mean
 # token loss: no logit soft-capping or scaling, no auxiliary losses. Others keep their own forward.

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from tuneloop.platform.spec import HyperParams, SearchSpec
 from tuneloop.train.errors import TrainingError
-from tuneloop.train.spec import HyperParams, SearchSpec
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint

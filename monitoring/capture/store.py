@@ -16,11 +16,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, create_engine, delete, event, inspect, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy import ColumnElement, Engine, delete, inspect, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import Column, CreateIndex
 
 from tuneloop.monitoring.capture.schema import FeedbackIn, RequestRecord
@@ -32,8 +30,8 @@ from tuneloop.monitoring.capture.tables import (
     Feedback,
 )
 from tuneloop.platform import settings
-from tuneloop.platform.errors import ConfigError, NotFoundError
-from tuneloop.platform.registry.db import connect_args, private_sqlite_file
+from tuneloop.platform.errors import NotFoundError
+from tuneloop.platform.sql import open_engine
 
 
 class UnknownRequestError(NotFoundError):
@@ -45,7 +43,7 @@ class CaptureStore:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or settings.TUNELOOP_CAPTURE_DB_URL.get()
-        self.engine = _make_engine(self.url)
+        self.engine = open_engine(self.url, "capture store")
         _create_tables(self.engine)
         _upgrade_schema(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -199,41 +197,6 @@ def _create_tables(engine: Engine) -> None:
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
-
-
-def _make_engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise ConfigError(
-            f"capture store URL {settings.redact_url(url)!r} is not a SQLAlchemy URL (e.g. sqlite:///capture.db)"
-        ) from None
-    if parsed.get_backend_name() != "sqlite":
-        try:
-            return create_engine(
-                parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args(parsed)
-            )
-        except Exception as exc:  # a missing driver, an unknown dialect
-            shown, why = settings.redact_url(url), settings.redact_url(str(exc))
-            raise ConfigError(f"cannot open capture store {shown!r}: {why}") from None
-    if parsed.database in (None, "", ":memory:"):
-        # One shared connection, or every thread (the writer's included) would see its own empty database.
-        return create_engine(
-            parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}, hide_parameters=True
-        )
-    private_sqlite_file(parsed.database)
-    engine = create_engine(parsed, hide_parameters=True)
-    event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
-    # WAL: the drift loop reads while the writer appends; foreign keys are off by default in SQLite.
-    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
 
 
 def _upgrade_schema(engine: Engine) -> None:

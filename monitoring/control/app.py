@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.control.auth import authorized, control_token
-from tuneloop.monitoring.control.loop import adapter_of, consider_retrain
+from tuneloop.monitoring.control.loop import consider_retrain
 from tuneloop.monitoring.policy import DRIFT_ALERT
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _record(registry: Registry, batch: AlertBatch) -> dict[str, Any]:
         name = alert.labels.get("alertname", "")
         detail = {"alias": alias, "status": alert.status, "alertname": name, "labels": alert.labels}
         registry.add_event(
-            adapter_of(registry, alias), DRIFT_ALERT, f"{name} {alert.status} for {alias}", detail
+            registry.adapter_of(alias), DRIFT_ALERT, f"{name} {alert.status} for {alias}", detail
         )
         recorded += 1
         if alert.status == "firing" and consider_retrain(registry, alias).retrain:

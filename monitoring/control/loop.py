@@ -52,11 +52,6 @@ RETRAIN_DUE = "retrain.due"
 RECENT_WINDOW = timedelta(days=1)
 
 
-def adapter_of(registry: Registry, alias: str) -> str:
-    ref = registry.aliases().get(alias)
-    return ref.partition("@")[0] if ref else alias
-
-
 def record_check(
     registry: Registry,
     alias: str,
@@ -73,7 +68,7 @@ def record_check(
     metrics.DRIFT_LAST_CHECK.labels(alias, name).set(now.timestamp())
     detail = {"alias": alias, "decision": result.decision, "detector": name, "score": result.score}
     registry.add_event(
-        adapter_of(registry, alias),
+        registry.adapter_of(alias),
         DRIFT_CHECKED,
         f"{alias}: {result.explanation}",
         {**detail, **(extra or {})},
@@ -145,7 +140,7 @@ def consider_retrain(
     """Ask the drift policy about `alias` over its recorded history; record a due retrain, unless one
     is `running` already (the round then starts none, and the history stays readable)."""
     policy = policy or RetrainPolicy.from_settings()
-    adapter = adapter_of(registry, alias)
+    adapter = registry.adapter_of(alias)
     decision = policy.decide(observations(registry.history(adapter), alias), datetime.now(UTC))
     if decision.retrain and running:
         decision = PolicyDecision(False, "a retrain is already running", decision.streak)
@@ -162,8 +157,8 @@ def reference_prompts(registry: Registry, alias: str, suites: Sequence[Suite]) -
     data is not reachable from here, the prompts of its evaluation suites."""
     from tuneloop.monitoring.evaluation.feedback import captured_prompt
     from tuneloop.monitoring.retrain import last_spec
+    from tuneloop.platform.data.splits import make_splits
     from tuneloop.platform.errors import TuneloopError
-    from tuneloop.train.data.splits import make_splits
 
     try:
         spec = last_spec(registry, registry.aliases()[alias])
@@ -220,7 +215,7 @@ def check_alias(
     from tuneloop.monitoring.evaluation.runner import run_suite
     from tuneloop.monitoring.evaluation.suite import suites_for
     from tuneloop.platform.errors import TuneloopError
-    from tuneloop.platform.rayjobs import JobsClient
+    from tuneloop.platform.ray.client import JobsClient
 
     result = RoundResult(alias)
     if retrain.open_retrains(registry, alias):
@@ -247,9 +242,7 @@ def check_alias(
         except Exception as exc:  # no spec, unreadable data, too few examples, Ray or disk trouble
             result.error = f"retrain not started: {exc}"
             detail = {"alias": alias, "reason": str(exc)}
-            registry.add_event(
-                adapter_of(registry, alias), RETRAIN_FAILED, f"{alias}: {result.error}", detail
-            )
+            registry.add_event(registry.adapter_of(alias), RETRAIN_FAILED, f"{alias}: {result.error}", detail)
             metrics.RETRAINS_FAILED.labels(alias).inc()
             log.error("%s: %s", alias, result.error)
     return result

@@ -13,7 +13,6 @@ torch, no sentence-transformers).
 
 from __future__ import annotations
 
-import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneloop.platform.errors import ConfigError, TuneloopError
+from tuneloop.platform.plugins import Plugins
 
 Decision = Literal["drift", "no_drift", "not_enough_data"]
 
@@ -161,41 +161,27 @@ def normal_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-_REGISTRY: dict[str, type[DriftDetector[Any, Any]]] = {}
+PLUGINS: Plugins[DriftDetector[Any, Any]] = Plugins(
+    "drift detector", "detectors", __package__, BUILTIN_MODULES
+)
 D = TypeVar("D", bound=type[DriftDetector[Any, Any]])
 
 
 def register(cls: D) -> D:
     """Class decorator: make `cls` available as `get(cls.name)`."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise TypeError(
-            f"drift detector {cls.name!r} is registered twice "
-            f"({_REGISTRY[cls.name].__name__}, {cls.__name__})"
-        )
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_builtins() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    return PLUGINS.register(cls)
 
 
 def names() -> list[str]:
     """Names of every registered detector, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return PLUGINS.names()
 
 
 def get(name: str, config: DetectorConfig | Mapping[str, Any] | None = None) -> DriftDetector[Any, Any]:
     """The detector registered as `name`, configured by `config` (its config model or a mapping of
     its fields). An unknown name is a ConfigError listing the known ones; a bad config is a
     ConfigError listing every invalid field at once."""
-    _load_builtins()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown drift detector {name!r}; known detectors: {', '.join(names())}") from None
+    cls = PLUGINS.lookup(name)
     if config is None or isinstance(config, cls.config_model):
         return cls(config)
     if isinstance(config, DetectorConfig):

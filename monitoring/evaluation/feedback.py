@@ -19,8 +19,8 @@ from datetime import datetime
 
 from tuneloop.monitoring.capture import CapturedRequest, CaptureStore, Feedback
 from tuneloop.platform import settings
-from tuneloop.train.answers import exact_match
-from tuneloop.train.data.formats import Example, Message
+from tuneloop.platform.answers import exact_match
+from tuneloop.platform.data.formats import Example, Message
 
 GOOD_LABELS = frozenset({"good", "correct", "right", "ok"})
 BAD_LABELS = frozenset({"bad", "wrong", "incorrect"})
@@ -42,7 +42,7 @@ def trusted(request: CapturedRequest, feedback: Feedback, trust: frozenset[str] 
 def correctness(request: CapturedRequest, feedback: Feedback) -> bool | None:
     """Whether the feedback says the captured answer was right; None when it does not say.
 
-    A corrected answer decides by exact match (train/answers.py) with the captured answer; then a
+    A corrected answer decides by exact match (platform/answers.py) with the captured answer; then a
     label in GOOD_LABELS or BAD_LABELS; then a rating (4-5 right, 1-2 wrong, 3 undecided).
     """
     if feedback.corrected_answer:
@@ -117,7 +117,7 @@ def labelled_with_times(
 
 
 def captured_prompt(example: Example) -> str:
-    """The question of `example` as the gateway captures it (serve/capture.py `prompt_text`): chats as
+    """The question of `example` as the gateway captures it (serve/request/capture.py `prompt_text`): chats as
     the JSON of every turn but the answer, prompts as they are, so drift checks compare like with like."""
     if example.format == "chat":
         turns = [{"role": m.role, "content": m.content} for m in example.messages[:-1]]

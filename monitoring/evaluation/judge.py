@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.train.answers import normalize_answer
-from tuneloop.train.data.formats import Example
+from tuneloop.platform.answers import normalize_answer
+from tuneloop.platform.data.formats import Example
 
 if TYPE_CHECKING:
     from openai import OpenAI

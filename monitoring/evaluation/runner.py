@@ -30,8 +30,8 @@ from tuneloop.monitoring.evaluation.judge import METRIC as JUDGE
 from tuneloop.monitoring.evaluation.scorers import SCORERS, get_scorer
 from tuneloop.monitoring.evaluation.suite import Suite
 from tuneloop.platform import settings
+from tuneloop.platform.data.formats import Example, reference_answer
 from tuneloop.platform.errors import NotFoundError
-from tuneloop.train.data.formats import Example, reference_answer
 
 if TYPE_CHECKING:
     from openai import OpenAI

@@ -1,6 +1,6 @@
 """Answer scorers by name: each maps (prediction, reference) to a score in [0, 1], higher is better.
 
-The comparison itself is train/answers.py's, so a live score means what the test score at training
+The comparison itself is platform/answers.py's, so a live score means what the test score at training
 time meant. A failed lookup lists the names that exist.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tuneloop.platform.answers import exact_match, token_f1
 from tuneloop.platform.errors import ConfigError
-from tuneloop.train.answers import exact_match, token_f1
 
 Scorer = Callable[[str, str], float]
 

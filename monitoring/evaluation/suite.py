@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.platform import settings
+from tuneloop.platform.data.formats import Example, read_examples
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
 from tuneloop.platform.registry import Registry
-from tuneloop.train.data.formats import Example, read_examples
 
 if TYPE_CHECKING:
-    from tuneloop.train.spec import JobSpec
+    from tuneloop.platform.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def golden_suite(alias: str, path: Path | None = None) -> Suite | None:
 def last_spec(registry: Registry, ref: str) -> JobSpec:
     """The job spec that trained `ref`: the job's own record (the submitter's paths) where there is
     one, else the spec in the version's lineage. An imported version has neither: a ConfigError."""
-    from tuneloop.train.spec import parse_spec
+    from tuneloop.platform.spec import parse_spec
 
     version = registry.get_version(ref)
     candidates: list[Any] = []
@@ -79,7 +79,7 @@ def last_spec(registry: Registry, ref: str) -> JobSpec:
 def test_split_suite(registry: Registry, ref: str) -> Suite | None:
     """The held-out test split of the job that trained `ref`, rebuilt from its lineage; None if it
     cannot be rebuilt exactly (no recorded spec, data not reachable here, or other data now)."""
-    from tuneloop.train.data.splits import data_hash, make_splits
+    from tuneloop.platform.data.splits import data_hash, make_splits
 
     version = registry.get_version(ref)
     try:

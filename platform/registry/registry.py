@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConflictError, DatabaseUnreachableError, NotFoundError, StaleAliasError
+from tuneloop.platform.refs import VersionRef, adapter_name
 from tuneloop.platform.registry import db
-from tuneloop.platform.registry.models import (
+from tuneloop.platform.registry.tables import (
     Adapter,
     Alias,
     ApiKey,
@@ -281,6 +282,12 @@ class Registry:
             rows = session.scalars(select(Alias)).all()
             return {row.name: row.version.ref for row in rows}
 
+    def adapter_of(self, alias: str) -> str:
+        """The adapter of the version `alias` points at; the alias's own name when it points at none
+        (an alias's first version is trained under the alias's name)."""
+        ref = self.aliases().get(alias)
+        return adapter_name(ref) if ref else alias
+
     # -- jobs, evaluations, events
 
     def add_job(self, job_id: str, adapter: str, spec: dict[str, Any]) -> None:
@@ -427,12 +434,14 @@ class Registry:
     # -- internals
 
     def _resolve(self, session: Session, ref: str) -> Version:
-        name, sep, number = ref.partition("@")
-        if sep:
-            if not number.isdigit():
+        if "@" in ref:
+            parsed = VersionRef.parse(ref)
+            if parsed is None:
                 raise NotFoundError(f"{ref!r} is not a version reference: expected ADAPTER@NUMBER")
             version = session.scalar(
-                select(Version).join(Adapter).where(Adapter.name == name, Version.number == int(number))
+                select(Version)
+                .join(Adapter)
+                .where(Adapter.name == parsed.adapter, Version.number == parsed.number)
             )
         else:
             alias = session.scalar(select(Alias).where(Alias.name == ref))

@@ -6,7 +6,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
-from tuneloop.serve.pipeline import complete
+from tuneloop.serve.request.pipeline import complete
 
 
 async def create_chat_completion(request: Request) -> Response:

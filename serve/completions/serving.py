@@ -6,7 +6,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from tuneloop.serve.completions.protocol import CompletionRequest
-from tuneloop.serve.pipeline import complete
+from tuneloop.serve.request.pipeline import complete
 
 
 async def create_completion(request: Request) -> Response:

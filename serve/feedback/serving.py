@@ -15,17 +15,17 @@ from __future__ import annotations
 import logging
 
 from fastapi import Request
-from pydantic import ValidationError
 
 from tuneloop.monitoring.capture import CapturedRequest
 from tuneloop.monitoring.metrics import BASE_VERSION
+from tuneloop.platform.refs import adapter_name
 from tuneloop.serve.auth.keys import Principal
 from tuneloop.serve.errors import OpenAIError
 from tuneloop.serve.feedback.protocol import FeedbackIn, FeedbackOut
-from tuneloop.serve.limits import read_body
-from tuneloop.serve.pipeline import replica_of
-from tuneloop.serve.protocol import as_bad_request
+from tuneloop.serve.protocol import parse_json
 from tuneloop.serve.replica import Replica
+from tuneloop.serve.request.limits import read_body
+from tuneloop.serve.request.pipeline import replica_of
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,7 @@ async def create_feedback(request: Request) -> FeedbackOut:
     replica = replica_of(request)
     principal = await replica.keys.authenticate(request.headers.get("authorization"))
     raw = await read_body(request, replica.config.limits.max_body_bytes)
-    try:
-        feedback = FeedbackIn.model_validate_json(raw)
-    except ValidationError as exc:
-        raise as_bad_request(exc) from None
+    feedback = parse_json(raw, FeedbackIn)
     if not replica.capture.on:
         raise _not_found(feedback.request_id, " (capture is off on this gateway: TUNELOOP_CAPTURE_*)")
     try:
@@ -75,8 +72,7 @@ def _may_see(principal: Principal, captured: CapturedRequest, replica: Replica) 
         return False  # someone else's request (or one captured before keys were recorded)
     if captured.version in (BASE_VERSION, replica.resolver.base_version):  # any key may call the base
         return True
-    adapter = captured.version.partition("@")[0]
-    return principal.may_use(adapter, replica.follower.snapshot)
+    return principal.may_use(adapter_name(captured.version), replica.follower.snapshot)
 
 
 def _not_found(request_id: str, why: str = "") -> OpenAIError:

@@ -12,7 +12,7 @@ from fastapi import Request
 
 from tuneloop.serve.errors import model_not_found
 from tuneloop.serve.models.protocol import ModelCard, ModelList
-from tuneloop.serve.pipeline import replica_of
+from tuneloop.serve.request.pipeline import replica_of
 
 STARTED = int(time.time())
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from tuneloop.monitoring.metrics import REGISTRY
 from tuneloop.serve.errors import OpenAIError, engine_unavailable
-from tuneloop.serve.pipeline import replica_of
+from tuneloop.serve.request.pipeline import replica_of
 
 router = APIRouter()
 

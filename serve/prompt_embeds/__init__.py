@@ -3,7 +3,7 @@
 `PromptEmbedder` builds the embeddings (virtual tokens first, as peft does), `encode_for_vllm`
 turns them into the `prompt_embeds` string of `/v1/completions`, and `prompt_embeds_engine_args`
 gives the engine flags that let it take them next to LoRA adapters. `rewrite_request` and
-`prepare_version` are the gateway's hook (serve/hooks.py); chat.py reshapes answers into chats.
+`prepare_version` are the gateway's hook (serve/request/hooks.py); chat.py reshapes answers into chats.
 """
 
 from tuneloop.serve.prompt_embeds.checkpoint import load_input_embeddings, load_virtual_tokens

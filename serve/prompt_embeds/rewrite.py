@@ -1,4 +1,4 @@
-"""The gateway's hook for prompt-tuned and P-tuned versions (serve/hooks.py documents the contract).
+"""The gateway's hook for prompt-tuned and P-tuned versions (serve/request/hooks.py documents the contract).
 
 A request for such a version becomes a `/v1/completions` request for the *base* model whose input
 is `prompt_embeds` = the version's virtual tokens + the embedded prompt, exactly what peft feeds

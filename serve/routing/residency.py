@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from tuneloop.monitoring import metrics
+from tuneloop.platform.refs import adapter_name
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class Residency:
         return entry
 
     async def _load(self, entry: _Entry) -> None:
-        adapter = entry.ref.partition("@")[0]
+        adapter = adapter_name(entry.ref)
         started = time.monotonic()
         try:
             await self._loader.load(entry.ref)
@@ -184,7 +185,7 @@ class Residency:
     async def _unload(self, entry: _Entry, reason: str) -> None:
         try:
             await self._loader.unload(entry.ref)
-            metrics.ADAPTER_UNLOADS.labels(entry.ref.partition("@")[0], reason).inc()
+            metrics.ADAPTER_UNLOADS.labels(adapter_name(entry.ref), reason).inc()
             log.info("unloaded %s (%s)", entry.ref, reason)
         except Exception:
             log.exception("unloading %s failed; forgetting it anyway", entry.ref)

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tuneloop.monitoring.metrics import BASE_VERSION
-from tuneloop.platform.adapters import engine_only_reason, unservable_reason
-from tuneloop.platform.models import same_base_model
+from tuneloop.platform.basemodels import same_base_model
+from tuneloop.platform.promotion import engine_only_reason, unservable_reason
+from tuneloop.platform.refs import VersionRef, adapter_name
 from tuneloop.serve.auth.keys import Principal
 from tuneloop.serve.errors import OpenAIError, bad_request, engine_unavailable, model_not_found
-from tuneloop.serve.hooks import prompt_embeds_hook
+from tuneloop.serve.request.hooks import prompt_embeds_hook
 from tuneloop.serve.routing.snapshot import Snapshot, VersionInfo
 
 Kind = Literal["base", "lora", "prompt_embeddings"]
@@ -100,10 +101,10 @@ class Resolver:
                     f"`{model}` is being loaded; retry shortly", retry_after=1
                 )
             return self._target(model, snapshot.versions.get(ref), alias=model)
-        name, sep, number = model.rpartition("@")
-        if sep and number.isdigit():
-            adapter = snapshot.adapter_of_alias(name) or name
-            info = snapshot.version(adapter, int(number))
+        pinned = VersionRef.parse(model)
+        if pinned is not None:
+            adapter = snapshot.adapter_of_alias(pinned.adapter) or pinned.adapter
+            info = snapshot.version(adapter, pinned.number)
             if info is not None and principal.may_use(adapter, snapshot) and _may_pin(info, principal):
                 refusal = self.refusal(info)
                 if refusal is not None:
@@ -157,7 +158,7 @@ class Resolver:
         """The base model, then every alias and version this key may use, each adapter under the base."""
         entries = [ModelEntry(id=self.base.public, parent=None, root=self.base.engine)]
         for alias, ref in sorted(live.items()):
-            if principal.may_use(ref.partition("@")[0], snapshot):
+            if principal.may_use(adapter_name(ref), snapshot):
                 entries.append(ModelEntry(id=alias, parent=self.base.public, root=ref))
         for ref, info in sorted(snapshot.versions.items()):
             if ref == self.base.version or not principal.may_use(info.adapter, snapshot):

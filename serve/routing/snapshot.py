@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tuneloop.platform.adapters import serving_of
 from tuneloop.platform.artifacts import ArtifactStore, Serving
+from tuneloop.platform.promotion import serving_of
+from tuneloop.platform.refs import adapter_name
 from tuneloop.platform.registry import Registry
 
 
@@ -54,7 +55,7 @@ class Snapshot:
 
     def adapter_of_alias(self, alias: str) -> str | None:
         ref = self.aliases.get(alias)
-        return ref.partition("@")[0] if ref else None
+        return adapter_name(ref) if ref else None
 
     def version(self, adapter: str, number: int) -> VersionInfo | None:
         return self.versions.get(f"{adapter}@{number}")

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 from prometheus_client.metrics import MetricWrapperBase
 
+from tuneloop.demo.prometheus import ScrapeTarget, prometheus_process
 from tuneloop.monitoring import metrics
 from tuneloop.platform.procs import ManagedProcess
-from tuneloop.platform.prometheus import ScrapeTarget, prometheus_process
 from tuneloop.platform.settings import LOOPBACK
 
 PROMETHEUS = Path("/usr/bin/prometheus")

@@ -3,7 +3,7 @@
 Both run in their own process group on free 127.0.0.1 ports and are stopped by that group (never by
 name), so a failing test cannot leave an engine or a raylet behind. The settings come from
 ENVIRONMENT.md: vLLM on the CPU needs an explicit KV-cache size and runs its engine in-process; the Ray
-head is the package's own recipe (`tuneloop.platform.raycluster`: loopback mode, explicit token auth
+head is the package's own recipe (`tuneloop.platform.ray.cluster`: loopback mode, explicit token auth
 with a private token file, a private short temp dir), so tests exercise what users run.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.platform.procs import ManagedProcess, free_port
-from tuneloop.platform.raycluster import RayHead, ray_cli, running_head
+from tuneloop.platform.ray.cluster import RayHead, ray_cli, running_head
 from tuneloop.platform.settings import LOOPBACK
 from tuneloop.serve.engine.launch import EngineConfig, engine_process
 

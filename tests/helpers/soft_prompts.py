@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -114,3 +115,49 @@ def _batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int)
     labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
     attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
     return input_ids, attention, labels
+
+
+# The task both serving tests teach: answer TARGET (then end) to PROMPT and to the chat MESSAGES.
+PROMPT = "The river runs past"
+MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "Where does the river go?"}]
+TARGET = " the old mill by the bridge"
+MAX_TOKENS = 12
+KINDS: tuple[SoftPromptKind, ...] = ("prompt_tuning", "p_tuning")
+
+
+@dataclass(frozen=True)
+class RiverTask:
+    """The task as token ids of the model's tokenizer, and both soft prompts trained on it."""
+
+    prompt_ids: list[int]
+    chat_ids: list[int]
+    trained: dict[str, PeftModel]  # by kind
+    folders: dict[str, Path]  # where each is saved, by kind
+
+
+def train_river_prompts(model_dir: Path, tokenizer: Any, dest: Path) -> RiverTask:
+    """Train a prompt-tuning and a P-tuning adapter on the river task; saved to dest/<kind>."""
+    prompt_ids = list(tokenizer(PROMPT)["input_ids"])
+    chat_text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    chat_ids = list(tokenizer(str(chat_text), add_special_tokens=False)["input_ids"])
+    target = list(tokenizer(TARGET + str(tokenizer.eos_token), add_special_tokens=False)["input_ids"])
+    examples = [(prompt_ids, target), (chat_ids, target)]
+    folders = {kind: dest / kind for kind in KINDS}
+    trained = {kind: train_soft_prompt(model_dir, kind, examples, folder) for kind, folder in folders.items()}
+    return RiverTask(prompt_ids, chat_ids, trained, folders)
+
+
+def hf_greedy(model: Any, ids: Sequence[int], max_new_tokens: int = MAX_TOKENS) -> list[int]:
+    """Greedy new token ids from a transformers or peft model's own `generate` (EOS included)."""
+    import torch
+
+    input_ids = torch.tensor([list(ids)])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=model.config.pad_token_id,
+        )
+    return [int(t) for t in out[0, input_ids.shape[1] :]]

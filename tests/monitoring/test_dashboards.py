@@ -67,7 +67,7 @@ from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.registry.models import VersionStatus
+from tuneloop.platform.registry.tables import VersionStatus
 from tuneloop.platform.settings import LOOPBACK
 
 SCHEMA = REPO.parent / "shared" / "schemas" / "grafana-dashboard.schema.json"

@@ -12,55 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tuneloop.demo.synthetic import cooking, new_products, pasted_context, support
 from tuneloop.monitoring import drift
 from tuneloop.monitoring.drift import embedders
 from tuneloop.monitoring.drift.covariate import psi
 from tuneloop.monitoring.drift.quality import _fisher_lower
 from tuneloop.platform.errors import ConfigError
 
-# -- synthetic prompts: customer-support questions (the "training inputs") and cooking questions
-OPENERS = ["How do I", "Can you help me", "Please explain how to", "What is the fastest way to", "I need to"]
-VERBS = ["reset", "update", "cancel", "find", "change", "download", "check", "fix", "renew", "close"]
-SUBJECTS = ["my account", "the invoice", "my password", "the billing page", "my subscription", "the refund"]
-SUBJECTS += ["two-factor login", "the mobile app", "my order", "the delivery address", "the payment method"]
-TAILS = ["today", "on my phone", "before Friday", "for my team", "without losing data", "", "right now"]
-COOK_VERBS = ["bake", "season", "grill", "marinate", "slice", "roast", "simmer", "whisk"]
-COOK_SUBJECTS = [
-    "a sourdough loaf",
-    "the risotto",
-    "salmon fillets",
-    "a lemon tart",
-    "fresh pasta",
-    "a curry",
-]
-COOK_TAILS = ["for dinner", "for six guests", "in a cast iron pan", "without an oven", "", "the Italian way"]
-NEW_PRODUCTS = ["zentrix", "quorbal", "hyloflux", "vantium", "plexora", "dravik", "omnisync", "kelvora"]
-
 Generator = Callable[[np.random.Generator], str]
-
-
-def support(rng: np.random.Generator) -> str:
-    text = f"{rng.choice(OPENERS)} {rng.choice(VERBS)} {rng.choice(SUBJECTS)} {rng.choice(TAILS)}".strip()
-    if rng.random() < 0.3:  # order numbers are out of vocabulary even without drift
-        text += f" (order {rng.integers(10_000, 99_999)})"
-    return text + "?"
-
-
-def cooking(rng: np.random.Generator) -> str:
-    verb, subject, tail = rng.choice(COOK_VERBS), rng.choice(COOK_SUBJECTS), rng.choice(COOK_TAILS)
-    return f"{rng.choice(OPENERS)} {verb} {subject} {tail}?"
-
-
-def long_support(rng: np.random.Generator) -> str:
-    """Same topic, pasted context: the length shifts, the vocabulary barely does."""
-    return " ".join(support(rng) for _ in range(3))
-
-
-def new_products(rng: np.random.Generator) -> str:
-    """Same templates, unseen product names: the vocabulary shifts, the length barely does."""
-    return (
-        f"{rng.choice(OPENERS)} {rng.choice(VERBS)} my {rng.choice(NEW_PRODUCTS)} {rng.choice(NEW_PRODUCTS)}?"
-    )
 
 
 def prompts(n: int, seed: int, drifted: Generator | None = None, share: float = 0.5) -> list[str]:
@@ -208,7 +167,7 @@ def test_psi_matches_its_formula() -> None:
     assert psi(reference, recent) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("name", "drifted"), [("prompt_length", long_support), ("oov_rate", new_products)])
+@pytest.mark.parametrize(("name", "drifted"), [("prompt_length", pasted_context), ("oov_rate", new_products)])
 def test_psi_detectors_find_their_drift_and_not_its_absence(name: str, drifted: Generator) -> None:
     detector = drift.get(name)
     reference = prompts(800, 0)
@@ -246,7 +205,7 @@ def test_prompt_length_counts_tokens_with_a_tokenizer(tmp_path: Path) -> None:
     tokenizer.train_from_iterator(prompts(300, 9), trainers.WordPieceTrainer(special_tokens=["[UNK]"]))
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     detector = drift.get("prompt_length", {"tokenizer": str(tmp_path)})
-    result = detector.check(prompts(400, 0), prompts(120, 1, long_support))
+    result = detector.check(prompts(400, 0), prompts(120, 1, pasted_context))
     assert result.decision == "drift" and "tokens" in result.explanation
     with pytest.raises(ConfigError, match=r"no tokenizer\.json"):
         drift.get("prompt_length", {"tokenizer": str(tmp_path / "missing")}).check(

@@ -20,12 +20,12 @@ from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.evaluation import evaluate, golden_suite, labelled_examples, run_suite
 from tuneloop.monitoring.evaluation.feedback import captured_prompt, correctness, judged_with_times
+from tuneloop.platform.data.formats import DataError, read_examples
 from tuneloop.platform.errors import ConfigError
 from tuneloop.platform.registry import Registry
-from tuneloop.serve.capture import prompt_text
 from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
 from tuneloop.serve.completions.protocol import CompletionRequest
-from tuneloop.train.data.formats import DataError, read_examples
+from tuneloop.serve.request.capture import prompt_text
 
 ANSWERS = {"2+2=": " 4", "capital of France?": " Paris"}
 

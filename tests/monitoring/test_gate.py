@@ -20,8 +20,8 @@ from tuneloop.monitoring.gate import (
     run_gate,
     sign_test,
 )
+from tuneloop.platform.data.formats import Example
 from tuneloop.platform.registry import Registry
-from tuneloop.train.data.formats import Example
 
 
 def pair(suite: str, live: list[float], candidate: list[float]) -> dict[str, object]:
@@ -76,7 +76,10 @@ def test_missing_scores_cannot_be_compared_and_nothing_live_promotes() -> None:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    # These versions have no stored artifacts: with LoRA unrestricted on the engines, promotion's
+    # servability check needs none (a restricted engine would fetch and check the weights).
+    monkeypatch.setenv("TUNELOOP_PROMPT_EMBEDS", "0")
     reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     for _ in range(3):
         reg.add_version("support", base_model="m", method="lora", store=lambda n: f"mem://{n}")
@@ -175,3 +178,14 @@ def test_the_gate_does_not_promote_over_an_alias_that_moved(registry: Registry) 
     done = apply(registry, "support", "support@3", better, compared_with="support@1")
     assert not done.promote and done.reject_reason == "superseded"
     assert registry.aliases()["support"] == "support@2"
+
+
+def test_a_candidate_that_cannot_go_live_when_promoted_is_rejected_unservable(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With LoRA restricted on the engines, promotion checks the stored weights, which are missing here.
+    monkeypatch.setenv("TUNELOOP_PROMPT_EMBEDS", "1")
+    done = apply(registry, "support", "support@3", GateDecision(True, "better"), compared_with="support@1")
+    assert not done.promote and done.reject_reason == "unservable"
+    assert registry.aliases()["support"] == "support@1"
+    assert registry.get_version("support@3").status == "rejected"

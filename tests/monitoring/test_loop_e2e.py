@@ -31,13 +31,13 @@ from helpers.servers import RayHead
 from openai import OpenAI
 
 from tuneloop.platform.apikeys import create_key
-from tuneloop.platform.jobs import submit_spec
 from tuneloop.platform.procs import ManagedProcess, free_port
-from tuneloop.platform.rayjobs import JobsClient
+from tuneloop.platform.ray.client import JobsClient
+from tuneloop.platform.ray.submit import submit_spec
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.registry.models import Event
+from tuneloop.platform.registry.tables import Event
 from tuneloop.platform.settings import LOOPBACK, child_env
-from tuneloop.serve.proxy import VERSION_HEADER
+from tuneloop.serve.request.proxy import VERSION_HEADER
 
 pytestmark = pytest.mark.slow
 TUNELOOP = str(Path(__import__("sys").executable).parent / "tuneloop")

@@ -25,11 +25,11 @@ from tuneloop.monitoring.retrain import (
     prepare,
     refresh,
 )
+from tuneloop.platform.data.formats import Example, Message, read_examples
 from tuneloop.platform.errors import ConfigError, NotFoundError
-from tuneloop.platform.rayjobs import JobsClient
+from tuneloop.platform.ray.client import JobsClient
 from tuneloop.platform.registry import Registry
-from tuneloop.train.data.formats import Example, Message, read_examples
-from tuneloop.train.spec import load_spec
+from tuneloop.platform.spec import load_spec
 
 
 def pc(question: str, answer: str) -> Example:

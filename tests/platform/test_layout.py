@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("platform", "serve", "train", "monitoring")
+FOLDERS = ("platform", "serve", "train", "monitoring", "demo")
 
 
 def test_platform_folder_does_not_shadow_stdlib() -> None:
@@ -98,15 +98,38 @@ def _all_imports(path: Path) -> set[str]:
     return found
 
 
-def test_dependencies_point_one_way() -> None:
+def _imports_in(folder: str, everywhere: bool = True) -> list[tuple[str, str]]:
+    """(file, imported module) for every .py file under `folder`: inside functions too, or not."""
+    found = _all_imports if everywhere else _module_level_imports
+    return [
+        (path.relative_to(ROOT).as_posix(), name)
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for name in sorted(found(path))
+    ]
+
+
+def test_platform_is_the_ground_floor() -> None:
+    # Anywhere, lazily or not: the CLI names the stages' commands as strings in its table instead.
+    stages = ("tuneloop.serve", "tuneloop.train", "tuneloop.monitoring", "tuneloop.demo")
+    upward = [(path, name) for path, name in _imports_in("platform") if name.startswith(stages)]
+    assert not upward, f"platform/ must not import the stages above it: {upward}"
+
+
+def test_no_stage_imports_the_demo_and_serve_never_imports_train() -> None:
+    for folder in ("platform", "serve", "train", "monitoring"):
+        for path, name in _imports_in(folder):
+            assert not name.startswith("tuneloop.demo"), f"{path} imports {name}: only the demo is above"
+            if folder == "serve":
+                assert not name.startswith("tuneloop.train"), (
+                    f"{path} imports {name}: serve never imports train"
+                )
+
+
+def test_heavy_libraries_load_inside_functions_in_platform() -> None:
     heavy = ("torch", "vllm", "ray", "transformers", "peft")
-    for path in (ROOT / "platform").rglob("*.py"):
-        for name in _module_level_imports(path):
-            assert not name.startswith(("tuneloop.serve", "tuneloop.train", "tuneloop.monitoring")), (
-                path,
-                name,
-            )
-            assert name.split(".")[0] not in heavy, f"{path} imports {name} at module level"
-    for path in (ROOT / "serve").rglob("*.py"):
-        for name in _all_imports(path):
-            assert not name.startswith("tuneloop.train"), f"{path} imports {name}: serve never imports train"
+    loaded = [
+        (path, name)
+        for path, name in _imports_in("platform", everywhere=False)
+        if name.split(".")[0] in heavy
+    ]
+    assert not loaded, f"platform/ imports heavy libraries at module level: {loaded}"

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from tuneloop.platform.errors import ConfigError, ConflictError, NotFoundError, StaleAliasError
 from tuneloop.platform.registry import Registry, db
-from tuneloop.platform.registry.models import Adapter, Alias, Base, Event, Version, VersionStatus
+from tuneloop.platform.registry.tables import Adapter, Alias, Base, Event, Version, VersionStatus
 
 
 @pytest.fixture

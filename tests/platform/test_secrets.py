@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from tuneloop.monitoring.capture import CaptureStore
-from tuneloop.platform import jobs, settings
+from tuneloop.platform import settings
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.errors import ArtifactError, ConfigError
-from tuneloop.platform.raycluster import head_env
+from tuneloop.platform.ray import submit as jobs
+from tuneloop.platform.ray.cluster import head_env
 from tuneloop.platform.registry import db
 
 TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))

@@ -39,7 +39,7 @@ from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import group_members
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.registry.models import VersionStatus
+from tuneloop.platform.registry.tables import VersionStatus
 
 pytestmark = pytest.mark.slow
 

@@ -35,8 +35,8 @@ from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.artifacts import ArtifactStore, Manifest
 from tuneloop.platform.procs import group_members
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.registry.models import VersionStatus
-from tuneloop.serve.hooks import prompt_embeds_hook
+from tuneloop.platform.registry.tables import VersionStatus
+from tuneloop.serve.request.hooks import prompt_embeds_hook
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 from tuneloop.monitoring.capture import CaptureStore
-from tuneloop.serve.call import Call
-from tuneloop.serve.capture import Capture, prompt_text
 from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
 from tuneloop.serve.completions.protocol import CompletionRequest
 from tuneloop.serve.config import CaptureConfig
+from tuneloop.serve.request.call import Call
+from tuneloop.serve.request.capture import Capture, prompt_text
 
 
 def test_prompts_are_captured_as_sent() -> None:

@@ -25,10 +25,17 @@ import httpx
 import openai
 import pytest
 from helpers.gateway import Replica, start_gateway
-from helpers.soft_prompts import SoftPromptKind, build_steerable_llama, train_soft_prompt
+from helpers.soft_prompts import (
+    MAX_TOKENS,
+    MESSAGES,
+    PROMPT,
+    TARGET,
+    build_steerable_llama,
+    hf_greedy,
+    train_river_prompts,
+)
 from helpers.tiny_model import build_random_lora
 from openai import OpenAI
-from openai.types.chat import ChatCompletionMessageParam
 
 from tuneloop.monitoring.capture import CapturedRequest, CaptureStore
 from tuneloop.platform.adapters import import_adapter
@@ -39,10 +46,6 @@ from tuneloop.platform.registry import Registry
 
 pytestmark = pytest.mark.slow
 
-PROMPT = "The river runs past"
-MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Where does the river go?"}]
-TARGET = " the old mill by the bridge"
-MAX_TOKENS = 12
 IDS = {"return_token_ids": True}  # vLLM's extra: the generated token ids, compared with peft's
 
 
@@ -70,19 +73,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     work = tmp_path_factory.mktemp("soft-prompt-adapters")
     model_dir = build_steerable_llama(work / "steerable-llama")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    prompt_ids = list(tokenizer(PROMPT)["input_ids"])
-    chat_text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
-    chat_ids = list(tokenizer(str(chat_text), add_special_tokens=False)["input_ids"])
-    target = list(tokenizer(TARGET + str(tokenizer.eos_token), add_special_tokens=False)["input_ids"])
-    examples = [(prompt_ids, target), (chat_ids, target)]
-    kinds: tuple[SoftPromptKind, ...] = ("prompt_tuning", "p_tuning")
-    trained = {kind: train_soft_prompt(model_dir, kind, examples, work / kind) for kind in kinds}
-    by_kind = {kind: Expected(_greedy(m, prompt_ids), _greedy(m, chat_ids)) for kind, m in trained.items()}
+    task = train_river_prompts(model_dir, tokenizer, work)
+    prompt_ids, chat_ids, trained = task.prompt_ids, task.chat_ids, task.trained
+    by_kind = {
+        kind: Expected(hf_greedy(m, prompt_ids), hf_greedy(m, chat_ids)) for kind, m in task.trained.items()
+    }
     base = trained["prompt_tuning"].get_base_model()
     for kind, expected in by_kind.items():
         assert tokenizer.decode(expected.completion, skip_special_tokens=True) == TARGET, kind
         assert tokenizer.decode(expected.chat, skip_special_tokens=True) == TARGET, kind
-    assert _greedy(base, prompt_ids) != by_kind["prompt_tuning"].completion
+    assert hf_greedy(base, prompt_ids) != by_kind["prompt_tuning"].completion
 
     home = tmp_path_factory.mktemp("soft-prompt-home")
     registry = Registry(f"sqlite:///{home / 'registry.db'}")
@@ -121,21 +121,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         replica.engine_pids.update(gateway.engine_pids())
     left = [pid for pid in replica.engine_pids if group_members(pid)]
     assert not left, f"engine process groups left after the gateway stopped: {left}"
-
-
-def _greedy(model: Any, ids: Sequence[int]) -> list[int]:
-    import torch
-
-    input_ids = torch.tensor([list(ids)])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=MAX_TOKENS,
-            do_sample=False,
-            pad_token_id=model.config.pad_token_id,
-        )
-    return [int(t) for t in out[0, input_ids.shape[1] :]]
 
 
 def _check_ids(raw: Any, model: str) -> str:

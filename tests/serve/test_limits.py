@@ -1,4 +1,4 @@
-"""Per-request limits (serve/limits.py): counted as the body streams in, each refusal naming its setting."""
+"""Per-request limits (serve/request/limits.py): counted as the body streams in, each refusal named."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from starlette.responses import JSONResponse
 from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
 from tuneloop.serve.completions.protocol import CompletionRequest
 from tuneloop.serve.errors import OpenAIError, install_handlers
-from tuneloop.serve.limits import RequestLimits, check_embed_prompt, check_request, read_body
 from tuneloop.serve.protocol import parse_body
+from tuneloop.serve.request.limits import RequestLimits, check_embed_prompt, check_request, read_body
 
 LIMITS = RequestLimits(
     max_body_bytes=1000, max_prompts=4, max_prompt_length=50, max_sequences=8, max_embed_prompt_length=20

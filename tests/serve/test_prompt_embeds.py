@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +20,18 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from helpers.servers import VllmServer, start_vllm
-from helpers.soft_prompts import SoftPromptKind, build_steerable_llama, train_soft_prompt
+from helpers.soft_prompts import (
+    KINDS,
+    MAX_TOKENS,
+    MESSAGES,
+    PROMPT,
+    TARGET,
+    build_steerable_llama,
+    hf_greedy,
+    train_river_prompts,
+)
 from helpers.tiny_model import build_random_lora
 from openai import OpenAI
-from openai.types.chat import ChatCompletionMessageParam
 
 from tuneloop.serve.prompt_embeds import PromptEmbedder, encode_for_vllm, prompt_embeds_engine_args
 
@@ -32,12 +40,6 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
 pytestmark = pytest.mark.slow
-
-PROMPT = "The river runs past"
-MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Where does the river go?"}]
-TARGET = " the old mill by the bridge"
-MAX_TOKENS = 12
-KINDS: tuple[SoftPromptKind, ...] = ("prompt_tuning", "p_tuning")
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +66,8 @@ def trained(
     model_dir: Path, embedder: PromptEmbedder, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[Path, PeftModel]]:
     """Both soft prompts, trained to answer TARGET (then end) to PROMPT and to the chat MESSAGES."""
-    tokenizer = embedder.tokenizer
-    target = list(tokenizer(TARGET + str(tokenizer.eos_token), add_special_tokens=False)["input_ids"])
-    examples = [(_prompt_ids(embedder), target), (_chat_ids(embedder), target)]
-    adapters = tmp_path_factory.mktemp("soft-prompts")
-    return {
-        kind: (adapters / kind, train_soft_prompt(model_dir, kind, examples, adapters / kind))
-        for kind in KINDS
-    }
+    task = train_river_prompts(model_dir, embedder.tokenizer, tmp_path_factory.mktemp("soft-prompts"))
+    return {kind: (task.folders[kind], model) for kind, model in task.trained.items()}
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +81,6 @@ def server(model_dir: Path, server_logs: Path) -> Iterator[VllmServer]:
 @pytest.fixture(scope="module")
 def client(server: VllmServer) -> OpenAI:
     return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
-def hf_greedy(model: Any, ids: Sequence[int]) -> list[int]:
-    """Greedy new token ids from a transformers or peft model's own `generate` (EOS included)."""
-    import torch
-
-    input_ids = torch.tensor([list(ids)])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=MAX_TOKENS,
-            do_sample=False,
-            pad_token_id=model.config.pad_token_id,
-        )
-    return [int(t) for t in out[0, input_ids.shape[1] :]]
 
 
 def vllm_greedy(client: OpenAI, model: str, embeds: torch.Tensor) -> list[int]:

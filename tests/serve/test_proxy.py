@@ -11,8 +11,8 @@ from typing import Any, cast
 
 import aiohttp
 
-from tuneloop.serve.call import Call
-from tuneloop.serve.proxy import ProxiedStream
+from tuneloop.serve.request.call import Call
+from tuneloop.serve.request.proxy import ProxiedStream
 from tuneloop.serve.routing.resolver import Target
 
 ENGINE_MODEL = "/models/tiny llama"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tuneloop.platform.refs import VersionRef
 from tuneloop.serve.auth.keys import Principal
 from tuneloop.serve.errors import OpenAIError
 from tuneloop.serve.routing.resolver import BaseModel, Resolver
@@ -15,8 +16,8 @@ BASE = "/models/tiny"
 
 
 def version(ref: str, serving: str = "lora", method: str = "lora", base: str = BASE) -> VersionInfo:
-    adapter, _, number = ref.partition("@")
-    return VersionInfo(ref, adapter, int(number), method, serving, base)  # type: ignore[arg-type]
+    parsed = VersionRef.of(ref)
+    return VersionInfo(ref, parsed.adapter, parsed.number, method, serving, base)  # type: ignore[arg-type]
 
 
 SNAPSHOT = Snapshot(

@@ -12,20 +12,17 @@ from typing import Any
 
 import pytest
 
-from tuneloop.train.data import (
-    IGNORE_INDEX,
+from tuneloop.platform.data import (
     DataError,
     Example,
     Splits,
-    collate,
     data_hash,
-    encode_splits,
     make_splits,
     read_examples,
     reference_answer,
 )
-from tuneloop.train.data.tokenize import pack, sft_parts
-from tuneloop.train.spec import DataSpec
+from tuneloop.platform.spec import DataSpec
+from tuneloop.train.tokenize import IGNORE_INDEX, collate, encode_splits, pack, sft_parts
 
 CHAT = {
     "messages": [
@@ -218,8 +215,8 @@ def test_split_is_deterministic_and_respects_fractions(tmp_path: Path) -> None:
 def test_split_does_not_depend_on_python_hash_seed(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", [qa(i) for i in range(40)])
     code = (
-        "import sys; from pathlib import Path; from tuneloop.train.data import make_splits; "
-        "from tuneloop.train.spec import DataSpec; "
+        "import sys; from pathlib import Path; from tuneloop.platform.data import make_splits; "
+        "from tuneloop.platform.spec import DataSpec; "
         "s = make_splits(DataSpec(train=Path(sys.argv[1])), 'sft'); "
         "print([e.line for e in s.test], s.stats['data_hash'])"
     )

@@ -8,9 +8,9 @@ from typing import get_args
 
 import pytest
 
-from tuneloop.train.data.formats import read_examples
-from tuneloop.train.data.splits import make_splits
-from tuneloop.train.spec import Method, load_spec
+from tuneloop.platform.data.formats import read_examples
+from tuneloop.platform.data.splits import make_splits
+from tuneloop.platform.spec import Method, load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SPECS = sorted(EXAMPLES.glob("*.yaml"))

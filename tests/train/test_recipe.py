@@ -24,7 +24,7 @@ from helpers.servers import RAY_CLI, RayHead
 
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.registry.models import Job, JobStatus, VersionStatus
+from tuneloop.platform.registry.tables import Job, JobStatus, VersionStatus
 from tuneloop.platform.settings import child_env
 from tuneloop.train.state import staging_dir
 
@@ -230,10 +230,11 @@ def test_the_published_candidate_is_the_evaluated_model(
 ) -> None:
     from transformers import AutoTokenizer
 
+    from tuneloop.platform.data import make_splits
+    from tuneloop.platform.spec import JobSpec
     from tuneloop.train import methods
-    from tuneloop.train.data import encode_splits, make_splits
     from tuneloop.train.evaluate import score
-    from tuneloop.train.spec import JobSpec
+    from tuneloop.train.tokenize import encode_splits
 
     version = lora_job.registry.get_version("colours@1")
     assert version.status == VersionStatus.CANDIDATE and version.job_id == lora_job.submission_id

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.spec import HyperParams, MethodSpec, parse_spec
 from tuneloop.train import methods, step
 from tuneloop.train.batches import collate_packed, input_tokens, scored_tokens
-from tuneloop.train.data.tokenize import IGNORE_INDEX, Encoded, collate
 from tuneloop.train.schedule import lr_factor
-from tuneloop.train.spec import HyperParams, MethodSpec, parse_spec
+from tuneloop.train.tokenize import IGNORE_INDEX, Encoded, collate
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from tuneloop.platform.artifacts import ArtifactStore
+from tuneloop.platform.data import Example
 from tuneloop.platform.errors import ArtifactError, ConflictError
 from tuneloop.platform.registry import Registry
+from tuneloop.platform.spec import HyperParams, JobSpec, SearchSpec
 from tuneloop.train import methods
-from tuneloop.train.data import Example
 from tuneloop.train.evaluate import exact_match, format_table, normalize_answer, score, token_f1
 from tuneloop.train.recipe import planned_steps
 from tuneloop.train.schedule import lr_factor
-from tuneloop.train.spec import HyperParams, JobSpec, SearchSpec
 from tuneloop.train.state import (
     BEST,
     load_trainable,
@@ -201,7 +201,7 @@ def test_answers_are_compared_squad_style() -> None:
 def test_score_reports_loss_perplexity_and_answer_metrics(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneloop.train.data.tokenize import sft_parts
+    from tuneloop.train.tokenize import sft_parts
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     examples = [
@@ -264,7 +264,7 @@ def _trained_checkpoint(model_dir: Path, folder: Path) -> torch.nn.Module:
 def test_published_version_reloads_with_identical_logits(
     tiny_model_dir: Path, tmp_path: Path, stores: tuple[Registry, ArtifactStore]
 ) -> None:
-    from tuneloop.platform.registry.models import VersionStatus
+    from tuneloop.platform.registry.tables import VersionStatus
     from tuneloop.train.publish import LINEAGE_FILE, export_checkpoint, publish
 
     registry, store = stores
@@ -355,7 +355,7 @@ def test_a_failed_store_leaves_no_row_and_a_failed_row_leaves_no_files(
 
 
 def test_jobs_start_once_and_keep_their_events(stores: tuple[Registry, ArtifactStore]) -> None:
-    from tuneloop.platform.registry.models import JobStatus
+    from tuneloop.platform.registry.tables import JobStatus
 
     registry, _ = stores
     registry.add_job("submitted", "parts", {"from": "jobs submit"})  # what `tuneloop jobs submit` does
@@ -376,8 +376,8 @@ def test_jobs_start_once_and_keep_their_events(stores: tuple[Registry, ArtifactS
 
 def test_importing_the_recipe_is_cheap() -> None:
     code = (
-        "import sys, tuneloop.train.recipe, tuneloop.train.command, tuneloop.train.tune, "
-        "tuneloop.train.evaluate, tuneloop.train.publish; "
+        "import sys, tuneloop.train.recipe, tuneloop.train.driver, tuneloop.train.command, "
+        "tuneloop.train.tune, tuneloop.train.evaluate, tuneloop.train.publish; "
         "heavy = {'torch', 'ray', 'transformers'} & set(sys.modules); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -421,8 +421,8 @@ def test_every_method_exports_its_best_weights_and_scores(
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    from tuneloop.train.data.tokenize import sft_parts
     from tuneloop.train.publish import export_checkpoint
+    from tuneloop.train.tokenize import sft_parts
 
     spec = JobSpec.model_validate(_spec_dict(tiny_model_dir, method={"name": name, **METHOD_OPTIONS[name]}))
     method = methods.get(name)
@@ -469,8 +469,8 @@ def test_every_method_exports_its_best_weights_and_scores(
 
 def test_a_job_that_cannot_start_closes_only_a_row_recorded_before(tmp_path: Path) -> None:
     from tuneloop.platform.errors import ConfigError, NotFoundError
-    from tuneloop.platform.registry.models import JobStatus
-    from tuneloop.train.recipe import run
+    from tuneloop.platform.registry.tables import JobStatus
+    from tuneloop.train.driver import run
 
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     store = ArtifactStore(str(tmp_path / "artifacts"))

@@ -8,24 +8,24 @@ module stays cheap (no torch) for the CLI and the control plane.
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from tuneloop.platform.artifacts import Serving
+from tuneloop.platform.adapters import ADAPTER_CONFIG, read_adapter_config
+from tuneloop.platform.artifacts import SERVING_BY_METHOD, Serving
 from tuneloop.platform.errors import ArtifactError, ConfigError
+from tuneloop.platform.plugins import Plugins
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 # Modules of this package that hold built-in methods; importing one registers its classes.
 BUILTIN_MODULES = ("full", "lora", "soft_prompts", "bottleneck", "ia3")
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -33,7 +33,7 @@ class FineTuneMethod(ABC):
     """One way of fine-tuning a causal LM: what is trained, how it is saved, how it is served."""
 
     name: ClassVar[str]
-    serving: ClassVar[Serving]
+    serving: ClassVar[Serving]  # set by `register` from the method table
 
     def load_base(
         self, model_dir: Path, spec: MethodSpec, *, dtype: torch.dtype, device: str | torch.device
@@ -74,42 +74,27 @@ class FineTuneMethod(ABC):
         return trainable, total
 
 
-_REGISTRY: dict[str, type[FineTuneMethod]] = {}
+PLUGINS: Plugins[FineTuneMethod] = Plugins("fine-tuning method", "methods", __package__, BUILTIN_MODULES)
 M = TypeVar("M", bound=type[FineTuneMethod])
 
 
 def register(cls: M) -> M:
-    """Class decorator: make `cls` available as `get(cls.name)`."""
-    if cls.serving not in get_args(Serving):
-        raise TypeError(f"{cls.__name__}.serving={cls.serving!r} is not one of {get_args(Serving)}")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise TypeError(
-            f"method {cls.name!r} is registered twice ({_REGISTRY[cls.name].__name__}, {cls.__name__})"
-        )
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_builtins() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    """Class decorator: make `cls` available as `get(cls.name)`, served as the method table says
+    (`artifacts.SERVING_BY_METHOD`, the one place the gateway reads too)."""
+    if cls.name not in SERVING_BY_METHOD:
+        raise TypeError(f"method {cls.name!r} has no row in platform/artifacts.py SERVING_BY_METHOD")
+    cls.serving = SERVING_BY_METHOD[cls.name]
+    return PLUGINS.register(cls)
 
 
 def names() -> list[str]:
     """Names of every registered method, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return PLUGINS.names()
 
 
 def get(name: str) -> FineTuneMethod:
     """The method registered as `name`; an unknown name is a ConfigError listing the known ones."""
-    _load_builtins()
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise ConfigError(
-            f"unknown fine-tuning method {name!r}; known methods: {', '.join(names())}"
-        ) from None
+    return PLUGINS.lookup(name)()
 
 
 class PeftMethod(FineTuneMethod):
@@ -186,20 +171,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def write_adapter_config(out_dir: Path, config: dict[str, Any]) -> None:
     """Write `adapter_config.json` for adapters that are not peft's own (sorted, stable)."""
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def read_adapter_config(out_dir: Path) -> dict[str, Any]:
-    """The adapter config in `out_dir`; missing or unreadable is an ArtifactError."""
-    path = out_dir / ADAPTER_CONFIG
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{out_dir} has no {ADAPTER_CONFIG}: not a saved adapter") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ArtifactError(f"{path} must hold a JSON object")
-    return config
 
 
 def check_base_ref(out_dir: Path, base_model_ref: str) -> None:

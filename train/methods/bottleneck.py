@@ -35,7 +35,7 @@ from tuneloop.train.methods.base import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 PEFT_TYPE = "BOTTLENECK"
 DEFAULT_TARGETS = ["mlp"]
@@ -99,7 +99,6 @@ class BottleneckAdapters(FineTuneMethod):
     """Bottleneck adapters after each decoder layer's MLP (or `target_modules`)."""
 
     name = "adapter"
-    serving = "none"
 
     def prepare(self, model: PreTrainedModel, spec: MethodSpec) -> torch.nn.Module:
         model.requires_grad_(False)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 # Copied from the base folder when present: what a tokenizer and chat template need, all JSON/text.
 TOKENIZER_FILES = (
@@ -41,7 +41,6 @@ class Full(FineTuneMethod):
     """Every weight trainable."""
 
     name = "full"
-    serving = "engine"
 
     def prepare(self, model: PreTrainedModel, spec: MethodSpec) -> torch.nn.Module:
         model.requires_grad_(True)
@@ -73,7 +72,6 @@ class Partial(Full):
     """Chosen blocks (by index) and parameters (by regex) trainable, everything else frozen."""
 
     name = "partial"
-    serving = "engine"
 
     def prepare(self, model: PreTrainedModel, spec: MethodSpec) -> torch.nn.Module:
         chosen = trainable_names(model, spec.trainable_layers or [], spec.trainable_patterns or [])

@@ -13,7 +13,7 @@ from tuneloop.train.methods.base import PeftMethod, register
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 IA3_TARGETS = ["k_proj", "v_proj", "down_proj"]
 # IA3 scales the *input* of feed-forward targets (the activations) and the output of the others.
@@ -25,7 +25,6 @@ class IA3(PeftMethod):
     """peft IA3 (default targets k_proj, v_proj, down_proj; down_proj as feed-forward)."""
 
     name = "ia3"
-    serving = "none"
 
     def peft_config(self, model: PreTrainedModel, spec: MethodSpec) -> Any:
         from peft import IA3Config

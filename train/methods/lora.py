@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -26,7 +26,6 @@ class LoRA(PeftMethod):
     """peft LoRA (default targets: the attention projections)."""
 
     name = "lora"
-    serving = "lora"
 
     def peft_config(self, model: PreTrainedModel, spec: MethodSpec) -> Any:
         from peft import LoraConfig
@@ -47,7 +46,6 @@ class QLoRA(LoRA):
     """LoRA on an NF4 4-bit base (bitsandbytes), saved as a plain LoRA adapter."""
 
     name = "qlora"
-    serving = "lora"
 
     def load_base(
         self, model_dir: Path, spec: MethodSpec, *, dtype: torch.dtype, device: str | torch.device

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from tuneloop.train.spec import MethodSpec
+    from tuneloop.platform.spec import MethodSpec
 
 PROMPT_EMBEDDING_TYPES = ("PROMPT_TUNING", "P_TUNING")
 
@@ -31,7 +31,6 @@ class PromptTuning(PeftMethod):
     """Learned virtual-token embeddings, initialised from `prompt_init_text` or from random vocabulary."""
 
     name = "prompt_tuning"
-    serving = "prompt_embeddings"
 
     def peft_config(self, model: PreTrainedModel, spec: MethodSpec) -> Any:
         from peft import PromptTuningConfig
@@ -62,7 +61,6 @@ class PTuning(PeftMethod):
     """
 
     name = "p_tuning"
-    serving = "prompt_embeddings"
 
     def peft_config(self, model: PreTrainedModel, spec: MethodSpec) -> Any:
         from peft import PromptEncoderConfig
@@ -80,7 +78,6 @@ class PrefixTuning(PeftMethod):
     """Learned key/value prefixes in every attention layer (not servable by vLLM)."""
 
     name = "prefix_tuning"
-    serving = "none"
 
     def peft_config(self, model: PreTrainedModel, spec: MethodSpec) -> Any:
         from peft import PrefixTuningConfig

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from tuneloop.platform.registry.models import Base
+from tuneloop.platform.registry.tables import Base
 
 connection = context.config.attributes["connection"]
 # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table instead.

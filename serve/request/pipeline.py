@@ -5,7 +5,7 @@ key (401) -> body (413 while it streams in; 400) -> limits (400) -> model name (
 (prompt-tuned versions) -> proxy. Checks that cost nothing come first, and nothing is held (slot,
 lease) before the request is known to be acceptable. Whatever happens, the request's `Call` is
 closed once: metrics recorded, slot and lease given back, and the request handed to capture
-(serve/capture.py) if it resolved to a model.
+(serve/request/capture.py) if it resolved to a model.
 
 Every request gets its id here (`chatcmpl-…` / `cmpl-…`): the `id` of the answer and of every
 stream event, the `X-Request-Id` header of every answer (errors included), the engine's request id
@@ -27,14 +27,14 @@ from fastapi import Request
 from starlette.responses import Response
 
 from tuneloop.monitoring import metrics
-from tuneloop.serve.call import Call
 from tuneloop.serve.engine.lora import AdapterLoadError
 from tuneloop.serve.errors import OpenAIError, bad_request, engine_unavailable
-from tuneloop.serve.hooks import prompt_embeds_hook
-from tuneloop.serve.limits import check_embed_prompt, check_request, read_body
 from tuneloop.serve.protocol import SamplingFields, engine_body, parse_body
-from tuneloop.serve.proxy import REQUEST_ID_HEADER, forward, open_stream
 from tuneloop.serve.replica import Replica
+from tuneloop.serve.request.call import Call
+from tuneloop.serve.request.hooks import prompt_embeds_hook
+from tuneloop.serve.request.limits import check_embed_prompt, check_request, read_body
+from tuneloop.serve.request.proxy import REQUEST_ID_HEADER, forward, open_stream
 from tuneloop.serve.routing.resolver import Target
 
 

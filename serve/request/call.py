@@ -3,7 +3,7 @@
 It holds what the request took (in-flight slot, adapter lease, gauge) and gives it back, records
 the request's metrics, and hands the finished request to capture (`on_close`). It is closed by the
 pipeline for whole answers and refusals, and by the proxied stream when a stream ends, fails, or
-its client goes away (serve/proxy.py).
+its client goes away (serve/request/proxy.py).
 """
 
 from __future__ import annotations

@@ -161,6 +161,7 @@ class JobsClient:
         """Turn the SDK's exceptions into one-line TuneloopErrors that say what to do."""
         import aiohttp
         import requests
+
         from ray.exceptions import AuthenticationError
 
         try:

@@ -32,12 +32,11 @@ import yaml
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
 from tuneloop.platform.private_files import write_private_file
-from tuneloop.platform.rayjobs import TERMINAL, JobsClient
+from tuneloop.platform.ray.client import TERMINAL, JobsClient
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails
-
-    from tuneloop.train.spec import JobSpec
+    from tuneloop.platform.spec import JobSpec
 
 log = logging.getLogger(__name__)
 DATA_KEYS = ("train", "validation", "test")
@@ -57,9 +56,9 @@ def load_and_check(spec_path: Path) -> JobSpec:
     """Validate the spec, then every data file it names that exists here, reporting every bad line;
     where all of them are here, split them as the job will, so a leak between the given splits or
     too few examples after carving fails here too, before anything reaches the cluster."""
-    from tuneloop.train.data.formats import read_examples
-    from tuneloop.train.data.splits import make_splits
-    from tuneloop.train.spec import load_spec
+    from tuneloop.platform.data.formats import read_examples
+    from tuneloop.platform.data.splits import make_splits
+    from tuneloop.platform.spec import load_spec
 
     spec = load_spec(spec_path)
     local: dict[str, Path] = {}
@@ -197,7 +196,7 @@ def submit_spec(spec_path: Path, *, address: str | None = None, job_id: str | No
     """Validate, record and submit a job spec as a Ray job running `tuneloop train`; return its id
     (`job_id` when given: the monitoring loop records it before submitting)."""
     from tuneloop.platform.registry import Registry
-    from tuneloop.platform.registry.models import JobStatus
+    from tuneloop.platform.registry.tables import JobStatus
 
     spec = load_and_check(spec_path)
     client = JobsClient(address)  # an unreachable cluster or a missing token fails before any record
@@ -235,7 +234,7 @@ def record_outcome(client: JobsClient, job_id: str) -> JobDetails:
     from sqlalchemy.exc import SQLAlchemyError
 
     from tuneloop.platform.registry import Registry
-    from tuneloop.platform.registry.models import JobStatus
+    from tuneloop.platform.registry.tables import JobStatus
 
     info = client.info(job_id)
     status = str(info.status.value)

@@ -1,6 +1,6 @@
 """The embedded Ray head behind `tuneloop ray up` / `down` / `status` / `env`: detached, found by files.
 
-`up` starts the head from `raycluster.head_process()` and returns while it keeps running; a later
+`up` starts the head from `cluster.head_process()` and returns while it keeps running; a later
 process finds it again through files under TUNELOOP_RAY_DIR: `head.pid` (the leader's PID, which is
 also its process group id), `head.json` (address, ports, temp dir, the leader's start time, so a
 reused PID is never mistaken for ours), `auth_token` (a fresh token per `up`, mode 0600) and
@@ -26,7 +26,7 @@ from pathlib import Path
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConflictError, TuneloopError
 from tuneloop.platform.procs import start_ticks, stop_group
-from tuneloop.platform.raycluster import (
+from tuneloop.platform.ray.cluster import (
     MAX_TEMP_DIR_CHARS,
     HeadInfo,
     client_env,

@@ -11,7 +11,7 @@ name.
 Two ways to run it:
 
 - `running_head()`: a context manager that stops the group on exit (tests, in-process use);
-- `ray_embedded.up()` / `down()`: the embedded head behind `tuneloop ray up`, which outlives the
+- `head.up()` / `down()`: the embedded head behind `tuneloop ray up`, which outlives the
   command that started it and is found again through files under TUNELOOP_RAY_DIR.
 """
 
@@ -173,7 +173,7 @@ def head_env(token_path: Path) -> dict[str, str]:
     first on PATH, so `tuneloop train job.yaml` finds the same tuneloop. A registry URL with a
     password reaches them as a private file's path (jobs.registry_env), like a submitted job's.
     """
-    from tuneloop.platform.jobs import registry_env
+    from tuneloop.platform.ray.submit import registry_env
 
     env = settings.child_env(
         {

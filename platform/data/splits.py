@@ -14,8 +14,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tuneloop.train.data.formats import DataError, Example, read_examples, report
-from tuneloop.train.spec import DataSpec, Task
+from tuneloop.platform.data.formats import DataError, Example, read_examples, report
+from tuneloop.platform.spec import DataSpec, Task
 
 SPLITS = ("train", "validation", "test")
 # Written into manifests beside the hash, so a reader knows what two equal hashes promise.

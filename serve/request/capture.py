@@ -32,9 +32,9 @@ from tuneloop.monitoring.capture import (
 )
 from tuneloop.monitoring.capture.redact import bounded
 from tuneloop.platform import settings
-from tuneloop.serve.call import Call
 from tuneloop.serve.config import CaptureConfig
 from tuneloop.serve.protocol import SamplingFields
+from tuneloop.serve.request.call import Call
 
 FRESH_RECORD_WAIT_S = 2.0
 """How long a feedback lookup waits for the writer to store a request it has not written yet."""

@@ -28,9 +28,9 @@ import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from tuneloop.serve.call import Call
 from tuneloop.serve.errors import OpenAIError, engine_unavailable, from_engine
 from tuneloop.serve.prompt_embeds.chat import ChatChunks, chat_completion
+from tuneloop.serve.request.call import Call
 from tuneloop.serve.routing.resolver import Target
 
 VERSION_HEADER = "X-Tuneloop-Version"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tuneloop.platform.demo_data import Tweet
+from tuneloop.demo.data import Tweet
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -29,7 +29,7 @@ class Served:
 def ask(client: OpenAI, model: str, tweet: Tweet, max_tokens: int = 8) -> tuple[str, str, str]:
     """(request id, answering version, answer) for one tweet, greedy. The version comes from the
     gateway's X-Tuneloop-Version header (the body keeps the `model` the client asked for)."""
-    from tuneloop.serve.proxy import VERSION_HEADER
+    from tuneloop.serve.request.proxy import VERSION_HEADER
 
     messages: Any = tweet.messages()  # plain dicts: what the SDK's TypedDicts describe
     raw = client.chat.completions.with_raw_response.create(
@@ -44,7 +44,7 @@ def serve_and_judge(
     client: OpenAI, gateway: str, key: str, alias: str, tweets: Sequence[Tweet], *, drifted: bool
 ) -> list[Served]:
     """Send every tweet to `alias`, then post feedback on each answer: `correct`, or the right answer."""
-    from tuneloop.train.answers import exact_match
+    from tuneloop.platform.answers import exact_match
 
     with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
 

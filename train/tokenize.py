@@ -31,9 +31,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypedDict
 
-from tuneloop.train.data.formats import DataError, Example, report
-from tuneloop.train.data.splits import Splits
-from tuneloop.train.spec import DataSpec, Task
+from tuneloop.platform.data.formats import DataError, Example, report
+from tuneloop.platform.data.splits import Splits
+from tuneloop.platform.spec import DataSpec, Task
 
 if TYPE_CHECKING:
     import torch

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from helpers.servers import RAY_CLI, listening_addresses
 
-from tuneloop.platform import ray_embedded
 from tuneloop.platform.errors import ConflictError
 from tuneloop.platform.procs import free_port, group_members, stop_group
+from tuneloop.platform.ray import head
 
 TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
 
@@ -53,7 +53,7 @@ def test_up_refuses_a_busy_dashboard_port(tmp_path: Path, monkeypatch: pytest.Mo
         port = busy.getsockname()[1]
         monkeypatch.setenv("TUNELOOP_RAY_ADDRESS", f"http://127.0.0.1:{port}")
         with pytest.raises(ConflictError, match=rf"port {port} on 127.0.0.1 is in use.*--dashboard-port"):
-            ray_embedded.up()
+            head.up()
     assert not (tmp_path / "home" / "ray" / "head.pid").exists()
 
 
