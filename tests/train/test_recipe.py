@@ -315,6 +315,31 @@ def test_an_fsdp_job_trains_resumes_and_publishes_a_peft_adapter(
     assert metrics["loss"] < metrics["base_loss"]
 
 
+def test_full_fine_tuning_shards_with_fsdp_and_publishes_a_whole_model(
+    ray_head: RayHead, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every weight trains, sharded over 2 workers; the published folder is a model vLLM can start."""
+    from transformers import AutoModelForCausalLM
+
+    workdir = write_job(
+        tmp_path / "job",
+        tiny_model_dir,
+        method={"name": "full"},
+        hyperparameters={"learning_rate": 0.001, "batch_size": 4, "max_steps": 4, "eval_every": 2},
+        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0, "strategy": "fsdp"},
+    )
+    finished = submit(ray_head, workdir, tmp_path / "state")
+    assert finished.returncode == 0, finished.log[-6000:]
+    assert "2 worker(s) on cpu (fsdp): full trains" in finished.log
+    training = finished.job().result["training"]
+    assert training["steps"] == 4 and training["best_val_loss"] < training["initial_val_loss"], training
+    fetched = finished.store.fetch("colours", 1, tmp_path / "fetched")
+    tuned = AutoModelForCausalLM.from_pretrained(str(fetched))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    changed = [n for n, p in tuned.named_parameters() if not p.equal(base.get_parameter(n))]
+    assert len(changed) == len(list(base.named_parameters())), "every weight was trained and gathered whole"
+
+
 # -- early stopping, a search ---------------------------------------------------------
 
 
