@@ -49,28 +49,46 @@ def wrap(module: torch.nn.Module, model: torch.nn.Module, strategy: Strategy) ->
 def optimizer_state(
     module: torch.nn.Module, optimizer: torch.optim.Optimizer, *, keep: bool
 ) -> dict[str, Any]:
-    """The optimizer's state to checkpoint, whole (keyed by parameter name under fsdp); {} where not
-    `keep`. Under fsdp every worker must call it (the shards are gathered)."""
-    from torch.distributed.fsdp import FSDPModule
+    """The optimizer's state to checkpoint, whole: `optimizer.state_dict()`, with every sharded
+    tensor gathered under fsdp (a collective: every worker calls it); {} where not `keep`.
 
-    if isinstance(module, FSDPModule):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    The same layout as a DDP run's (state by parameter index), whatever the strategy. (torch's
+    `get_optimizer_state_dict` fails on tied weights, a Llama's embedding and head.)
+    """
+    from torch.distributed.tensor import DTensor
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_optimizer_state_dict(module, optimizer, options=options)
-        return dict(state) if keep else {}
-    return optimizer.state_dict() if keep else {}
+    state = optimizer.state_dict()
+    if isinstance(module, _fsdp_module()):
+        state["state"] = {
+            index: {
+                key: value.full_tensor() if isinstance(value, DTensor) else value
+                for key, value in entry.items()
+            }
+            for index, entry in state["state"].items()
+        }
+    return state if keep else {}
 
 
 def load_optimizer_state(
     module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """Restore what `optimizer_state` saved (every worker reads the same whole state; fsdp shards it)."""
+    """Restore what `optimizer_state` saved; under fsdp each worker keeps its own shard of it."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(module, _fsdp_module()):
+        params = [param for group in optimizer.param_groups for param in group["params"]]
+        for index, entry in state["state"].items():
+            param = params[index]
+            for key, value in entry.items():
+                if isinstance(param, DTensor) and value.shape == param.shape:
+                    # Every worker read the same whole tensor: take the local shard, no communication.
+                    entry[key] = distribute_tensor(
+                        value.to(param.device), param.device_mesh, param.placements, src_data_rank=None
+                    )
+    optimizer.load_state_dict(state)
+
+
+def _fsdp_module() -> type:
     from torch.distributed.fsdp import FSDPModule
 
-    if isinstance(module, FSDPModule):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
-        return
-    optimizer.load_state_dict(state)
+    return FSDPModule

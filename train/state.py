@@ -6,8 +6,8 @@ A checkpoint is a folder that Ray Train copies to the run's storage:
   the same code serves every method: LoRA factors, soft prompts, chosen blocks, or everything;
 - `best.safetensors`: the trainable parameters at the best validation loss so far: what is published;
 - `optimizer.pt`: optimizer and learning-rate schedule state (torch.save, read back with
-  weights_only=True; internal to a run, never published; under fsdp the whole optimizer state
-  keyed by parameter name, see `parallel.py`);
+  weights_only=True; internal to a run, never published; under fsdp gathered whole first, see
+  `parallel.py`);
 - `state.json`: step, micro-batches consumed, the early-stopping record, restarts, tokens seen.
 
 Frozen weights are never written: they come back from the base model when a run resumes.
