@@ -161,7 +161,7 @@ class ScalingSpec(_Strict):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="ddp: every worker holds the whole model. fsdp: weights, gradients and optimizer state "
-        "are sharded over the workers (FSDP2), for models larger than one device (lora, full, partial).",
+        "are sharded over the workers (FSDP2), for models larger than one device (lora and full).",
     )
     max_failures: int = Field(
         2, ge=0, description="Worker failures to recover from (from the last checkpoint)."
@@ -210,7 +210,7 @@ class JobSpec(_Strict):
 # Methods whose peft forward adds virtual tokens: packed rows would misplace them.
 SOFT_PROMPTS = {"prompt_tuning", "p_tuning", "prefix_tuning"}
 # Methods tried under FSDP (QLoRA's packed 4-bit weights cannot be sharded as DTensors).
-FSDP_METHODS = {"lora", "full", "partial"}
+FSDP_METHODS = {"lora", "full"}
 
 
 def load_spec(path: Path) -> JobSpec:

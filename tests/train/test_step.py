@@ -200,7 +200,7 @@ def test_spec_options_that_cannot_work_are_refused() -> None:
     base = {"base_model": "m", "data": {"train": "d.jsonl"}, "output": {"adapter": "a"}}
     with pytest.raises(ConfigError, match="packing does not apply to 'prompt_tuning'"):
         parse_spec({**base, "method": {"name": "prompt_tuning"}, "hyperparameters": {"packing": True}})
-    with pytest.raises(ConfigError, match="fsdp supports full, lora, partial, not 'qlora'"):
+    with pytest.raises(ConfigError, match="fsdp supports full, lora, not 'qlora'"):
         parse_spec({**base, "method": {"name": "qlora"}, "scaling": {"strategy": "fsdp"}})
     with pytest.raises(ConfigError, match=r"scaling\.strategy"):
         parse_spec({**base, "method": {"name": "lora"}, "scaling": {"strategy": "zero3"}})
