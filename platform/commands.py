@@ -106,6 +106,24 @@ def adapters_import(alias: str, path: Path, base_model: str | None = None) -> No
     print(version.ref)
 
 
+def adapters_export(ref: str, dest: Path, merge: bool = False) -> None:
+    """Write a stored version to a new folder DEST: the PEFT adapter folder, or with --merge the adapter
+    merged into its base model (peft's merge_and_unload) as a plain Hugging Face model folder that
+    transformers and vLLM load without adapter support. A full or partial fine-tune is a whole model
+    either way. DEST must not exist; it is complete or absent.
+
+    Args:
+        ref: The version (ADAPTER@N) or an alias (its live version).
+        dest: New folder to write.
+        merge: Merge a LoRA, QLoRA or IA3 adapter into its base model.
+    """
+    from tuneloop.platform.artifacts import ArtifactStore
+    from tuneloop.platform.export import export_version
+    from tuneloop.platform.registry import Registry
+
+    export_version(ref, dest, merge=merge, registry=Registry(), store=ArtifactStore())
+
+
 def adapters_promote(alias: str, version: str) -> None:
     """Point ALIAS at VERSION; serving replicas load it, then switch within seconds.
 

@@ -19,6 +19,8 @@ Method = Literal[
     "full", "partial", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "adapter", "ia3"
 ]
 Task = Literal["sft", "uft"]
+RowField = Literal["messages", "prompt", "completion", "text"]
+"""A row's content fields, as a column mapping (data.columns) names them."""
 
 
 class _Strict(BaseModel):
@@ -80,11 +82,17 @@ APPLIES_TO: dict[str, set[str]] = {
 class DataSpec(_Strict):
     """Where the data comes from and how it is split."""
 
-    train: Path = Field(description="JSONL file: chat (messages), prompt/completion, or text lines.")
-    validation: Path | None = Field(
-        None, description="Optional JSONL validation file (else split from train)."
+    train: Path = Field(
+        description="Data file: JSONL, CSV or Parquet, or a `datasets` folder saved to disk; rows in chat "
+        "(messages), prompt/completion or text format."
     )
-    test: Path | None = Field(None, description="Optional JSONL test file (else split from train).")
+    validation: Path | None = Field(None, description="Optional validation data (else split from train).")
+    test: Path | None = Field(None, description="Optional test data (else split from train).")
+    columns: dict[RowField, str] = Field(
+        default_factory=dict,
+        description="Column mapping, tuneloop's field -> your column or key, e.g. {prompt: question, "
+        "completion: answer}; applies to every data file.",
+    )
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="Train/validation/test fractions used when files are not given."
     )
@@ -227,9 +235,21 @@ def load_spec(path: Path) -> JobSpec:
     if isinstance(data, dict):
         # Absolute, so a recorded spec (the registry's job row) does not depend on the cwd.
         for key in ("train", "validation", "test"):
-            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str(path.resolve().parent / data[key])
+            if isinstance(data.get(key), str):
+                data[key] = str(data_path(data[key], path.resolve().parent))
     return parse_spec(raw, source=str(path))
+
+
+def data_path(value: str, spec_dir: Path) -> Path:
+    """A spec's data path as a local path: relative to the spec's folder, and a hub dataset file
+    (`hf://datasets/ORG/NAME[@REVISION]/FILE`) as its copy in the Hugging Face cache."""
+    from tuneloop.platform.hub import hub_dataset_file
+
+    cached = hub_dataset_file(value)
+    if cached is not None:
+        return cached
+    given = Path(value).expanduser()
+    return given if given.is_absolute() else spec_dir / given
 
 
 def parse_spec(raw: dict[str, Any], source: str = "spec") -> JobSpec:

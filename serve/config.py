@@ -19,7 +19,7 @@ from pathlib import Path
 from tuneloop.platform import settings
 from tuneloop.platform.adapters import engine_lora_targets
 from tuneloop.platform.artifacts import ArtifactStore
-from tuneloop.platform.basemodels import local_model_dir
+from tuneloop.platform.basemodels import local_model_dir, resolve_model
 from tuneloop.platform.errors import ConfigError, NotFoundError
 from tuneloop.platform.refs import VersionRef
 from tuneloop.serve.engine.launch import EngineConfig
@@ -141,15 +141,16 @@ class GatewayConfig:
 
 
 def resolve_base(model: str, models_cache: Path) -> BaseModel:
-    """The base model `--model` names: a folder, a pulled name, or a stored full/partial fine-tune."""
+    """The base model `--model` names: a folder, a pulled name, a Hugging Face id, or a stored
+    full/partial fine-tune (ADAPTER@N). Clients call it by the name as given."""
     folder = local_model_dir(model)
     if folder is not None:
         return BaseModel(public=model, engine=str(folder))
     if VersionRef.parse(model) is None:
-        raise NotFoundError(
-            f"--model {model!r} is not a model folder, a pulled model (`tuneloop models list`) "
-            "or a stored version ADAPTER@N (`tuneloop adapters list`)"
-        )
+        try:
+            return BaseModel(public=model, engine=str(resolve_model(model)))
+        except NotFoundError as exc:
+            raise NotFoundError(f"--model: {exc}, nor a stored version ADAPTER@N") from None
     from tuneloop.platform.promotion import serving_of
     from tuneloop.platform.registry import Registry
     from tuneloop.serve.engine.cache import local_copy

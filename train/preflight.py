@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneloop.platform import settings
+from tuneloop.platform.basemodels import resolve_model
 from tuneloop.platform.errors import NotFoundError
+from tuneloop.platform.hub import is_hub_id
 from tuneloop.platform.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -19,19 +20,15 @@ if TYPE_CHECKING:
 
 
 def base_model(ref: str, problems: list[str]) -> tuple[Path | None, str]:
-    """(model folder, the string the serving engine serves it by) for a spec's base_model."""
-    given = Path(ref).expanduser()
-    if (given / "config.json").is_file():
-        folder = given if given.is_absolute() else given.resolve()
-        return folder, str(folder)
-    pulled = settings.TUNELOOP_MODELS_DIR.get() / ref
-    if "/" not in ref and (pulled / "config.json").is_file():
-        return pulled, str(pulled)
-    problems.append(
-        f"base_model {ref!r} is neither a model folder (with config.json) nor a model pulled into "
-        f"{settings.TUNELOOP_MODELS_DIR.get()} (`tuneloop models pull NAME`)"
-    )
-    return None, ref
+    """(model folder, the name the registry and the adapter record) for a spec's base_model: the folder
+    itself for a folder or a pulled name, the id as given for a Hugging Face id (its cache folder
+    differs from machine to machine; replicas resolve the id the same way)."""
+    try:
+        folder = resolve_model(ref)
+    except NotFoundError as exc:
+        problems.append(f"base_model: {exc}")
+        return None, ref
+    return folder, ref if is_hub_id(ref) else str(folder)
 
 
 def lineage_problems(registry: Registry, spec: JobSpec, base_ref: str) -> list[str]:

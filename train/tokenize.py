@@ -4,15 +4,17 @@ Each format is tokenised the way tuneloop serves it, so the model trains on exac
 
 - chat → `/v1/chat/completions`: the server renders the turns with the tokenizer's chat template and
   `add_generation_prompt=True`, then the model writes the answer and its end-of-turn token. Training
-  input = that rendered prompt + the last assistant turn as the template renders it, up to and
+  input = the whole conversation as the template renders it; the loss is on every assistant turn
+  (as TRL and axolotl train), each from where the server's generation prompt for it ends up to and
   including the first special token after it (the end of turn: `<|im_end|>`, `<|eot_id|>`, `</s>`;
-  the eos token where the template emits none). Earlier assistant turns are context, without loss.
+  for the last turn the eos token where the template emits none). A turn with `weight: 0` (OpenAI's
+  field) is context without loss, like system and user turns.
 - prompt/completion → `/v1/completions`: the server tokenises the prompt with the tokenizer's special
   tokens (BOS where the model has one) and the model continues. Training input = prompt + completion
   + eos, as plain concatenation.
 
-Prompt and answer are tokenised separately and their ids concatenated, so the boundary is exact (a
-BPE merge across it cannot move it) and the prompt ids are precisely the served prompt's ids. Labels
+Context and answers are tokenised separately and their ids concatenated, so each boundary is exact (a
+BPE merge across it cannot move it) and the ids before an answer are the served prompt's ids. Labels
 are not shifted (transformers shifts inside the model); -100 marks tokens without loss.
 
 UFT trains on everything: each document (text; prompt + completion; a chat rendered whole) ends with
@@ -20,8 +22,9 @@ eos, all are joined into one stream per split and cut into blocks of max_length.
 blocks without attention masking between them, the usual trade for no padding.
 
 Over-long SFT examples (data.overlong): `truncate` keeps the prompt's tail (the instruction nearest
-the answer and the generation prompt) and the answer's head; the answer keeps at least half of
-max_length, the prompt the rest; an example left with no answer token is dropped. `drop` drops it;
+the answer and the generation prompt) and the answer's head, where "answer" starts at the last
+trained assistant turn; the answer keeps at least half of max_length, the prompt the rest; an
+example left with no loss token is dropped. `drop` drops it;
 `error` refuses the data, listing every such line. For UFT a long document under `truncate` simply
 spans several blocks (nothing is lost); `drop` and `error` apply to documents over max_length.
 """
@@ -53,16 +56,16 @@ def encode_splits(
     splits: Splits, tokenizer: PreTrainedTokenizerBase, data: DataSpec, task: Task
 ) -> tuple[dict[str, list[Encoded]], dict[str, int]]:
     """Tokenise every split for `task`; return the inputs per split and counts per split."""
-    parts: dict[str, list[tuple[list[int], list[int]]]] = {}
+    parts: dict[str, list[Labelled]] = {}
     overlong: list[str] = []
     for name, examples in splits.by_name().items():
         parts[name] = [
-            sft_parts(ex, tokenizer) if task == "sft" else ([], uft_ids(ex, tokenizer)) for ex in examples
+            sft_labelled(ex, tokenizer) if task == "sft" else _uft(ex, tokenizer) for ex in examples
         ]
         overlong += [
-            f"{ex.source}:{ex.line}: {len(p) + len(a)} tokens"
-            for ex, (p, a) in zip(examples, parts[name], strict=True)
-            if len(p) + len(a) > data.max_length
+            f"{ex.source}:{ex.line}: {len(ids)} tokens"
+            for ex, (ids, _, _) in zip(examples, parts[name], strict=True)
+            if len(ids) > data.max_length
         ]
     if overlong and data.overlong == "error":
         head = f"{len(overlong)} example(s) are longer than data.max_length={data.max_length} tokens "
@@ -72,14 +75,14 @@ def encode_splits(
     policy = "keep" if task == "uft" and data.overlong == "truncate" else data.overlong
     stats: dict[str, int] = {}
     out: dict[str, list[Encoded]] = {}
-    for name, pairs in parts.items():
-        long = sum(len(p) + len(a) > data.max_length for p, a in pairs)
-        encoded = [e for p, a in pairs if (e := _fit(p, a, data.max_length, policy)) is not None]
+    for name, items in parts.items():
+        long = sum(len(ids) > data.max_length for ids, _, _ in items)
+        encoded = [e for item in items if (e := _fit(item, data.max_length, policy)) is not None]
         if not encoded:
             raise DataError(f"every {name} example is longer than data.max_length={data.max_length}")
-        stats[f"{name}_examples"] = len(pairs)
+        stats[f"{name}_examples"] = len(items)
         stats[f"{name}_overlong"] = long
-        stats[f"{name}_dropped"] = len(pairs) - len(encoded)
+        stats[f"{name}_dropped"] = len(items) - len(encoded)
         stats[f"{name}_truncated"] = long - stats[f"{name}_dropped"] if policy == "truncate" else 0
         out[name] = pack([e["input_ids"] for e in encoded], data.max_length) if task == "uft" else encoded
         stats[f"{name}_inputs"] = len(out[name])
@@ -88,38 +91,108 @@ def encode_splits(
     return out, stats
 
 
+# (token ids, labels, where the answer part starts for truncation)
+Labelled = tuple[list[int], list[int], int]
+
+
+def sft_labelled(example: Example, tokenizer: PreTrainedTokenizerBase) -> Labelled:
+    """One SFT input: ids, labels (IGNORE_INDEX outside trained answers) and the start of the last
+    trained answer (truncation keeps the context's tail before it and the head after it)."""
+    if example.format == "chat":
+        return chat_labelled(example, tokenizer)
+    prompt, answer = sft_parts(example, tokenizer)
+    return prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, len(prompt)
+
+
 def sft_parts(example: Example, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids ending with the end-of-turn token) of a chat or prompt/completion example."""
+    """(prompt ids as served, answer ids ending with the end-of-turn token) of the example's last answer:
+    what evaluation generates from and compares with."""
     if example.format == "prompt_completion":
         assert example.prompt is not None and example.completion is not None
         prompt = tokenizer.encode(example.prompt, add_special_tokens=True)
         return prompt, [*tokenizer.encode(example.completion, add_special_tokens=False), _eos(tokenizer)]
     if example.format != "chat":
         raise DataError(f"{example.source}:{example.line}: raw text has no answer; use task: uft")
-    if not tokenizer.chat_template:
-        raise DataError("the base model's tokenizer has no chat template; chat data needs one")
-    turns = [{"role": m.role, "content": m.content} for m in example.messages]
-    prompt_text = tokenizer.apply_chat_template(turns[:-1], tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(turns, tokenize=False)
-    assert isinstance(prompt_text, str) and isinstance(full_text, str)
-    tail = full_text[len(prompt_text) :] if full_text.startswith(prompt_text) else ""
-    tail_ids = tokenizer.encode(tail, add_special_tokens=False)
-    specials = {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
-    end = next((i for i, t in enumerate(tail_ids) if t in specials), None)
-    if not tail_ids or end == 0:
-        raise DataError(
-            f"{example.source}:{example.line}: the model's chat template does not render the prompt as a "
-            "prefix of the whole conversation followed by the answer, so the answer cannot be located"
-        )
-    answer = tail_ids[: end + 1] if end is not None else [*tail_ids, _eos(tokenizer)]
+    turns = [m.turn() for m in example.messages]
+    prompt_text, answer_text = _answer_span(example, tokenizer, turns, len(turns) - 1)
+    answer = tokenizer.encode(answer_text, add_special_tokens=False)
+    if not _ends_with_special(answer_text, tokenizer):
+        answer.append(_eos(tokenizer))
     # Templates render plain text, so BOS (if any) is in the text: no special tokens are added.
     return tokenizer.encode(prompt_text, add_special_tokens=False), answer
+
+
+def chat_labelled(example: Example, tokenizer: PreTrainedTokenizerBase) -> Labelled:
+    """The whole conversation with the loss on every trained assistant turn (module docstring)."""
+    turns = [m.turn() for m in example.messages]
+    ids: list[int] = []
+    labels: list[int] = []
+    cut = 0
+    done = 0  # characters of the rendered conversation already tokenised
+    last = len(turns) - 1
+    for i, message in enumerate(example.messages):
+        if message.role != "assistant":
+            continue
+        prompt_text, answer_text = _answer_span(example, tokenizer, turns, i)
+        if len(prompt_text) < done:
+            raise _not_a_prefix(example)
+        context = tokenizer.encode(prompt_text[done:], add_special_tokens=False)
+        answer = tokenizer.encode(answer_text, add_special_tokens=False)
+        if i == last and not _ends_with_special(answer_text, tokenizer):
+            answer.append(_eos(tokenizer))
+        ids += context
+        labels += [IGNORE_INDEX] * len(context)
+        if message.trained:
+            cut = len(ids)
+        ids += answer
+        labels += answer if message.trained else [IGNORE_INDEX] * len(answer)
+        done = len(prompt_text) + len(answer_text)
+    return ids, labels, cut
+
+
+def _answer_span(
+    example: Example, tokenizer: PreTrainedTokenizerBase, turns: list[dict[str, str]], i: int
+) -> tuple[str, str]:
+    """(the served prompt before assistant turn i, that turn's text through its end-of-turn token).
+
+    The prompt is the template's rendering of turns[:i] with the generation prompt; the answer is what
+    rendering turns[:i+1] adds after it, up to and including the first special token. Both must be
+    prefixes of the whole conversation's rendering, or the turn cannot be located exactly."""
+    if not tokenizer.chat_template:
+        raise DataError("the base model's tokenizer has no chat template; chat data needs one")
+    prompt_text = tokenizer.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
+    through = tokenizer.apply_chat_template(turns[: i + 1], tokenize=False)
+    whole = tokenizer.apply_chat_template(turns, tokenize=False)
+    assert isinstance(prompt_text, str) and isinstance(through, str) and isinstance(whole, str)
+    if not (through.startswith(prompt_text) and whole.startswith(through)):
+        raise _not_a_prefix(example)
+    tail = through[len(prompt_text) :]
+    ends = [(at, len(s)) for s in _special_strings(tokenizer) if (at := tail.find(s)) >= 0]
+    at, size = min(ends) if ends else (len(tail), 0)
+    if at == 0 or not tail.strip():
+        raise _not_a_prefix(example)
+    return prompt_text, tail[: at + size]
+
+
+def _not_a_prefix(example: Example) -> DataError:
+    return DataError(
+        f"{example.source}:{example.line}: the model's chat template does not render each prompt as a "
+        "prefix of the whole conversation followed by the answer, so the answers cannot be located"
+    )
+
+
+def _special_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    return [tok.content for tok in tokenizer.added_tokens_decoder.values() if tok.special and tok.content]
+
+
+def _ends_with_special(text: str, tokenizer: PreTrainedTokenizerBase) -> bool:
+    return any(text.endswith(s) for s in _special_strings(tokenizer))
 
 
 def uft_ids(example: Example, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """One UFT document: the example's whole text as the model would read it, then eos."""
     if example.format == "chat":
-        turns = [{"role": m.role, "content": m.content} for m in example.messages]
+        turns = [m.turn() for m in example.messages]
         if tokenizer.chat_template:
             text = tokenizer.apply_chat_template(turns, tokenize=False)
             assert isinstance(text, str)
@@ -157,17 +230,25 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _fit(prompt: list[int], answer: list[int], max_length: int, policy: str) -> Encoded | None:
+def _uft(example: Example, tokenizer: PreTrainedTokenizerBase) -> Labelled:
+    ids = uft_ids(example, tokenizer)
+    return ids, ids, 0
+
+
+def _fit(item: Labelled, max_length: int, policy: str) -> Encoded | None:
     """Apply the over-long policy (module docstring; "keep" for UFT packing) to one example; None: dropped."""
-    if len(prompt) + len(answer) > max_length and policy != "keep":
+    ids, labels, cut = item
+    if len(ids) > max_length and policy != "keep":
         if policy == "drop":
             return None
-        keep_answer = min(len(answer), max(max_length - len(prompt), max_length // 2))
-        keep_prompt = min(len(prompt), max_length - keep_answer)
-        prompt, answer = prompt[len(prompt) - keep_prompt :], answer[:keep_answer]
-        if not answer:
+        answer_len = len(ids) - cut
+        keep_answer = min(answer_len, max(max_length - cut, max_length // 2))
+        keep_prompt = min(cut, max_length - keep_answer)
+        ids = ids[cut - keep_prompt : cut + keep_answer]
+        labels = labels[cut - keep_prompt : cut + keep_answer]
+        if all(t == IGNORE_INDEX for t in labels):
             return None
-    return {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer}
+    return {"input_ids": ids, "labels": labels}
 
 
 def _eos(tokenizer: PreTrainedTokenizerBase) -> int:

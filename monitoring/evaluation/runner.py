@@ -124,7 +124,7 @@ def run_suite(
 
 def _answer(client: OpenAI, model: str, example: Example, max_tokens: int) -> str:
     if example.format == "chat":
-        turns: Any = [{"role": m.role, "content": m.content} for m in example.messages[:-1]]
+        turns: Any = [m.turn() for m in example.messages[:-1]]
         chat = client.chat.completions.create(
             model=model, messages=turns, temperature=0.0, max_tokens=max_tokens
         )

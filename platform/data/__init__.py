@@ -1,9 +1,10 @@
 """The data contract every stage shares: read and validate the record formats, and split them.
 
-`formats` reads the three accepted formats and reports every bad line at once; `splits` makes the
+`sources` reads rows from JSONL, CSV, Parquet and `datasets` folders; `formats` checks them against
+the three accepted formats and reports every bad row at once; `splits` makes the
 deterministic, duplicate-free train/validation/test splits and their hash. Training tokenises them
 (train/tokenize.py); the loop reads them back to rebuild, evaluate and gate (monitoring/). Only the
-standard library and pydantic are imported here.
+standard library, pydantic and (for Parquet and Arrow, lazily) pyarrow are imported here.
 """
 
 from tuneloop.platform.data.formats import (

@@ -1,22 +1,27 @@
-"""Training data files: JSONL in one of three formats, every line validated before any compute.
+"""Training data: rows in one of three formats, every row validated before any compute.
 
 The formats are the ones users already have: OpenAI chat (`{"messages": [...]}` ending with an
-assistant turn), prompt/completion (`{"prompt", "completion"}`) and raw text (`{"text"}`). A file holds
-one format. Reading never stops at the first problem: every bad line is collected and one `DataError`
-lists them all as `path:line: reason`, so a user fixes a file in one round trip rather than twenty.
+assistant turn; every assistant turn is trained unless its `weight` is 0), prompt/completion
+(`{"prompt", "completion"}`) and raw text (`{"text"}`). The rows come from JSONL, CSV, Parquet or a
+`datasets` folder saved to disk (platform/data/sources.py), optionally through a column mapping. A
+file holds one format. Reading never stops at the first problem: every bad row is collected and one
+`DataError` lists them all as `path:row: reason`, so a user fixes a file in one round trip rather
+than twenty.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tuneloop.platform.data.sources import MAX_ROW_BYTES, Kind, SourceError, kind_of, open_source
 from tuneloop.platform.errors import ConfigError
-from tuneloop.platform.spec import Task
+from tuneloop.platform.spec import RowField, Task
 
 Format = Literal["chat", "prompt_completion", "text"]
 ROLES = ("system", "user", "assistant")
@@ -25,9 +30,15 @@ KEYS: dict[Format, frozenset[str]] = {
     "prompt_completion": frozenset({"prompt", "completion"}),
     "text": frozenset({"text"}),
 }
-# A line this long is a broken export (a whole corpus on one line), not an example; the cap also
-# keeps a bad file from being parsed into memory in one piece.
-MAX_LINE_BYTES = 1 << 20
+TURN_KEYS = ("role", "content", "name", "weight")
+# OpenAI's chat format allows these for function calling; tuneloop does not train tool use yet, and
+# dropping them silently would train a different conversation from the one the user wrote.
+TOOL_TURN_KEYS = ("tool_calls", "function_call", "tool_call_id")
+TOOL_ROLES = ("tool", "function")
+TOOL_LINE_KEYS = ("tools", "functions", "parallel_tool_calls")
+TOOLS_REFUSED = "tuneloop does not train tool calls; remove tool turns (or these conversations) from the data"
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a participant's name
+MAX_LINE_BYTES = MAX_ROW_BYTES
 MAX_LISTED = 50
 
 
@@ -37,15 +48,37 @@ class DataError(ConfigError):
 
 @dataclass(frozen=True)
 class Message:
-    """One chat turn."""
+    """One chat turn. `name` goes to the chat template as the server passes it; `weight` (assistant
+    turns only, OpenAI's field) 0 keeps the turn as context without loss."""
 
     role: str
     content: str
+    name: str | None = None
+    weight: int | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.role == "assistant" and self.weight != 0
+
+    def turn(self) -> dict[str, str]:
+        """The turn as a chat template (and the OpenAI API) reads it."""
+        out = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+    def record(self) -> dict[str, Any]:
+        return {**self.turn(), **({"weight": self.weight} if self.weight is not None else {})}
+
+    def body(self) -> list[Any]:
+        """The canonical form keys hash: [role, content], plus the optional fields when set."""
+        extra = {k: v for k, v in (("name", self.name), ("weight", self.weight)) if v is not None}
+        return [self.role, self.content, extra] if extra else [self.role, self.content]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Example:
-    """One validated line: `format` says which of the content fields are set."""
+    """One validated row: `format` says which of the content fields are set; `line` is its row number."""
 
     format: Format
     line: int
@@ -58,7 +91,7 @@ class Example:
     def key(self) -> str:
         """Canonical JSON of the content only (no line or file): equal keys mean exact duplicates."""
         if self.format == "chat":
-            body: Any = [[m.role, m.content] for m in self.messages]
+            body: Any = [m.body() for m in self.messages]
         elif self.format == "prompt_completion":
             body = [self.prompt, self.completion]
         else:
@@ -69,7 +102,7 @@ class Example:
         """Like `key`, over what the model is given only (not the answer): equal for the same question
         whatever its answer, so a corrected answer can replace an outdated one."""
         if self.format == "chat":
-            body: Any = [[m.role, m.content] for m in self.messages[:-1]]
+            body: Any = [m.body() for m in self.messages[:-1]]
         else:
             body = self.prompt if self.format == "prompt_completion" else self.text
         return json.dumps([self.format, body], ensure_ascii=False, separators=(",", ":"))
@@ -77,49 +110,75 @@ class Example:
     def record(self) -> dict[str, Any]:
         """The example as a JSONL object of its format, as `read_examples` reads it back."""
         if self.format == "chat":
-            return {"messages": [{"role": m.role, "content": m.content} for m in self.messages]}
+            return {"messages": [m.record() for m in self.messages]}
         if self.format == "prompt_completion":
             return {"prompt": self.prompt, "completion": self.completion}
         return {"text": self.text}
 
 
-def reference_answer(example: Example) -> str | None:
-    """The answer exact-match scoring compares with: last assistant turn or completion; None for text."""
-    if example.format == "chat":
-        return example.messages[-1].content
-    return example.completion
+@dataclass
+class Scan:
+    """Everything reading one source found: its examples, the problems per row, the format of each
+    recognisable row, and the table columns no format uses."""
+
+    path: Path
+    kind: Kind
+    examples: list[Example] = field(default_factory=list)
+    problems: dict[int, list[str]] = field(default_factory=dict)
+    formats: dict[int, Format] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.examples) + len(self.problems)
+
+
+def scan(
+    path: Path, *, columns: Mapping[RowField, str] | None = None, max_line_bytes: int = MAX_LINE_BYTES
+) -> Scan:
+    """Read every row of a data source and check it, collecting problems instead of raising on them."""
+    try:
+        source = open_source(path, columns, max_line_bytes)
+        found = Scan(path, source.kind)
+        for number, obj, problem in source.rows():
+            if problem is not None or obj is None:
+                found.problems[number] = [problem or "unreadable row"]
+                continue
+            fmt, example, reasons = check_row(obj, number, str(path))
+            if fmt is not None:
+                found.formats[number] = fmt
+            if reasons:
+                found.problems[number] = reasons
+            elif example is not None:
+                found.examples.append(example)
+    except SourceError as exc:
+        raise DataError(str(exc)) from None
+    found.ignored_columns = source.ignored
+    if found.formats:
+        counts = Counter(found.formats.values())
+        # Ties go to the format seen first (Counter keeps insertion order), so the report is stable.
+        majority, count = counts.most_common(1)[0]
+        for number, fmt in found.formats.items():
+            if fmt != majority:
+                found.problems.setdefault(number, []).append(
+                    f"{fmt} line in a file of mostly {majority} lines ({count} of {len(found.formats)}); "
+                    "a file holds one format"
+                )
+        found.examples = [ex for ex in found.examples if ex.line not in found.problems]
+    return found
 
 
 def read_examples(
-    path: Path, *, task: Task | None = None, min_examples: int = 1, max_line_bytes: int = MAX_LINE_BYTES
+    path: Path,
+    *,
+    task: Task | None = None,
+    min_examples: int = 1,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    columns: Mapping[RowField, str] | None = None,
 ) -> list[Example]:
-    """Read and validate a JSONL file; raise one DataError listing every bad line, else return examples."""
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    problems: dict[int, list[str]] = {}
-    formats: dict[int, Format] = {}
-    examples: list[Example] = []
-    for lineno, raw in _raw_lines(path, max_line_bytes):
-        if raw is None:
-            problems[lineno] = [f"line is longer than {max_line_bytes} bytes; split it into several examples"]
-            continue
-        fmt, example, reasons = _parse_line(raw, lineno, str(path))
-        if fmt is not None:
-            formats[lineno] = fmt
-        if reasons:
-            problems[lineno] = reasons
-        elif example is not None:
-            examples.append(example)
-    if formats:
-        counts = Counter(formats.values())
-        # Ties go to the format seen first (Counter keeps insertion order), so the report is stable.
-        majority, count = counts.most_common(1)[0]
-        for lineno, fmt in formats.items():
-            if fmt != majority:
-                problems.setdefault(lineno, []).append(
-                    f"{fmt} line in a file of mostly {majority} lines ({count} of {len(formats)}); "
-                    "a file holds one format"
-                )
+    """Read and validate a data source; raise one DataError listing every bad row, else return examples."""
+    found = scan(path, columns=columns, max_line_bytes=max_line_bytes)
+    problems, examples = found.problems, found.examples
     if problems:
         head = f"{path}: {len(problems)} bad line(s); fix them and resubmit (no training was started):"
         listed = [f"{path}:{lineno}: {'; '.join(reasons)}" for lineno, reasons in sorted(problems.items())]
@@ -136,6 +195,13 @@ def read_examples(
     return examples
 
 
+def reference_answer(example: Example) -> str | None:
+    """The answer exact-match scoring compares with: last assistant turn or completion; None for text."""
+    if example.format == "chat":
+        return example.messages[-1].content
+    return example.completion
+
+
 def report(head: str, entries: list[str]) -> str:
     """A DataError message: the head, then one indented entry per line, capped at MAX_LISTED entries."""
     listed = [f"  {entry}" for entry in entries[:MAX_LISTED]]
@@ -144,36 +210,10 @@ def report(head: str, entries: list[str]) -> str:
     return "\n".join([head, *listed])
 
 
-def _raw_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) per line; None for a line over max_bytes, which is skipped unread."""
-    with path.open("rb") as fh:
-        lineno = 0
-        while chunk := fh.readline(max_bytes + 1):
-            lineno += 1
-            if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
-                while chunk and not chunk.endswith(b"\n"):
-                    chunk = fh.readline(1 << 16)
-                yield lineno, None
-            else:
-                yield lineno, chunk.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else chunk
-
-
-def _parse_line(raw: bytes, lineno: int, source: str) -> tuple[Format | None, Example | None, list[str]]:
-    """(format if recognisable, example if valid, reasons it is not); blank lines give (None, None, [])."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, None, [f"not valid UTF-8 (byte {exc.start})"]
-    if not text.strip():
-        return None, None, []
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
-            return None, None, [f"truncated JSON: the line ends inside a value ({exc.msg})"]
-        return None, None, [f"invalid JSON: {exc.msg} at column {exc.pos + 1}"]
-    if not isinstance(obj, dict):
-        return None, None, [f"expected a JSON object, got {_kind(obj)}"]
+def check_row(
+    obj: dict[str, Any], lineno: int, source: str
+) -> tuple[Format | None, Example | None, list[str]]:
+    """(format if recognisable, example if valid, reasons it is not) of one row object."""
     matched = [fmt for fmt, keys in KEYS.items() if keys & obj.keys()]
     if len(matched) != 1:
         found = ", ".join(repr(k) for k in obj) or "none"
@@ -181,7 +221,9 @@ def _parse_line(raw: bytes, lineno: int, source: str) -> tuple[Format | None, Ex
         expected = "'messages' (chat), 'prompt' + 'completion', or 'text'"
         return None, None, [f"{why} (found {found}); expected {expected}"]
     fmt = matched[0]
-    reasons = [f"unknown key {k!r} in a {fmt} line" for k in obj if k not in KEYS[fmt]]
+    tools = [k for k in obj if k in TOOL_LINE_KEYS]
+    reasons = [f"{', '.join(map(repr, tools))}: {TOOLS_REFUSED}"] if tools and fmt == "chat" else []
+    reasons += [f"unknown key {k!r} in a {fmt} line" for k in obj if k not in KEYS[fmt] and k not in tools]
     reasons += [f"missing key {k!r}" for k in sorted(KEYS[fmt] - obj.keys())]
     if fmt == "chat":
         reasons += _chat_problems(obj.get("messages"))
@@ -190,7 +232,10 @@ def _parse_line(raw: bytes, lineno: int, source: str) -> tuple[Format | None, Ex
     if reasons:
         return fmt, None, reasons
     if fmt == "chat":
-        messages = tuple(Message(m["role"], m["content"]) for m in obj["messages"])
+        messages = tuple(
+            Message(m["role"], m["content"], m.get("name"), None if "weight" not in m else int(m["weight"]))
+            for m in obj["messages"]
+        )
         return fmt, Example(format=fmt, line=lineno, source=source, messages=messages), []
     fields = {k: obj[k] for k in KEYS[fmt]}
     return fmt, Example(format=fmt, line=lineno, source=source, **fields), []
@@ -205,18 +250,34 @@ def _chat_problems(messages: object) -> list[str]:
         if not isinstance(turn, dict):
             reasons.append(f"{where} must be an object with 'role' and 'content', got {_kind(turn)}")
             continue
-        reasons += [f"unknown key {k!r} in {where}" for k in turn if k not in ("role", "content")]
+        tools = [k for k in turn if k in TOOL_TURN_KEYS]
+        if tools or turn.get("role") in TOOL_ROLES:
+            what = f"has {', '.join(map(repr, tools))}" if tools else f"has role {turn.get('role')!r}"
+            reasons.append(f"{where} {what}: {TOOLS_REFUSED}")
+            continue
+        reasons += [f"unknown key {k!r} in {where}" for k in turn if k not in TURN_KEYS]
         reasons += [f"{where} is missing {k!r}" for k in ("role", "content") if k not in turn]
         role = turn.get("role")
         if "role" in turn and role not in ROLES:
             reasons.append(f"{where}.role {role!r} is not one of {', '.join(ROLES)}")
         if "content" in turn and (problem := _string_problem(f"{where}.content", turn["content"])):
             reasons.append(problem)
+        if "name" in turn and not (isinstance(turn["name"], str) and NAME.match(turn["name"])):
+            reasons.append(f"{where}.name must be 1-64 letters, digits, '_' or '-', got {turn['name']!r}")
+        if "weight" in turn:
+            weight = turn["weight"]
+            if role != "assistant":
+                reasons.append(f"{where}.weight is only for assistant turns (it says whether one is trained)")
+            elif isinstance(weight, bool) or weight not in (0, 1):
+                reasons.append(f"{where}.weight must be 0 (context only) or 1 (trained), got {weight!r}")
     roles = [turn.get("role") for turn in messages if isinstance(turn, dict)]
     if roles and roles[-1] != "assistant":
         reasons.append(f"the last turn must be the assistant's answer, not {roles[-1]!r}")
     if "user" not in roles[:-1]:
         reasons.append("a user turn must come before the final assistant turn")
+    weights = [t.get("weight") for t in messages if isinstance(t, dict) and t.get("role") == "assistant"]
+    if weights and all(w == 0 and not isinstance(w, bool) for w in weights):
+        reasons.append("every assistant turn has weight 0, so the conversation trains nothing; set one to 1")
     return reasons
 
 
@@ -228,6 +289,4 @@ def _string_problem(name: str, value: object) -> str | None:
     return None
 
 
-def _kind(value: object) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number")
+_kind = kind_of

@@ -48,7 +48,8 @@ def make_splits(data: DataSpec, task: Task) -> Splits:
     for name, path in given.items():
         if path is None:
             continue
-        examples = read_examples(path, task=task, min_examples=data.min_examples if name == "train" else 1)
+        least = data.min_examples if name == "train" else 1
+        examples = read_examples(path, task=task, min_examples=least, columns=data.columns)
         read[name], dropped = dedupe(examples)
         duplicates += dropped
         stats[f"{name}_lines_read"] = len(examples)

@@ -186,6 +186,7 @@ def head_env(token_path: Path) -> dict[str, str]:
             **registry_env(),
             "TUNELOOP_ARTIFACTS": settings.TUNELOOP_ARTIFACTS.get(),
             "TUNELOOP_MODELS_DIR": str(settings.TUNELOOP_MODELS_DIR.get()),
+            **settings.hub_env(),
         }
     )
     for name in _CLIENT_ONLY_VARS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import shlex
@@ -31,6 +32,7 @@ import yaml
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
+from tuneloop.platform.hub import DATASET_PREFIX
 from tuneloop.platform.private_files import write_private_file
 from tuneloop.platform.ray.client import TERMINAL, JobsClient
 
@@ -74,21 +76,28 @@ def load_and_check(spec_path: Path) -> JobSpec:
         make_splits(spec.data, spec.task)  # reads and checks every file, then splits as the job will
         return spec
     for key, path in local.items():
-        read_examples(path, task=spec.task, min_examples=spec.data.min_examples if key == "train" else 1)
+        least = spec.data.min_examples if key == "train" else 1
+        read_examples(path, task=spec.task, min_examples=least, columns=spec.data.columns)
     return spec
 
 
 def staged_sources(spec_path: Path) -> dict[str, str]:
     """Where each data file of the spec lands in the staged working dir (`data/<key>/<name>`), mapped
-    to the file the user named, so messages from the cluster can name the user's files."""
+    to the file as the user named it (the spec's path, seen from where the spec was given: `data/x.jsonl`
+    for a spec `job.yaml` in the current folder), so messages from the cluster name the user's files."""
     data = _raw(spec_path).get("data")
     found: dict[str, str] = {}
     for key in DATA_KEYS:
         value = data.get(key) if isinstance(data, dict) else None
         if isinstance(value, str):
-            source = Path(value).expanduser()
-            source = source if source.is_absolute() else spec_path.parent / source
-            found[f"data/{key}/{source.name}"] = str(source.resolve())
+            written = Path(value).expanduser()
+            if value.startswith(DATASET_PREFIX):
+                source = value  # a hub dataset file: named as written, it has no path of the user's
+            elif written.is_absolute():
+                source = str(written)
+            else:
+                source = os.path.normpath(spec_path.parent / written)
+            found[f"data/{key}/{written.name}"] = source
     return found
 
 
@@ -125,6 +134,8 @@ def staged_working_dir(spec_path: Path) -> Iterator[tuple[Path, str]]:
     not exist here is kept as it is (a file on the cluster). A base model given as a local folder
     becomes an absolute path: models are never uploaded, and the driver runs in the working dir.
     """
+    from tuneloop.platform.spec import data_path
+
     raw = _raw(spec_path)
     data = raw.get("data")
     if not isinstance(data, dict):
@@ -138,12 +149,14 @@ def staged_working_dir(spec_path: Path) -> Iterator[tuple[Path, str]]:
             value = data.get(key)
             if not isinstance(value, str):
                 continue
-            source = Path(value).expanduser()
-            source = source if source.is_absolute() else spec_path.parent / source
-            if source.is_file():
+            source = data_path(value, spec_path.parent)
+            if source.is_file() or source.is_dir():  # a `datasets` folder travels whole
                 dest = root / "data" / key / source.name
                 dest.parent.mkdir(parents=True)
-                shutil.copyfile(source, dest)
+                if source.is_dir():
+                    shutil.copytree(source, dest)
+                else:
+                    shutil.copyfile(source, dest)
                 data[key] = dest.relative_to(root).as_posix()
             elif not Path(value).expanduser().is_absolute():
                 raise ConfigError(f"{spec_path}: data.{key} file {source} does not exist")
@@ -164,6 +177,7 @@ def job_env() -> dict[str, str]:
         **registry_env(),
         "TUNELOOP_ARTIFACTS": settings.TUNELOOP_ARTIFACTS.get(),
         "TUNELOOP_MODELS_DIR": str(settings.TUNELOOP_MODELS_DIR.get()),
+        **settings.hub_env(),
     }
 
 

@@ -71,13 +71,15 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent:  # the gateway died before we got here
         return 1
     guard = os.getpid()
-    engine = subprocess.Popen(argv[3:], preexec_fn=lambda: _die_with_guard(guard))
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         pass  # the engine got the same signal (the whole group did): wait for it below
 
+    # Before the engine exists, so a group signal in between cannot end the guard without the
+    # engine's exit code (the engine starts with default handlers: exec resets handled signals).
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    engine = subprocess.Popen(argv[3:], preexec_fn=lambda: _die_with_guard(guard))
     while True:
         code = engine.poll()
         if code is not None:

@@ -100,17 +100,16 @@ async def _lease(replica: Replica, target: Target) -> Callable[[], None]:
     try:
         lease = await replica.residency.acquire(target.version)
     except AdapterLoadError as exc:
-        if exc.retryable:
-            raise engine_unavailable(
-                f"`{target.requested}` could not be loaded yet; retry shortly."
-            ) from None
-        raise _not_servable(target, exc) from None
+        raise _load_failed(target, exc) from None
     return lease.release
 
 
-def _not_servable(target: Target, exc: AdapterLoadError) -> OpenAIError:
-    """A stored version this replica can never load (a malformed adapter config, a rank or module
-    the engine refuses): a 400 naming the version and why, like any version it cannot serve."""
+def _load_failed(target: Target, exc: AdapterLoadError) -> OpenAIError:
+    """A version that could not be loaded: a 503 to retry when that may pass, else (a malformed
+    adapter config, a rank or module the engine refuses) a 400 naming the version and why, like any
+    version this replica cannot serve."""
+    if exc.retryable:
+        return engine_unavailable(f"`{target.requested}` could not be loaded yet; retry shortly.")
     return bad_request(
         f"`{target.requested}` cannot be served: {exc}", param="model", code="model_not_servable"
     )
@@ -124,11 +123,7 @@ async def _prompt_embeds(
     try:
         adapter_dir: Path = await replica.loras.local_dir(target.info.ref)
     except AdapterLoadError as exc:
-        if exc.retryable:
-            raise engine_unavailable(
-                f"`{target.requested}` could not be loaded yet; retry shortly."
-            ) from None
-        raise _not_servable(target, exc) from None
+        raise _load_failed(target, exc) from None
     return await hook(
         endpoint,
         dict(body),

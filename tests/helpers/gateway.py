@@ -19,6 +19,7 @@ import httpx
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers.servers import LoopbackServer
 from tuneloop.platform.procs import ManagedProcess, free_port
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.settings import LOOPBACK, child_env
@@ -27,22 +28,12 @@ TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
 
 
 @dataclass
-class Gateway:
-    """A running replica: `base_url` ends in /v1; `engine_url` is its engine (tests only peek)."""
+class Gateway(LoopbackServer):
+    """A running replica; `engine_url` is its engine (tests only peek)."""
 
-    process: ManagedProcess
-    port: int
     engine_port: int
     home: Path
     env: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
 
     @property
     def engine_url(self) -> str:

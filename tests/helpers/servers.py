@@ -38,12 +38,11 @@ RAY_CLI = ray_cli()
 
 
 @dataclass
-class VllmServer:
-    """A running vLLM OpenAI server: `base_url` ends in /v1, `model` is the served base model name."""
+class LoopbackServer:
+    """A server we started on 127.0.0.1: `url` is its root, `base_url` its OpenAI API (/v1)."""
 
     process: ManagedProcess
     port: int
-    model: str
 
     @property
     def url(self) -> str:
@@ -52,6 +51,13 @@ class VllmServer:
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+
+@dataclass
+class VllmServer(LoopbackServer):
+    """A running vLLM OpenAI server; `model` is the served base model name."""
+
+    model: str
 
 
 @contextmanager

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.stored import store_as_is
 from safetensors.numpy import load_file, save_file
 from sqlalchemy import text
 
 from tuneloop.platform.apikeys import hash_key
-from tuneloop.platform.artifacts import ArtifactStore, Manifest
+from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.cli import main
 from tuneloop.platform.registry import Registry
 
@@ -236,14 +236,7 @@ def test_promoting_a_stored_version_with_a_malformed_config_is_one_line(
     folder = variant(tiny_lora_dir, tmp_path / "stored", r="eight")
     registry, store = Registry(), ArtifactStore()
 
-    def put(number: int) -> str:
-        manifest = Manifest(
-            adapter="old", version=number, base_model="m", method="lora", serving="lora",
-            created_at=datetime.now(UTC),
-        )  # fmt: skip
-        return store.put(folder, manifest)
-
-    registry.add_version("old", base_model="m", method="lora", store=put, manifest={"serving": "lora"})
+    store_as_is(registry, store, "old", folder, base_model="m", method="lora", serving="lora")
     line = fails(capsys, "adapters", "promote", "old-bot", "old@1")
     assert "old@1/adapter_config.json: r must be a whole number of at least 1, got 'eight'" in line
     assert Registry().aliases() == {}

@@ -21,7 +21,8 @@ ENGINE = (
     "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"
 )
 EXITS_3_ON_SIGTERM = (
-    "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); time.sleep(60)"
+    "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); "
+    "print('ready', flush=True); time.sleep(60)"
 )
 GATEWAY = textwrap.dedent(
     """
@@ -69,9 +70,12 @@ def test_a_group_sigterm_passes_the_engines_exit_code_through_the_guard() -> Non
         [sys.executable, "-m", "tuneloop.serve.engine.guard", "--parent", str(os.getpid()), "--",
          sys.executable, "-c", EXITS_3_ON_SIGTERM],
         start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
-        assert _wait(lambda: len(group_members(guard.pid)) == 2, 20)
+        assert guard.stdout is not None and guard.stdout.readline() == "ready\n"  # its handler is set
+        assert len(group_members(guard.pid)) == 2
         os.killpg(guard.pid, signal.SIGTERM)
         assert guard.wait(10) == 3
     finally:

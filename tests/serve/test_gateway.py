@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,14 @@ import pytest
 from helpers.bad_requests import bad_bodies
 from helpers.gateway import Replica, start_gateway, write_peft_like
 from helpers.servers import listening_addresses
+from helpers.stored import store_as_is
 from helpers.tiny_model import build_random_lora
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key
-from tuneloop.platform.artifacts import ArtifactStore, Manifest
+from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import group_members
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.registry.tables import VersionStatus
@@ -96,17 +96,7 @@ def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def _add_full_finetune(registry: Registry, store: ArtifactStore, model_dir: Path, dest: Path) -> None:
     """A stored full fine-tune (serving "engine"): the tiny model itself stands in for it."""
     shutil.copytree(model_dir, dest)
-
-    def put(number: int) -> str:
-        manifest = Manifest(
-            adapter="ft", version=number, base_model=str(model_dir), method="full", serving="engine",
-            created_at=datetime.now(UTC),
-        )  # fmt: skip
-        return store.put(dest, manifest)
-
-    registry.add_version(
-        "ft", base_model=str(model_dir), method="full", store=put, manifest={"serving": "engine"}
-    )
+    store_as_is(registry, store, "ft", dest, base_model=str(model_dir), method="full", serving="engine")
 
 
 def _complete(client: OpenAI, model: str, max_tokens: int = 8) -> str:

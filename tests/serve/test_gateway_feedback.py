@@ -11,19 +11,19 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.gateway import Replica, start_gateway
+from helpers.stored import store_as_is
 from helpers.tiny_model import build_random_lora
 
 from tuneloop.monitoring.capture import CapturedRequest, CaptureStore
 from tuneloop.monitoring.evaluation.feedback import judged_with_times, labelled_examples
 from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key, hash_key
-from tuneloop.platform.artifacts import ArtifactStore, Manifest
+from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -60,17 +60,7 @@ def _store_malformed(registry: Registry, store: ArtifactStore, base: Path, lora:
     config = (dest / "adapter_config.json").read_text()
     (dest / "adapter_config.json").write_text(config.replace('"r": 8', '"r": "eight"'))
     assert '"eight"' in (dest / "adapter_config.json").read_text()
-
-    def put(number: int) -> str:
-        manifest = Manifest(
-            adapter="broken", version=number, base_model=str(base), method="lora", serving="lora",
-            created_at=datetime.now(UTC),
-        )  # fmt: skip
-        return store.put(dest, manifest)
-
-    registry.add_version(
-        "broken", base_model=str(base), method="lora", store=put, manifest={"serving": "lora"}
-    )
+    store_as_is(registry, store, "broken", dest, base_model=str(base), method="lora", serving="lora")
 
 
 def _ask(replica: Replica, key: str) -> str:

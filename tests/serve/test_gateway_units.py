@@ -7,10 +7,10 @@ import json
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers.stored import store_as_is
 from prometheus_client import Counter, Gauge, Histogram
 
 from tuneloop.monitoring import metrics
@@ -97,7 +97,7 @@ def test_model_argument_resolves_folders_and_stored_full_finetunes(
     tiny_model_dir: Path, tiny_lora_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tuneloop.platform.adapters import import_adapter
-    from tuneloop.platform.artifacts import ArtifactStore, Manifest
+    from tuneloop.platform.artifacts import ArtifactStore
     from tuneloop.platform.errors import ConfigError, NotFoundError
     from tuneloop.platform.registry import Registry
     from tuneloop.serve.config import resolve_base
@@ -110,15 +110,9 @@ def test_model_argument_resolves_folders_and_stored_full_finetunes(
     assert resolve_base(str(tiny_model_dir), cache).engine == str(tiny_model_dir.resolve())
     with pytest.raises(NotFoundError, match="not a model folder"):
         resolve_base("no-such-model", cache)
-
-    def put_full(number: int) -> str:
-        manifest = Manifest(
-            adapter="ft", version=number, base_model=str(tiny_model_dir), method="full", serving="engine",
-            created_at=datetime.now(UTC),
-        )  # fmt: skip
-        return store.put(tiny_model_dir, manifest)
-
-    registry.add_version("ft", base_model=str(tiny_model_dir), method="full", store=put_full)
+    store_as_is(
+        registry, store, "ft", tiny_model_dir, base_model=str(tiny_model_dir), method="full", serving="engine"
+    )
     base = resolve_base("ft@1", cache)
     # Fetched into the cache (checksummed) and served as the engine's own base model.
     assert (base.public, base.version) == ("ft@1", "ft@1")

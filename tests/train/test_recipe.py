@@ -343,6 +343,41 @@ def test_full_fine_tuning_shards_with_fsdp_and_publishes_a_whole_model(
 # -- early stopping, a search ---------------------------------------------------------
 
 
+def test_a_job_on_a_hub_id_with_multi_turn_parquet_data(
+    ray_head: RayHead, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The base model by Hugging Face id from an offline hub cache, the data as Parquet under other
+    column names, two trained answers per chat: the job trains and records the id as given."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from helpers.hub_cache import lay_out_hub_cache
+
+    repo = "tiny-org/tiny-llama"
+    lay_out_hub_cache(tmp_path / "hf", repo, tiny_model_dir)
+    rows = []
+    for row in colour_rows(chat=True):
+        follow_up = [{"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "yes"}]
+        rows.append({"conversation": row["messages"] + follow_up, "id": len(rows)})
+    workdir = write_job(
+        tmp_path / "job",
+        tiny_model_dir,
+        base_model=repo,
+        data={"train": "data.parquet", "max_length": 64, "columns": {"messages": "conversation"}},
+        hyperparameters={"learning_rate": 0.01, "batch_size": 4, "max_steps": 4, "eval_every": 2},
+    )
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "data.parquet")
+    hub_env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    finished = submit(ray_head, workdir, tmp_path / "state", hub_env)
+    assert finished.returncode == 0, finished.log[-6000:]
+    version = finished.registry.get_version("colours@1")
+    assert version.adapter.base_model == repo
+    fetched = finished.store.fetch("colours", 1, tmp_path / "fetched")
+    assert json.loads((fetched / "adapter_config.json").read_text())["base_model_name_or_path"] == repo
+    tokens = version.manifest["data"]
+    # Two answers carry loss in every chat: "<colour><|im_end|>" and "yes<|im_end|>", 2 tokens or more each.
+    assert tokens["train_loss_tokens"] >= 4 * tokens["train_examples"], tokens
+
+
 def test_early_stopping_stops_before_max_steps_on_a_private_ray(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`tuneloop train` run directly, with no Ray around: it starts a private Ray and stops it again."""
     # A learning rate this small changes nothing, so the first validation after the start is no better.

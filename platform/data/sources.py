@@ -1,0 +1,241 @@
+"""Where data rows come from: JSONL, CSV and Parquet files, and `datasets` folders saved to disk.
+
+Each source yields `(row number, row object or None, problem or None)`, so the format checks in
+`formats.py` see one shape whatever the file was. Row numbers are what a user finds in their own
+file: the line for JSONL and CSV (a spreadsheet's row number: the header is line 1), the 1-based
+row for Parquet and `datasets` folders.
+
+A column mapping (`{"prompt": "question", "completion": "answer"}`: tuneloop's field -> the user's
+column or key) renames before checking. JSONL lines are checked whole (an unknown key is a typo in
+that line); a table's columns are declared once, so columns no format uses are ignored, and
+`ignored` lists them. CSV cells are text, so a `messages` cell holds the conversation as JSON.
+
+The readers are pyarrow's (Parquet and the Arrow IPC streams `Dataset.save_to_disk` writes) and the
+standard library's (`json`, `csv`); every input is bounded: JSONL lines and CSV fields by
+`max_row_bytes`, every source by MAX_ROWS.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.spec import RowField
+
+Kind = Literal["jsonl", "csv", "parquet", "arrow"]
+SUFFIXES: dict[str, Kind] = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+# Fields a row can carry in any format; a table's other columns are ignored.
+FIELDS = frozenset({"messages", "prompt", "completion", "text"})
+# A line this long is a broken export (a whole corpus on one line), not an example; the cap also
+# keeps a bad file from being parsed into memory in one piece.
+MAX_ROW_BYTES = 1 << 20
+MAX_ROWS = 5_000_000
+Row = tuple[int, dict[str, Any] | None, str | None]
+
+
+class SourceError(ConfigError):
+    """A data source cannot be read at all (missing, unknown kind, unreadable table)."""
+
+
+@dataclass
+class Source:
+    """One data file or folder, its kind, and the columns of a table that no format uses."""
+
+    path: Path
+    kind: Kind
+    columns: Mapping[RowField, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    max_row_bytes: int = MAX_ROW_BYTES
+
+    def rows(self) -> Iterator[Row]:
+        readers = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet, "arrow": self._arrow}
+        for count, (number, obj, problem) in enumerate(readers[self.kind](), start=1):
+            if count > MAX_ROWS:
+                raise SourceError(f"{self.path} holds more than {MAX_ROWS} rows; split it into several files")
+            yield number, (self._rename(obj) if obj is not None else None), problem
+
+    def _rename(self, obj: dict[str, Any]) -> dict[str, Any]:
+        for ours, theirs in self.columns.items():
+            if theirs in obj and ours not in obj:
+                obj[ours] = obj.pop(theirs)
+        return obj
+
+    def _table_columns(self, names: list[str]) -> list[str]:
+        """The columns to read; the rest are recorded as ignored."""
+        theirs = {v: k for k, v in self.columns.items()}
+        keep = [n for n in names if theirs.get(n, n) in FIELDS]
+        self.ignored = [n for n in names if n not in keep]
+        return keep
+
+    def _jsonl(self) -> Iterator[Row]:
+        for number, raw in _raw_lines(self.path, self.max_row_bytes):
+            if raw is None:
+                too_long = f"line is longer than {self.max_row_bytes} bytes; split it into several examples"
+                yield number, None, too_long
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not valid UTF-8 (byte {exc.start})"
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+                    yield number, None, f"truncated JSON: the line ends inside a value ({exc.msg})"
+                else:
+                    yield number, None, f"invalid JSON: {exc.msg} at column {exc.pos + 1}"
+                continue
+            if not isinstance(obj, dict):
+                yield number, None, f"expected a JSON object, got {kind_of(obj)}"
+                continue
+            yield number, obj, None
+
+    def _csv(self) -> Iterator[Row]:
+        csv.field_size_limit(self.max_row_bytes)
+        try:
+            with self.path.open(encoding="utf-8-sig", newline="") as fh:
+                reader = csv.DictReader(fh)
+                keep = self._table_columns(list(reader.fieldnames or []))
+                while True:
+                    try:
+                        record = next(reader)
+                    except StopIteration:
+                        return
+                    except csv.Error as exc:
+                        yield reader.line_num, None, f"not valid CSV: {exc}"
+                        continue
+                    if None in record:
+                        yield reader.line_num, None, "more cells than the header has columns"
+                        continue
+                    if not any(record.values()):
+                        continue  # a row of empty cells
+                    obj: dict[str, Any] = {k: record[k] for k in keep if record.get(k) is not None}
+                    problem = _messages_from_json(obj)
+                    yield reader.line_num, (None if problem else obj), problem
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{self.path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+    def _parquet(self) -> Iterator[Row]:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(self.path)
+            keep = self._table_columns(table.schema_arrow.names)
+            batches = table.iter_batches(batch_size=1024, columns=keep)
+            yield from self._table_rows(batches)
+        except OSError as exc:  # pyarrow's ArrowInvalid/ArrowIOError are OSError/ValueError subclasses
+            raise SourceError(f"{self.path} is not a readable Parquet file: {exc}") from None
+
+    def _arrow(self) -> Iterator[Row]:
+        import pyarrow as pa
+
+        files = saved_dataset_files(self.path)
+        number = 0
+        for file in files:
+            try:
+                with pa.ipc.open_stream(pa.memory_map(str(file))) as reader:
+                    keep = self._table_columns(reader.schema.names)
+                    for batch in reader:
+                        for row in self._table_rows([batch.select(keep)], start=number):
+                            number = row[0]
+                            yield row
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise SourceError(f"{file} is not a readable Arrow stream: {exc}") from None
+
+    def _table_rows(self, batches: Any, start: int = 0) -> Iterator[Row]:
+        number = start
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                # A struct column has every field in every row: a turn without `weight` reads back as
+                # weight None, so None means "not given" in tables.
+                obj = _without_nulls(record)
+                problem = _messages_from_json(obj)
+                yield number, (None if problem else obj), problem
+
+
+def open_source(
+    path: Path, columns: Mapping[RowField, str] | None = None, max_row_bytes: int = MAX_ROW_BYTES
+) -> Source:
+    """The source at `path`, its kind known by suffix (or a `datasets` folder); SourceError if unreadable."""
+    if path.is_dir():
+        saved_dataset_files(path)  # refuses folders that are not a saved dataset, naming what to give
+        return Source(path, "arrow", dict(columns or {}), max_row_bytes=max_row_bytes)
+    if not path.is_file():
+        raise SourceError(f"data file {path} does not exist")
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        known = ", ".join(sorted(SUFFIXES))
+        raise SourceError(f"{path}: unknown data file type {path.suffix!r}; use {known} or a saved dataset")
+    return Source(path, kind, dict(columns or {}), max_row_bytes=max_row_bytes)
+
+
+def saved_dataset_files(folder: Path) -> list[Path]:
+    """The Arrow files of a folder `Dataset.save_to_disk` wrote, in order (its state.json lists them)."""
+    if (folder / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+        except ValueError:
+            splits = []
+        names = ", ".join(str(s) for s in splits) or "none listed"
+        raise SourceError(
+            f"{folder} is a DatasetDict (splits: {names}); name one split's folder, e.g. {folder}/train"
+        )
+    state = folder / "state.json"
+    if not state.is_file():
+        raise SourceError(f"{folder} is a folder but not a `datasets` folder saved to disk (no state.json)")
+    try:
+        files = [folder / str(entry["filename"]) for entry in json.loads(state.read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError):
+        raise SourceError(f"{state} does not list the dataset's files (_data_files)") from None
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise SourceError(f"{folder} lacks {', '.join(missing)}, which its state.json lists")
+    return files
+
+
+def kind_of(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _messages_from_json(obj: dict[str, Any]) -> str | None:
+    """A CSV cell holds a conversation as JSON text; parse it in place. The problem, if any."""
+    value = obj.get("messages")
+    if not isinstance(value, str):
+        return None
+    try:
+        obj["messages"] = json.loads(value)
+    except json.JSONDecodeError as exc:
+        return f"the messages cell is not a JSON list of turns: {exc.msg} at column {exc.pos + 1}"
+    return None
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _raw_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) per line; None for a line over max_bytes, which is skipped unread."""
+    with path.open("rb") as fh:
+        lineno = 0
+        while chunk := fh.readline(max_bytes + 1):
+            lineno += 1
+            if len(chunk) > max_bytes and not chunk.endswith(b"\n"):
+                while chunk and not chunk.endswith(b"\n"):
+                    chunk = fh.readline(1 << 16)
+                yield lineno, None
+            else:
+                yield lineno, chunk.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else chunk

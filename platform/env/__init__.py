@@ -1,0 +1,1 @@
+"""The declarations behind platform/settings.py, one module per part of tuneloop."""

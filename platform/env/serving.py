@@ -1,0 +1,153 @@
+"""Settings of serving: the gateway and its engine (README "Serving")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneloop.platform.env.state import _home
+from tuneloop.platform.env.vars import Var, _bool, _names, _path, _positive
+
+# -- serving (the gateway and its engine; README "Serving")
+TUNELOOP_ENGINE_KV_CACHE_BYTES: Var[int] = Var(
+    "TUNELOOP_ENGINE_KV_CACHE_BYTES",
+    int,
+    lambda: 128 * 2**20,
+    "KV-cache size of the vLLM engine in bytes (vLLM-on-CPU cannot size it itself; see ENVIRONMENT.md).",
+)
+TUNELOOP_ENGINE_MAX_MODEL_LEN: Var[int] = Var(
+    "TUNELOOP_ENGINE_MAX_MODEL_LEN",
+    int,
+    lambda: 1024,
+    "Context length the engine serves (prompt + answer, tokens); longer prompts get a 400 naming it.",
+)
+TUNELOOP_ENGINE_DTYPE: Var[str] = Var(
+    "TUNELOOP_ENGINE_DTYPE",
+    str,
+    lambda: "auto",
+    "Weight dtype of the engine (auto, float32, bfloat16); small models answer better in float32.",
+)
+TUNELOOP_ENGINE_START_TIMEOUT_S: Var[float] = Var(
+    "TUNELOOP_ENGINE_START_TIMEOUT_S",
+    float,
+    lambda: 300.0,
+    "Seconds the gateway waits for a (re)started engine to answer /health before trying again.",
+)
+TUNELOOP_MAX_LORA_RANK: Var[int] = Var(
+    "TUNELOOP_MAX_LORA_RANK",
+    int,
+    lambda: 16,
+    "Highest LoRA rank the engine accepts (vLLM --max-lora-rank; 8, 16, 32, 64, ...); "
+    "`adapters import` refuses higher ranks.",
+)
+TUNELOOP_MAX_RESIDENT_ADAPTERS: Var[int] = Var(
+    "TUNELOOP_MAX_RESIDENT_ADAPTERS",
+    int,
+    lambda: 16,
+    "Adapter versions a replica keeps loaded in its engine; beyond it the least recently used idle "
+    "one is unloaded (never one with requests in flight).",
+)
+TUNELOOP_MAX_IN_FLIGHT: Var[int] = Var(
+    "TUNELOOP_MAX_IN_FLIGHT",
+    int,
+    lambda: 64,
+    "Completion requests one gateway proxies at once; more are answered 429 with Retry-After.",
+)
+TUNELOOP_MAX_BODY_BYTES: Var[int] = Var(
+    "TUNELOOP_MAX_BODY_BYTES",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 2**20,
+    "Largest request body the gateway reads (bytes); a larger one is answered 413 as soon as it "
+    "passes the limit, before the rest is read. Parsing holds the interpreter, so this bounds how "
+    "long one request's JSON can delay all others (~50 ms per MiB on a busy core).",
+)
+TUNELOOP_MAX_PROMPTS: Var[int] = Var(
+    "TUNELOOP_MAX_PROMPTS",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 32,
+    "Most prompts in one /v1/completions request (a list of texts or of token-id lists).",
+)
+TUNELOOP_MAX_PROMPT_LENGTH: Var[int] = Var(
+    "TUNELOOP_MAX_PROMPT_LENGTH",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 65_536,
+    "Longest prompt: characters of a text prompt (of all a chat's message texts together), or "
+    "token ids of a tokenised one.",
+)
+TUNELOOP_MAX_SEQUENCES: Var[int] = Var(
+    "TUNELOOP_MAX_SEQUENCES",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 64,
+    "Most sequences one request may ask the engine for: `n` times the number of prompts.",
+)
+TUNELOOP_MAX_EMBED_PROMPT_LENGTH: Var[int] = Var(
+    "TUNELOOP_MAX_EMBED_PROMPT_LENGTH",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 16_384,
+    "Longest prompt of a prompt-tuned or P-tuned version (characters, or token ids), checked before "
+    "the gateway tokenises and embeds it (that work runs in the gateway process).",
+)
+TUNELOOP_AUTH_NEGATIVE_CACHE: Var[int] = Var(
+    "TUNELOOP_AUTH_NEGATIVE_CACHE",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 10_000,
+    "Unknown API keys remembered (by hash, least recently seen dropped first) so a repeated bad key "
+    "costs no registry lookup until the next registry change.",
+)
+TUNELOOP_AUTH_LOOKUPS: Var[int] = Var(
+    "TUNELOOP_AUTH_LOOKUPS",
+    lambda raw: _positive(raw),  # defined below; looked up when read
+    lambda: 2,
+    "Registry lookups of keys not yet in the replica's snapshot that may run at once; the worker "
+    "threads the registry follower needs are never all taken by a flood of random keys.",
+)
+TUNELOOP_SHUTDOWN_GRACE_S: Var[float] = Var(
+    "TUNELOOP_SHUTDOWN_GRACE_S",
+    float,
+    lambda: 10.0,
+    "On SIGTERM the gateway stops accepting connections and lets requests in flight finish for up "
+    "to this many seconds, then stops its engine; the whole stop is bounded by this plus 30 s.",
+)
+TUNELOOP_REGISTRY_POLL_S: Var[float] = Var(
+    "TUNELOOP_REGISTRY_POLL_S",
+    float,
+    lambda: 0.5,
+    "How often the gateway checks the registry for promotions, rollbacks and new keys (seconds).",
+)
+TUNELOOP_CACHE_DIR: Var[Path] = Var(
+    "TUNELOOP_CACHE_DIR",
+    _path,
+    lambda: _home() / "cache",
+    "Local copies of stored versions the engine loads (fetched from the artifact store, checksummed).",
+)
+TUNELOOP_PROMPT_EMBEDS: Var[bool] = Var(
+    "TUNELOOP_PROMPT_EMBEDS",
+    _bool,
+    lambda: True,
+    "Serve prompt-tuned and P-tuned versions through vLLM prompt embeddings (engine flag "
+    "--enable-prompt-embeds, LoRA restricted to TUNELOOP_LORA_TARGET_MODULES). Off: such versions "
+    "are refused and LoRA may target any module vLLM supports.",
+)
+TUNELOOP_LORA_TARGET_MODULES: Var[tuple[str, ...]] = Var(
+    "TUNELOOP_LORA_TARGET_MODULES",
+    _names,
+    lambda: ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "Comma-separated modules LoRA adapters may target while TUNELOOP_PROMPT_EMBEDS is on (vLLM "
+    "--lora-target-modules; the default suits Llama-family models). vLLM silently ignores LoRA weights "
+    "on other modules, so `adapters import`, `adapters promote` and the gateway refuse such adapters.",
+)
+TUNELOOP_METRICS_PUBLIC: Var[bool] = Var(
+    "TUNELOOP_METRICS_PUBLIC",
+    _bool,
+    lambda: False,
+    "Serve the gateway's /metrics and /metrics/engine without an admin key. Their labels name every "
+    "alias, so leave it off unless only Prometheus can reach the gateway.",
+)
+
+TUNELOOP_TEST_WORKER_EXIT_AT_STEP: Var[int] = Var(
+    "TUNELOOP_TEST_WORKER_EXIT_AT_STEP",
+    int,
+    lambda: 0,
+    "Testing only (risky): in `tuneloop train`, the last Ray Train worker of a run that did not "
+    "resume from a checkpoint exits abruptly at this optimizer step, to prove recovery from the "
+    "last checkpoint. 0 (the default) turns it off; anything else logs a warning.",
+)
