@@ -22,6 +22,8 @@ SHOWN_PREFIX_CHARS = 10
 SECRET_BYTES = 32
 # `tl-` + token_urlsafe(32): 43 characters of the URL-safe base64 alphabet, no padding.
 KEY_FORMAT = re.compile(r"tl-[A-Za-z0-9_-]{43}")
+FINE_TUNING_SCOPE = "fine-tuning"
+"""A scope that names no adapter: with TUNELOOP_FINE_TUNING=scoped, keys holding it may fine-tune."""
 
 
 def well_formed(key: str) -> bool:
@@ -55,7 +57,7 @@ def create_key(registry: Registry, *, scopes: list[str], admin: bool) -> NewKey:
         raise ConfigError("a key is either --admin or --scope ALIAS[,ALIAS...], not both")
     if not admin and not scopes:
         raise ConfigError("give --scope ALIAS[,ALIAS...] (aliases the key may call) or --admin")
-    known = set(registry.aliases()) | {v.adapter.name for v in registry.list_versions()}
+    known = set(registry.aliases()) | {v.adapter.name for v in registry.list_versions()} | {FINE_TUNING_SCOPE}
     unknown = [s for s in scopes if s not in known]
     if unknown:
         raise ConfigError(

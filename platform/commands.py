@@ -210,7 +210,8 @@ def keys_create(scope: str | None = None, admin: bool = False) -> None:
     """Create a gateway API key and print it once (only its hash is stored).
 
     Args:
-        scope: Comma-separated aliases the key may call (each grants its adapter's versions too).
+        scope: Comma-separated aliases the key may call (each grants its adapter's versions too);
+            `fine-tuning` lets it use /v1/files and /v1/fine_tuning/jobs where TUNELOOP_FINE_TUNING=scoped.
         admin: An admin key: every model, plus the gateway's /metrics.
     """
     from tuneloop.platform.apikeys import create_key

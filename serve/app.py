@@ -17,6 +17,8 @@ from tuneloop.serve.completions.api_router import router as completions_router
 from tuneloop.serve.config import GatewayConfig
 from tuneloop.serve.errors import install_handlers
 from tuneloop.serve.feedback.api_router import router as feedback_router
+from tuneloop.serve.files.api_router import router as files_router
+from tuneloop.serve.fine_tuning.api_router import router as fine_tuning_router
 from tuneloop.serve.models.api_router import router as models_router
 from tuneloop.serve.ops.api_router import router as ops_router
 from tuneloop.serve.replica import Replica
@@ -39,6 +41,7 @@ def create_app(config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambd
         title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     install_handlers(app)
-    for router in (chat_router, completions_router, feedback_router, models_router, ops_router):
+    routers = (chat_router, completions_router, feedback_router, files_router, fine_tuning_router)
+    for router in (*routers, models_router, ops_router):
         app.include_router(router)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneloop.platform.env.state import _home
-from tuneloop.platform.env.vars import Var, _bool, _names, _path, _positive
+from tuneloop.platform.env.vars import Var, _bool, _choice, _names, _path, _positive
 
 # -- serving (the gateway and its engine; README "Serving")
 TUNELOOP_ENGINE_KV_CACHE_BYTES: Var[int] = Var(
@@ -59,6 +59,32 @@ TUNELOOP_MAX_BODY_BYTES: Var[int] = Var(
     "Largest request body the gateway reads (bytes); a larger one is answered 413 as soon as it "
     "passes the limit, before the rest is read. Parsing holds the interpreter, so this bounds how "
     "long one request's JSON can delay all others (~50 ms per MiB on a busy core).",
+)
+TUNELOOP_FILES_MAX_BYTES: Var[int] = Var(
+    "TUNELOOP_FILES_MAX_BYTES",
+    lambda raw: _positive(raw),
+    lambda: 32 * 2**20,
+    "Largest file POST /v1/files accepts (bytes); a larger upload is answered 413 as soon as it passes "
+    "the limit. Every line is validated on upload, so this also bounds the work one upload costs.",
+)
+TUNELOOP_FILES_MAX_PER_KEY: Var[int] = Var(
+    "TUNELOOP_FILES_MAX_PER_KEY",
+    lambda raw: _positive(raw),
+    lambda: 100,
+    "Files one API key may keep in the store at once (delete some to upload more).",
+)
+TUNELOOP_FINE_TUNING: Var[str] = Var(
+    "TUNELOOP_FINE_TUNING",
+    lambda raw: _choice(raw, ("all", "scoped", "admin", "off")),
+    lambda: "all",
+    "Which keys may use /v1/files and /v1/fine_tuning/jobs: `all` valid keys, `scoped` (admin keys and "
+    "keys created with the `fine-tuning` scope), `admin` keys only, or `off` (the routes answer 403).",
+)
+TUNELOOP_FINE_TUNING_MAX_ACTIVE: Var[int] = Var(
+    "TUNELOOP_FINE_TUNING_MAX_ACTIVE",
+    lambda raw: _positive(raw),
+    lambda: 2,
+    "Fine-tuning jobs one key may have queued or running at once; one more is answered 429.",
 )
 TUNELOOP_MAX_PROMPTS: Var[int] = Var(
     "TUNELOOP_MAX_PROMPTS",

@@ -4,7 +4,9 @@ An *adapter* is a named line of fine-tuned variants of one base model; each trai
 adds a *version* (numbered 1, 2, ... per adapter). An *alias* is the name clients send as `model`;
 it points at one version, and promotion moves it. Jobs, evaluations and events keep the lineage
 and the history that `tuneloop adapters history` shows. *API keys* say who may call the gateway
-and which aliases they may use; only a hash of each key is stored.
+and which aliases they may use; only a hash of each key is stored. *Files* and *fine-tuning jobs*
+are what the gateway's OpenAI fine-tuning API (/v1/files, /v1/fine_tuning/jobs) created, each
+owned by the key that created it; a fine-tuning job runs as a registry job (`jobs`).
 
 The schema is owned by Alembic (registry/migrations); change a table here only together with a
 new migration.
@@ -142,3 +144,35 @@ class ApiKey(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class File(Base):
+    """A file uploaded through POST /v1/files: its bytes live in the artifact store at `uri`."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    filename: Mapped[str] = mapped_column(String(256))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(String(1024))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FineTuningJob(Base):
+    """A job created through POST /v1/fine_tuning/jobs: the request, its owner, and the registry job
+    (`job_id`, the Ray submission id) that runs it; `error` is set when it failed before submission."""
+
+    __tablename__ = "fine_tuning_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    adapter_name: Mapped[str] = mapped_column(String(128), unique=True)
+    model: Mapped[str] = mapped_column(String(512))
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result_file: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

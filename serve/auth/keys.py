@@ -12,7 +12,8 @@ TUNELOOP_AUTH_LOOKUPS lookups run at once, the others waiting on the event loop,
 
 Scopes: a key's scopes name aliases (or adapter names). A scope grants the adapter it names (an
 alias names the adapter it points at): every alias of that adapter and every version of it,
-pinned as `adapter@N` or `alias@N`. Admin keys may use everything. The base model is open to every
+pinned as `adapter@N` or `alias@N`. Admin keys may use everything. A key also owns the adapters it
+fine-tuned through /v1/fine_tuning/jobs, candidates included. The base model is open to every
 valid key: it is the shared foundation, and a scope exists to keep teams' adapters apart.
 """
 
@@ -41,9 +42,13 @@ class Principal:
 
     def may_use(self, adapter: str, snapshot: Snapshot) -> bool:
         """Whether this key may call versions and aliases of `adapter`."""
-        if self.admin or adapter in self.scopes:
+        if self.admin or adapter in self.scopes or self.owns(adapter, snapshot):
             return True
         return any(snapshot.adapter_of_alias(scope) == adapter for scope in self.scopes)
+
+    def owns(self, adapter: str, snapshot: Snapshot) -> bool:
+        """Whether this key fine-tuned `adapter` through the API (it may call its candidates too)."""
+        return self.key_id is not None and snapshot.owners.get(adapter) == self.key_id
 
 
 class KeyRing:

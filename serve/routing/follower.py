@@ -84,6 +84,14 @@ class RegistryFollower:
         await self._sync_aliases(first=first)
         self.synced.set()
 
+    async def refresh(self) -> None:
+        """Load a new snapshot now, not at the next poll: a fine-tuning job just published a version
+        that its key is about to call."""
+        self.snapshot = await asyncio.to_thread(
+            load_snapshot, self._registry, self._store, self._serving_cache
+        )
+        self._on_snapshot()
+
     def is_live(self, ref: str) -> bool:
         """Whether some alias is switched to `ref` (residency unloads those last)."""
         return ref in self.live.values()

@@ -29,9 +29,10 @@ Kind = Literal["base", "lora", "prompt_embeddings"]
 CANDIDATE, REJECTED = "candidate", "rejected"
 
 
-def _may_pin(info: VersionInfo, principal: Principal) -> bool:
-    """Whether `principal` may call `info` by its version name: candidates are for admin keys only."""
-    return info.status != CANDIDATE or principal.admin
+def _may_pin(info: VersionInfo, principal: Principal, snapshot: Snapshot) -> bool:
+    """Whether `principal` may call `info` by its version name: candidates are for admin keys, and for
+    the key that fine-tuned them through the API (its `fine_tuned_model`)."""
+    return info.status != CANDIDATE or principal.admin or principal.owns(info.adapter, snapshot)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ class Resolver:
         if pinned is not None:
             adapter = snapshot.adapter_of_alias(pinned.adapter) or pinned.adapter
             info = snapshot.version(adapter, pinned.number)
-            if info is not None and principal.may_use(adapter, snapshot) and _may_pin(info, principal):
+            if (
+                info is not None
+                and principal.may_use(adapter, snapshot)
+                and _may_pin(info, principal, snapshot)
+            ):
                 refusal = self.refusal(info)
                 if refusal is not None:
                     raise refusal
@@ -163,7 +168,7 @@ class Resolver:
         for ref, info in sorted(snapshot.versions.items()):
             if ref == self.base.version or not principal.may_use(info.adapter, snapshot):
                 continue
-            if not _may_pin(info, principal):
+            if not _may_pin(info, principal, snapshot):
                 continue
             if self.refusal(info) is None:
                 entries.append(ModelEntry(id=ref, parent=self.base.public, root=ref))

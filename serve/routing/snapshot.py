@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from tuneloop.platform.artifacts import ArtifactStore, Serving
 from tuneloop.platform.promotion import serving_of
 from tuneloop.platform.refs import adapter_name
-from tuneloop.platform.registry import Registry
+from tuneloop.platform.registry import Registry, finetuning
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Snapshot:
     versions: Mapping[str, VersionInfo] = field(default_factory=dict)
     aliases: Mapping[str, str] = field(default_factory=dict)
     keys: Mapping[str, KeyInfo] = field(default_factory=dict)
+    owners: Mapping[str, int] = field(default_factory=dict)
+    """Adapter name -> id of the key that fine-tuned it through /v1/fine_tuning/jobs."""
 
     def adapter_of_alias(self, alias: str) -> str | None:
         ref = self.aliases.get(alias)
@@ -90,4 +92,10 @@ def load_snapshot(registry: Registry, store: ArtifactStore, serving_cache: dict[
     keys = {
         k.key_hash: key_info(k.key_hash, k.prefix, k.admin, list(k.scopes), k.id) for k in registry.api_keys()
     }
-    return Snapshot(event_id=event_id, versions=versions, aliases=registry.aliases(), keys=keys)
+    return Snapshot(
+        event_id=event_id,
+        versions=versions,
+        aliases=registry.aliases(),
+        keys=keys,
+        owners=finetuning.owners(registry),
+    )
