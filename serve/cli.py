@@ -6,8 +6,15 @@ imports vllm or torch (the engine is a subprocess).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def serve(*, model: str, host: str | None = None, port: int | None = None) -> None:
+if TYPE_CHECKING:
+    from tuneloop.serve.config import GatewayConfig
+
+
+def serve(
+    *, model: str, host: str | None = None, port: int | None = None, workers: int | None = None
+) -> None:
     """Serve a base model and its adapters through one OpenAI-compatible endpoint.
 
     Starts a vLLM engine (LoRA and prompt embeddings enabled, loopback, TUNELOOP_ENGINE_PORT) and
@@ -22,67 +29,67 @@ def serve(*, model: str, host: str | None = None, port: int | None = None) -> No
         model: A model folder, a pulled model name, or ADAPTER@N of a full/partial fine-tune.
         host: Address to bind (default: TUNELOOP_HOST, loopback; others need TUNELOOP_ALLOW_REMOTE_BIND=1).
         port: Port of the gateway (default: TUNELOOP_PORT).
+        workers: Gateway processes sharing the port and the one engine (default: TUNELOOP_WORKERS, 1).
     """
     import logging
-    import os
-    import threading
-    import time
-    from types import FrameType
-
-    import uvicorn
 
     from tuneloop.platform import settings
-    from tuneloop.platform.errors import ConfigError, TuneloopError
-    from tuneloop.serve.app import create_app
-    from tuneloop.serve.config import GatewayConfig, port_in_use
+    from tuneloop.platform.errors import ConfigError
 
+    count = workers if workers is not None else settings.TUNELOOP_WORKERS.get()
+    if not 1 <= count <= 64:
+        raise ConfigError(f"--workers {count}: give 1 to 64 (TUNELOOP_WORKERS)")
     bind = settings.bind_host(host)
     chosen_port = port if port is not None else settings.TUNELOOP_PORT.get()
+    log = logging.getLogger(__name__)
+    if count == 1:
+        _serve_one(model, bind, chosen_port)
+        return
+    from tuneloop.serve.workers import metrics_dir, run_workers
+
+    # Exported before anything imports prometheus_client, so this process (the engine's
+    # supervisor) and every worker write their metrics where each worker's /metrics reads them.
+    with (
+        metrics_dir(settings.TUNELOOP_HOME.get() / "run") as folder,
+        settings.exported_env({"PROMETHEUS_MULTIPROC_DIR": str(folder)}),
+    ):
+        config = _config(model, bind, chosen_port)
+        log.info("gateway for %s on %d workers (engine on %s)", model, count, config.engine.url)
+        run_workers(config, host=bind, port=chosen_port, workers=count)
+
+
+def _config(model: str, bind: str, port: int) -> GatewayConfig:
+    from tuneloop.platform.errors import ConfigError
+    from tuneloop.serve.config import GatewayConfig, port_in_use
+
     config = GatewayConfig.from_settings(model)
-    if port_in_use(chosen_port, "127.0.0.1" if bind in ("localhost", "0.0.0.0") else bind):
-        raise ConfigError(f"port {chosen_port} is in use; pick another with --port")
+    if port_in_use(port, "127.0.0.1" if bind in ("localhost", "0.0.0.0") else bind):
+        raise ConfigError(f"port {port} is in use; pick another with --port")
+    return config
+
+
+def _serve_one(model: str, bind: str, port: int) -> None:
+    import logging
+
+    from tuneloop.platform.errors import TuneloopError
+    from tuneloop.serve.app import create_app
+    from tuneloop.serve.server import make_server
+
+    config = _config(model, bind, port)
     fatal: list[str] = []
-    server: uvicorn.Server | None = None
+    server = None
 
     def on_fatal(message: str) -> None:
         fatal.append(message)
         if server is not None:
             server.should_exit = True
 
-    log = logging.getLogger(__name__)
-
-    class Server(uvicorn.Server):
-        """uvicorn's server with a hard deadline on stopping, so SIGTERM always ends the replica."""
-
-        deadline_armed = False
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            if not self.deadline_armed:
-                self.deadline_armed = True
-                threading.Thread(
-                    target=_exit_after, args=(config.shutdown_grace + 30.0,), daemon=True
-                ).start()
-
-    def _exit_after(seconds: float) -> None:
-        time.sleep(seconds)
-        # Something hung the orderly stop: leave now; the engine's guard stops it when we are gone.
-        log.error("the gateway did not stop within %.0f s of the signal; exiting", seconds)
-        os._exit(1)
-
-    app = create_app(config, on_fatal=on_fatal)
-    server = Server(
-        uvicorn.Config(
-            app,
-            host=bind,
-            port=chosen_port,
-            log_level=logging.getLevelName(logging.getLogger().level).lower(),
-            access_log=False,
-            timeout_graceful_shutdown=max(1, round(config.shutdown_grace)),
-            lifespan="on",
-        )
+    server = make_server(
+        create_app(config, on_fatal=on_fatal), host=bind, port=port, grace_s=config.shutdown_grace
     )
-    log.info("gateway on http://%s:%d/v1 for %s (engine on %s)", bind, chosen_port, model, config.engine.url)
+    logging.getLogger(__name__).info(
+        "gateway on http://%s:%d/v1 for %s (engine on %s)", bind, port, model, config.engine.url
+    )
     server.run()
     if fatal:
         raise TuneloopError(f"the engine for {model} could not start: {fatal[0]}")

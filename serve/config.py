@@ -23,6 +23,7 @@ from tuneloop.platform.basemodels import local_model_dir, resolve_model
 from tuneloop.platform.errors import ConfigError, NotFoundError
 from tuneloop.platform.refs import VersionRef
 from tuneloop.serve.engine.launch import EngineConfig
+from tuneloop.serve.engine.lora_limits import LoraLimits
 from tuneloop.serve.engine.pidfile import reclaim_port
 from tuneloop.serve.prompt_embeds.engine import prompt_embeds_engine_args
 from tuneloop.serve.request.limits import RequestLimits
@@ -82,7 +83,10 @@ class GatewayConfig:
     """Registry lookups of keys at once (TUNELOOP_AUTH_LOOKUPS)."""
     run_dir: Path | None = None
     """Where the engine's pid file goes (TUNELOOP_HOME/run); None writes none."""
-    """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
+    workers: int = 1
+    """Gateway worker processes sharing the port and the engine (TUNELOOP_WORKERS, `--workers`)."""
+    engine_owner: int | None = None
+    """In a worker: the pid of the parent process that runs the engine (the worker only watches it)."""
 
     @property
     def prompt_embeds(self) -> bool:
@@ -106,11 +110,13 @@ class GatewayConfig:
             raise ConfigError(
                 f"TUNELOOP_LORA_TARGET_MODULES: {exc}; or set TUNELOOP_PROMPT_EMBEDS=0"
             ) from None
+        limits = engine_lora_limits(base)
         engine = EngineConfig(
             model=base.engine,
             port=engine_port,
-            max_lora_rank=settings.TUNELOOP_MAX_LORA_RANK.get(),
-            max_cpu_loras=max(16, settings.TUNELOOP_MAX_RESIDENT_ADAPTERS.get()),
+            max_lora_rank=limits.max_rank,
+            max_loras=limits.max_loras,
+            max_cpu_loras=limits.max_cpu_loras,
             kv_cache_bytes=settings.TUNELOOP_ENGINE_KV_CACHE_BYTES.get(),
             max_model_len=settings.TUNELOOP_ENGINE_MAX_MODEL_LEN.get(),
             dtype=settings.TUNELOOP_ENGINE_DTYPE.get(),
@@ -138,6 +144,48 @@ class GatewayConfig:
             auth_lookups=settings.TUNELOOP_AUTH_LOOKUPS.get(),
             run_dir=run_dir,
         )
+
+
+def engine_lora_limits(base: BaseModel) -> LoraLimits:
+    """The engine's LoRA rank, adapters per batch and CPU cache, from the registry (lora_limits.py)."""
+    import logging
+
+    from tuneloop.platform.registry import Registry
+    from tuneloop.serve.engine.lora_limits import derive_limits
+
+    ceiling = settings.TUNELOOP_MAX_LORA_RANK.get()
+    resident = _positive("TUNELOOP_MAX_RESIDENT_ADAPTERS", settings.TUNELOOP_MAX_RESIDENT_ADAPTERS.get())
+    fixed_rank, fixed_loras = (
+        settings.TUNELOOP_ENGINE_LORA_RANK.get(),
+        settings.TUNELOOP_ENGINE_MAX_LORAS.get(),
+    )
+    if fixed_rank < 0 or fixed_loras < 0:
+        raise ConfigError(
+            "TUNELOOP_ENGINE_LORA_RANK and TUNELOOP_ENGINE_MAX_LORAS must be 0 (derive) or more"
+        )
+    defaults = EngineConfig(model=base.engine, port=0)
+    try:
+        limits = derive_limits(
+            Registry(),
+            ArtifactStore(),
+            tuple(sorted(base.names())),
+            ceiling_rank=ceiling,
+            max_resident=resident,
+            max_num_seqs=defaults.max_num_seqs,
+            fixed_rank=fixed_rank,
+            fixed_max_loras=fixed_loras,
+        )
+    except Exception as exc:  # an unreachable registry must not keep the engine from starting
+        logging.getLogger(__name__).warning("cannot derive LoRA limits from the registry (%s): defaults", exc)
+        return LoraLimits(ceiling, fixed_loras or defaults.max_loras, max(resident, defaults.max_loras), 0)
+    logging.getLogger(__name__).info(
+        "engine LoRA limits from %d stored versions: rank %d, %d adapters per batch, %d cached on CPU",
+        limits.versions,
+        limits.max_rank,
+        limits.max_loras,
+        limits.max_cpu_loras,
+    )
+    return limits
 
 
 def resolve_base(model: str, models_cache: Path) -> BaseModel:

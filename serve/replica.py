@@ -28,6 +28,7 @@ from tuneloop.serve.config import GatewayConfig
 from tuneloop.serve.engine.lora import EngineLoras
 from tuneloop.serve.engine.pidfile import pid_file
 from tuneloop.serve.engine.supervisor import EngineSupervisor
+from tuneloop.serve.engine.watch import EngineWatch
 from tuneloop.serve.errors import engine_unavailable, hide_internal, too_many_requests
 from tuneloop.serve.request.capture import Capture
 from tuneloop.serve.request.hooks import prepare_hook
@@ -77,19 +78,24 @@ class Replica:
             max_rank=config.engine.max_lora_rank,
             lookup=lambda ref: self.follower.snapshot.versions.get(ref),
             target_modules=config.lora_target_modules,
+            shared=config.engine_owner is not None,
         )
         self.residency = Residency(
             self.loras, config.max_resident, protected=lambda ref: self.follower.is_live(ref)
         )
-        self.supervisor = EngineSupervisor(
-            config.engine,
-            config.log_dir,
-            self.client,
-            on_up=self._engine_up,
-            on_fatal=self._fatal,
-            ready_timeout=config.engine_start_timeout,
-            pid_file=pid_file(config.run_dir, config.engine.port) if config.run_dir else None,
-        )
+        self.supervisor: EngineSupervisor | EngineWatch
+        if config.engine_owner is not None:  # a worker: the parent process runs the engine
+            self.supervisor = EngineWatch(config.engine, self.client, on_up=self._engine_up)
+        else:
+            self.supervisor = EngineSupervisor(
+                config.engine,
+                config.log_dir,
+                self.client,
+                on_up=self._engine_up,
+                on_fatal=self._fatal,
+                ready_timeout=config.engine_start_timeout,
+                pid_file=pid_file(config.run_dir, config.engine.port) if config.run_dir else None,
+            )
         self.follower = RegistryFollower(
             self.registry,
             self.store,
@@ -156,6 +162,11 @@ class Replica:
             hook = prepare_hook()
             if hook is not None:
                 await hook(await self.loras.local_dir(ref), self.config.base.engine)
+
+    def require_synced(self) -> None:
+        """503 until the registry was read once: before that no model name can be told apart."""
+        if not self.follower.synced.is_set():
+            raise engine_unavailable("The gateway is starting; retry shortly.", retry_after=1)
 
     def require_engine(self) -> None:
         if not self.supervisor.up:

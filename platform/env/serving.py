@@ -39,6 +39,27 @@ TUNELOOP_MAX_LORA_RANK: Var[int] = Var(
     "Highest LoRA rank the engine accepts (vLLM --max-lora-rank; 8, 16, 32, 64, ...); "
     "`adapters import` refuses higher ranks.",
 )
+TUNELOOP_WORKERS: Var[int] = Var(
+    "TUNELOOP_WORKERS",
+    int,
+    lambda: 1,
+    "Gateway worker processes of one replica (`tuneloop serve --workers`), sharing its port and its one "
+    "engine; each follows the registry and writes capture itself, and /metrics sums them all.",
+)
+TUNELOOP_ENGINE_MAX_LORAS: Var[int] = Var(
+    "TUNELOOP_ENGINE_MAX_LORAS",
+    int,
+    lambda: 0,
+    "Distinct adapters the engine batches at once (vLLM --max-loras); 0 derives it at start from the "
+    "registry: one per adapter with a servable LoRA version on this base, at most the engine's batch size.",
+)
+TUNELOOP_ENGINE_LORA_RANK: Var[int] = Var(
+    "TUNELOOP_ENGINE_LORA_RANK",
+    int,
+    lambda: 0,
+    "The engine's LoRA rank (vLLM --max-lora-rank, padded to one of 8, 16, 32, 64, ...); 0 derives it at "
+    "start from the highest rank stored for this base, at most TUNELOOP_MAX_LORA_RANK.",
+)
 TUNELOOP_MAX_RESIDENT_ADAPTERS: Var[int] = Var(
     "TUNELOOP_MAX_RESIDENT_ADAPTERS",
     int,

@@ -46,11 +46,16 @@ class EngineLoras:
         max_rank: int,
         lookup: Callable[[str], VersionInfo | None],
         target_modules: Sequence[str] | None = None,
+        shared: bool = False,
     ) -> None:
-        """`target_modules`: the engine's `--lora-target-modules` (None: unrestricted)."""
+        """`target_modules`: the engine's `--lora-target-modules` (None: unrestricted). `shared`: the
+        engine serves several gateway workers, each with a residency table of its own, so none may
+        unload what another is using: unloading leaves the version in the engine's list, whose
+        weights vLLM itself keeps bounded (its LRU cache of `--max-cpu-loras`, reloaded from the
+        local path on demand)."""
         self._client, self._url = client, engine_url
         self._store, self._cache_root, self._max_rank = store, cache_root, max_rank
-        self._lookup, self._target_modules = lookup, target_modules
+        self._lookup, self._target_modules, self._shared = lookup, target_modules, shared
 
     async def local_dir(self, ref: str) -> Path:
         """The checked local copy of version `ref` (fetched on first use, in a worker thread)."""
@@ -86,6 +91,8 @@ class EngineLoras:
 
     async def unload(self, ref: str) -> None:
         """Remove `ref` from the engine; one it does not hold (it restarted) is already gone."""
+        if self._shared:
+            return
         try:
             response = await self._client.post(
                 f"{self._url}/v1/unload_lora_adapter", json={"lora_name": ref}, timeout=30
@@ -112,7 +119,9 @@ class EngineLoras:
             ) from None
         if rank > self._max_rank:
             raise AdapterLoadError(
-                f"{ref} has LoRA rank {rank}, above the engine's limit {self._max_rank}", retryable=False
+                f"{ref} has LoRA rank {rank}, above the engine's limit {self._max_rank} (derived from "
+                "the registry at start: restart the replica, or set TUNELOOP_ENGINE_LORA_RANK)",
+                retryable=False,
             )
         try:
             # The engine would load it and silently skip weights outside its target modules.

@@ -1,9 +1,10 @@
 """/health (the gateway process lives), /ready (it can serve), /metrics and /metrics/engine.
 
 /health and /ready need no key and say nothing about adapters. /metrics serves the gateway's own
-`tuneloop_*` series (monitoring/metrics.py); /metrics/engine passes vLLM's `vllm:*` series through,
-since the engine itself listens on loopback only. Both need an admin key, because their labels
-name every alias — unless TUNELOOP_METRICS_PUBLIC=1 (a Prometheus that cannot send a key).
+`tuneloop_*` series (monitoring/metrics.py; all workers' together when it runs several);
+/metrics/engine passes vLLM's `vllm:*` series through, since the engine listens on loopback only.
+Both need an admin key, because their labels name every alias —
+unless TUNELOOP_METRICS_PUBLIC=1 (a Prometheus that cannot send a key).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from tuneloop.monitoring.metrics import REGISTRY
+from tuneloop.monitoring.metrics import exposition
 from tuneloop.serve.errors import OpenAIError, engine_unavailable
 from tuneloop.serve.request.pipeline import replica_of
 
@@ -48,7 +49,7 @@ async def _require_metrics_access(request: Request) -> None:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     await _require_metrics_access(request)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/metrics/engine")

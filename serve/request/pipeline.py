@@ -53,6 +53,7 @@ async def complete(request: Request, endpoint: str, schema: type[SamplingFields]
         limits = replica.config.limits
         parsed = parse_body(await read_body(request, limits.max_body_bytes), schema)
         check_request(parsed, limits)
+        replica.require_synced()
         follower = replica.follower
         target = replica.resolver.resolve(parsed.model, principal, follower.snapshot, follower.live)
         if target.kind == "prompt_embeddings":

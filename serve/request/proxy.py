@@ -170,20 +170,19 @@ class ProxiedStream(StreamingResponse):
         if payload == b"[DONE]":
             return b"data: [DONE]\n\n"
         call = self._call
-        swaps = self._swaps
-        if (
-            self._chunks is None
-            and swaps
-            and all(old in payload for old, _ in swaps)
-            and b'"error"' not in payload
-        ):
-            # The fast path: read only what must be read, rewrite the bytes.
-            must_read = call.capturing or call.first_token_at is None or b'"usage":{' in payload
-            if must_read and not self._inspect(json.loads(payload)):
-                return b""
-            for old, new in swaps:
-                payload = payload.replace(old, new, 1)
-            return b"data: " + payload + b"\n\n"
+        if self._chunks is None and b'"error"' not in payload:
+            if self._swaps is None:
+                self._learn(payload)
+            swaps = self._swaps
+            if swaps and all(old in payload for old, _ in swaps):
+                # The fast path, the first event included: read only what must be read, rewrite
+                # the bytes; everything else reaches the client exactly as the engine wrote it.
+                must_read = call.capturing or call.first_token_at is None or b'"usage":{' in payload
+                if must_read and not self._inspect(json.loads(payload)):
+                    return b""
+                for old, new in swaps:
+                    payload = payload.replace(old, new, 1)
+                return b"data: " + payload + b"\n\n"
         try:
             parsed = json.loads(payload)
         except ValueError:
@@ -201,17 +200,28 @@ class ProxiedStream(StreamingResponse):
             )
             call.status = refused.status
             return refused.sse()
-        if self._swaps is None and isinstance(parsed.get("id"), str) and isinstance(parsed.get("model"), str):
-            self._swaps = (
-                (_pair("id", parsed["id"]), _pair("id", call.request_id)),
-                (_pair("model", parsed["model"]), _pair("model", self._target.requested)),
-            )
         if self._chunks is not None:
             parsed = self._chunks.chunk(parsed)
         parsed["model"], parsed["id"] = self._target.requested, call.request_id
         if not self._inspect(parsed):
             return b""
         return f"data: {json.dumps(parsed, separators=(',', ':'))}\n\n".encode()
+
+    def _learn(self, payload: bytes) -> None:
+        """From the engine's first event: its exact `"id":…` and `"model":…` bytes, and ours."""
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            return
+        if (
+            isinstance(parsed, dict)
+            and isinstance(parsed.get("id"), str)
+            and isinstance(parsed.get("model"), str)
+        ):
+            self._swaps = (
+                (_pair("id", parsed["id"]), _pair("id", self._call.request_id)),
+                (_pair("model", parsed["model"]), _pair("model", self._target.requested)),
+            )
 
     def _inspect(self, event: dict[str, Any]) -> bool:
         """Note the first token, usage and answer text; False for the usage event nobody asked for."""

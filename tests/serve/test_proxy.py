@@ -59,8 +59,8 @@ def run(
 
     raw = asyncio.run(collect())
     assert raw.endswith(b"data: [DONE]\n\n")
-    # After the first event the engine's id and model are known: the rest are rewritten as bytes.
-    assert stream._swaps is not None
+    # From the first event on, the engine's id and model are known: events are rewritten as bytes.
+    assert as_chat or stream._swaps is not None  # a reshaped chat is re-encoded anyway
     events = [json.loads(block[6:]) for block in raw.split(b"\n\n") if block.startswith(b"data: {")]
     return events, call
 
@@ -159,3 +159,42 @@ def test_a_client_that_hangs_up_after_done_was_answered_in_full() -> None:
 def test_a_client_that_hangs_up_mid_stream_is_recorded_as_gone() -> None:
     call = hang_up_after(b'"a"', [vllm_event("a"), vllm_event("b")])
     assert call.status == 499
+
+
+def test_events_pass_through_byte_for_byte_but_for_model_and_id() -> None:
+    """Only `"id":…` and `"model":…` change; escapes, non-ASCII text, field order and every other
+    field (logprobs, token ids, fields this gateway does not know) reach the client as vLLM wrote
+    them, the first event included."""
+    events = []
+    for text in ("", "héllo “quoted” ✓", ' a "model":"x" \\n', "\u2028日本"):
+        event = {
+            "id": "cmpl-engine-7", "object": "text_completion", "created": 1, "model": ENGINE_MODEL,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None,
+                         "stop_reason": None, "token_ids": [1, 2], "future_field": {"a": [1.5e-7]}}],
+            "service_tier": None, "system_fingerprint": None,
+        }  # fmt: skip
+        events.append(
+            b"data: " + json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+        )
+    usage = vllm_event("", usage={"prompt_tokens": 3, "completion_tokens": 4})
+    whole = b"".join([*events, usage, b"data: [DONE]\n\n"])
+    for capturing in (True, False):
+        for size in (len(whole), 5):
+            call = Call(endpoint="completions", request_id="cmpl-gateway-1", capturing=capturing)
+            target = Target(
+                requested="bot", engine_model=ENGINE_MODEL, kind="lora", alias="bot", version="s@2"
+            )
+            upstream = cast(
+                aiohttp.ClientResponse,
+                FakeUpstream([whole[i : i + size] for i in range(0, len(whole), size)]),
+            )
+            stream = ProxiedStream(upstream, target, call, include_usage=True, as_chat=False)
+
+            async def collect(s: ProxiedStream = stream) -> bytes:
+                return b"".join([part async for part in s._events()])
+
+            expected = whole.replace(b'"id":"cmpl-engine-7"', b'"id":"cmpl-gateway-1"').replace(
+                f'"model":"{ENGINE_MODEL}"'.encode(), b'"model":"bot"'
+            )
+            assert asyncio.run(collect()) == expected
+            assert call.usage == {"prompt_tokens": 3, "completion_tokens": 4}
