@@ -3,10 +3,12 @@
 The driver (`driver.py`) checks, records and publishes; this file is what trains. `build_trainer`
 makes the Ray Train run of `train_loop_per_worker` for a spec's scaling (one per Ray Tune trial with
 a search), and the loop reads top to bottom: load the base through the method, prepare it, wrap it
-in DDP (gloo on CPUs, NCCL on GPUs), AdamW with a warm-up schedule, gradient accumulation,
-validation every eval_every steps with early stopping that all workers agree on, checkpoints at
-every validation, and resume from `ray.train.get_checkpoint()` so that `FailureConfig(max_failures)`
-restarts a failed worker group from its last checkpoint, on exactly the batches it had not yet seen.
+with its loss (`step.CausalLMLoss`) in DDP or FSDP (`scaling.strategy`, see `parallel.py`; gloo on
+CPUs, NCCL on GPUs), AdamW with a warm-up schedule, gradient accumulation, each optimizer step
+taken by `step.optimizer_step` (the code bench/train_gpu.py measures), validation every eval_every
+steps with early stopping that all workers agree on, checkpoints at every validation, and resume
+from `ray.train.get_checkpoint()` so that `FailureConfig(max_failures)` restarts a failed worker
+group from its last checkpoint, on exactly the batches it had not yet seen.
 """
 
 from __future__ import annotations
@@ -107,26 +109,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The training loop Ray Train runs on every worker; rank 0 reports checkpoints and prints."""
     import os
     import time
-    from contextlib import nullcontext
 
     import ray
     import ray.train
     import ray.train.torch
     import torch
     from ray.train import Checkpoint, CheckpointUploadMode
-    from torch.nn.parallel import DistributedDataParallel
 
-    from tuneloop.train.batches import autocast, loss_sums, micro_batches, scored_tokens, shard_loader
+    from tuneloop.train import parallel
+    from tuneloop.train.batches import loss_sums, micro_batches, shard_loader
     from tuneloop.train.dist import all_reduce_sum, broadcast_flag
     from tuneloop.train.progress import emit, progress_line, quiet_worker_logs
     from tuneloop.train.schedule import lr_factor
     from tuneloop.train.state import (
-        load_checkpoint,
+        load_trainable,
+        read_checkpoint,
         save_checkpoint,
         staging_dir,
         trainable_snapshot,
         warm_start,
     )
+    from tuneloop.train.step import CausalLMLoss, apply_options, optimizer_step
     from tuneloop.train.stopping import EarlyStopper
 
     # -- what to train, and where
@@ -149,32 +152,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     if spec.output.init_from:  # continue from a stored version's weights (a checkpoint still wins)
         warm_start(method, model, spec.output.init_from)
+    apply_options(model, hp)
     model.train()
     torch.manual_seed(hp.seed + rank)  # same initial weights everywhere, different dropout per worker
-    trainable = [param for param in model.parameters() if param.requires_grad]
     n_trainable, n_total = method.trainable_parameters(model)
 
     # -- data: this worker's shard of train; validation is split across workers and summed
     data = ray.get(config["data"])
     pad_id = config["pad_id"]
     loader = shard_loader(
-        data["train"], batch_size=hp.batch_size, rank=rank, world=world, seed=hp.seed, pad_id=pad_id
+        data["train"],
+        batch_size=hp.batch_size,
+        rank=rank,
+        world=world,
+        seed=hp.seed,
+        pad_id=pad_id,
+        packed_width=spec.data.max_length if hp.packing else None,
     )
     validation = data["validation"][rank::world]
     total_steps = planned_steps(hp, len(data["train"]), world)
 
-    # -- optimiser, schedule, early stopping
-    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(hp.schedule, warmup_steps=hp.warmup_steps, total_steps=total_steps)
-    )
-    stopping = spec.early_stopping
-    stopper = EarlyStopper(
-        patience=stopping.patience if stopping else None, min_delta=stopping.min_delta if stopping else 0.0
-    )
-    best: dict[str, torch.Tensor] = {}
-
-    # -- resume: weights, optimiser, schedule, position in the data, early-stopping record
+    # -- resume, part 1: the weights go in before DDP/FSDP wraps the model
     state: dict[str, Any] = {
         "step": 0,
         "micro_batches": 0,
@@ -183,16 +181,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "resumed_from_step": 0,
         "initial_val_loss": None,
     }
+    best: dict[str, torch.Tensor] = {}
     resumed_from = ray.train.get_checkpoint()
+    saved = None
     if resumed_from is not None:
         with resumed_from.as_directory() as directory:
-            saved, best = load_checkpoint(
-                Path(directory), model=model, optimizer=optimizer, scheduler=scheduler
-            )
-        stopper.load_state_dict(saved["stopper"])
-        state.update({key: saved[key] for key in ("step", "micro_batches", "tokens", "initial_val_loss")})
-        state["restarts"] = saved["restarts"] + 1
-        state["resumed_from_step"] = saved["step"]
+            saved = read_checkpoint(Path(directory))
+        load_trainable(model, saved.weights)
+        best = saved.best if rank == 0 else {}
+        for key in ("step", "micro_batches", "tokens", "initial_val_loss"):
+            state[key] = saved.state[key]
+        state["restarts"] = saved.state["restarts"] + 1
+        state["resumed_from_step"] = saved.state["step"]
+
+    # -- DDP (gradients averaged) or FSDP (everything sharded) around the model and its loss
+    strategy = spec.scaling.strategy
+    module = parallel.wrap(CausalLMLoss(model), model, strategy)
+    trainable = [param for param in module.parameters() if param.requires_grad]
+
+    # -- optimiser, schedule, early stopping; resume, part 2: their state
+    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(hp.schedule, warmup_steps=hp.warmup_steps, total_steps=total_steps)
+    )
+    stopping = spec.early_stopping
+    stopper = EarlyStopper(
+        patience=stopping.patience if stopping else None, min_delta=stopping.min_delta if stopping else 0.0
+    )
+    if saved is not None:
+        parallel.load_optimizer_state(module, optimizer, saved.optimizer)
+        scheduler.load_state_dict(saved.scheduler)
+        stopper.load_state_dict(saved.state["stopper"])
 
     # Checkpoints are written here, then uploaded by Ray in the background (see `staging_dir`).
     staging = staging_dir(config["job_id"]) / context.get_experiment_name()
@@ -200,28 +219,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
 
-    # -- DDP: gradients averaged over workers (returns the model itself on one worker)
-    ddp = ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": False}
-    )
+    # Under FSDP every forward is a collective: each worker runs as many validation batches as the
+    # largest shard needs. Under DDP each scores its own shard on the unwrapped module.
+    sharded = strategy == "fsdp"
+    scorer = module if sharded else CausalLMLoss(model)
+    validation_batches = math.ceil(math.ceil(len(data["validation"]) / world) / hp.batch_size)
 
     def validate() -> float:
-        local = loss_sums(model, validation, batch_size=hp.batch_size, pad_id=pad_id, device=device)
+        local = loss_sums(
+            scorer,
+            validation,
+            batch_size=hp.batch_size,
+            pad_id=pad_id,
+            device=device,
+            batches=validation_batches if sharded else None,
+        )
         total, count = all_reduce_sum(local)
         return total / count if count else math.nan
 
     if rank == 0:
         shape = f"{hp.batch_size} x {hp.gradient_accumulation} x {world}"
         emit(
-            f"[{tag}] {world} worker(s) on {device}: {spec.method.name} trains {n_trainable:,} of "
-            f"{n_total:,} parameters; {total_steps} steps of {shape} examples"
+            f"[{tag}] {world} worker(s) on {device} ({strategy}): {spec.method.name} trains "
+            f"{n_trainable:,} of {n_total:,} parameters; {total_steps} steps of {shape} examples"
             + (f"; resumed at step {state['step']} (restart {state['restarts']})" if resumed_from else "")
         )
     if state["initial_val_loss"] is None:
         initial = validate()
         state["initial_val_loss"] = initial
         stopper.update(0, initial)
-        best = trainable_snapshot(model)
+        best = trainable_snapshot(model, keep=rank == 0)
         if rank == 0:
             emit(f"[{tag}] step 0/{total_steps} val_loss {initial:.4f} (before training)")
 
@@ -236,26 +263,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_start = last_report = run_start = time.monotonic()
     run_start_step = step
     while step < total_steps and not stop:
-        # One optimizer step over `gradient_accumulation` micro-batches; DDP syncs on the last only.
-        step_loss, step_scored = 0.0, 0
-        for micro in range(hp.gradient_accumulation):
-            batch = {key: value.to(device) for key, value in next(batches).items()}
-            last_micro = micro == hp.gradient_accumulation - 1
-            no_sync = ddp.no_sync() if not last_micro and isinstance(ddp, DistributedDataParallel) else None
-            with no_sync or nullcontext(), autocast(device):
-                loss = ddp(**batch).loss
-                (loss / hp.gradient_accumulation).backward()
-            scored = scored_tokens(batch["labels"])
-            step_loss += float(loss.detach()) * scored
-            step_scored += scored
-            window_tokens += int(batch["attention_mask"].sum())
-        # The norm before clipping, over the gradients DDP has averaged: the same on every worker.
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM))
-        window_sums += [step_loss, step_scored]
-        window_steps.append((step + 1, float(scheduler.get_last_lr()[0]), grad_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        # One optimizer step over `gradient_accumulation` micro-batches (step.py, as the benchmark runs it).
+        lr = float(scheduler.get_last_lr()[0])  # the rate this step uses (the curves record it)
+        stats = optimizer_step(
+            module,
+            [next(batches) for _ in range(hp.gradient_accumulation)],
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainable=trainable,
+            device=device,
+            max_grad_norm=MAX_GRAD_NORM,
+        )
+        window_sums += [stats.loss_sum, stats.scored]
+        window_steps.append((step + 1, lr, stats.grad_norm))
+        window_tokens += stats.tokens
         step += 1
         state["micro_batches"] += hp.gradient_accumulation
         if config["exit_at_step"] == step and rank == world - 1 and resumed_from is None:
@@ -269,7 +290,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         evaluated = step % hp.eval_every == 0 or step == total_steps
         if evaluated:
             if stopper.update(step, validate()):
-                best = trainable_snapshot(model)
+                best = trainable_snapshot(model, keep=rank == 0)
             stop = broadcast_flag(stopper.should_stop) and step < total_steps
         if not (evaluated or broadcast_flag(rank == 0 and time.monotonic() - last_report >= REPORT_EVERY_S)):
             continue
@@ -307,6 +328,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window_sums, window_steps, window_tokens = [], [], 0
         window_start = last_report = now
         checkpoint: Checkpoint | None = None
+        if evaluated:  # gathered on every worker under FSDP; rank 0 writes
+            weights = trainable_snapshot(model, keep=rank == 0)
+            optimizer_state = parallel.optimizer_state(module, optimizer, keep=rank == 0)
         if rank == 0:
             emit(progress_line(tag, metrics))
             if evaluated:  # Ray uploads it in the background and deletes this folder afterwards
@@ -318,13 +342,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "stopper": stopper.state_dict(),
                     "stopped_early": stop,
                     "world_size": world,
+                    "strategy": strategy,
                     "hyperparameters": hp.model_dump(mode="json"),
                 }
                 save_checkpoint(
                     directory,
-                    model=model,
+                    weights=weights,
                     best=best,
-                    optimizer=optimizer,
+                    optimizer=optimizer_state,
                     scheduler=scheduler,
                     state=saved_state,
                 )

@@ -6,7 +6,8 @@ A checkpoint is a folder that Ray Train copies to the run's storage:
   the same code serves every method: LoRA factors, soft prompts, chosen blocks, or everything;
 - `best.safetensors`: the trainable parameters at the best validation loss so far: what is published;
 - `optimizer.pt`: optimizer and learning-rate schedule state (torch.save, read back with
-  weights_only=True; internal to a run, never published);
+  weights_only=True; internal to a run, never published; under fsdp gathered whole first, see
+  `parallel.py`);
 - `state.json`: step, micro-batches consumed, the early-stopping record, restarts, tokens seen.
 
 Frozen weights are never written: they come back from the base model when a run resumes.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,13 +45,24 @@ def staging_dir(job_id: str) -> Path:
     return Path(tempfile.gettempdir()) / "tuneloop-checkpoints" / job_id
 
 
-def trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copies of the parameters that train (a tied weight appears once, under its first name)."""
-    return {
-        name: param.detach().to("cpu", copy=True).contiguous()
-        for name, param in model.named_parameters()
-        if param.requires_grad
-    }
+def trainable_snapshot(model: torch.nn.Module, *, keep: bool = True) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters that train (a tied weight appears once, under its first name).
+
+    Parameters sharded by FSDP are gathered whole first: a collective, so every worker calls this,
+    and those that do not `keep` the result get {} (only rank 0 writes checkpoints).
+    """
+    from torch.distributed.tensor import DTensor
+
+    snapshot = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        tensor = param.detach()
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+        if keep:
+            snapshot[name] = tensor.to("cpu", copy=True).contiguous()
+    return snapshot
 
 
 def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -71,41 +84,48 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 def save_checkpoint(
     directory: Path,
     *,
-    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
     best: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: dict[str, Any],
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: dict[str, Any],
 ) -> None:
-    """Write the four files into `directory` (which must exist)."""
+    """Write the four files into `directory` (which must exist): `weights` and `best` from
+    `trainable_snapshot`, `optimizer` from `parallel.optimizer_state`."""
     import torch
     from safetensors.torch import save_file
 
-    save_file(trainable_snapshot(model), str(directory / WEIGHTS))
+    save_file(weights, str(directory / WEIGHTS))
     save_file(best, str(directory / BEST))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIMIZER
-    )
+    torch.save({"optimizer": optimizer, "scheduler": scheduler.state_dict()}, directory / OPTIMIZER)
     (directory / STATE).write_text(json.dumps(state, indent=2, sort_keys=True))
 
 
-def load_checkpoint(
-    directory: Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Restore `model`, `optimizer` and `scheduler` from `directory`; return (state, best weights)."""
+@dataclass
+class Saved:
+    """A checkpoint read back: the recipe loads the weights before DDP/FSDP wraps the model, and the
+    optimizer state after (FSDP replaces the parameters the optimizer holds)."""
+
+    state: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    best: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+
+
+def read_checkpoint(directory: Path) -> Saved:
+    """Everything a checkpoint in `directory` holds, on the CPU."""
     import torch
     from safetensors.torch import load_file
 
-    load_trainable(model, load_file(str(directory / WEIGHTS)))
     saved = torch.load(directory / OPTIMIZER, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    state: dict[str, Any] = json.loads((directory / STATE).read_text())
-    return state, load_file(str(directory / BEST))
+    return Saved(
+        state=json.loads((directory / STATE).read_text()),
+        weights=load_file(str(directory / WEIGHTS)),
+        best=load_file(str(directory / BEST)),
+        optimizer=saved["optimizer"],
+        scheduler=saved["scheduler"],
+    )
 
 
 def read_state(directory: Path) -> dict[str, Any]:

@@ -166,10 +166,16 @@ def lora_job(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.T
     """One job that shows most of the recipe: DDP over gloo on 2 workers, and the last worker killed at
     step 8 of the first attempt (after the checkpoint at step 6), so Ray Train restarts the worker
     group from that checkpoint and the job still completes all 18 steps."""
-    root = tmp_path_factory.mktemp("lora-job")
+    return killed_once(ray_head, tmp_path_factory.mktemp("lora-job"), tiny_model_dir, "ddp")
+
+
+def killed_once(
+    ray_head: RayHead, root: Path, model_dir: Path, strategy: str, **hyperparameters: Any
+) -> Finished:
+    """An 18-step LoRA job on 2 workers whose last worker exits at step 8 of its first attempt."""
     workdir = write_job(
         root / "job",
-        tiny_model_dir,
+        model_dir,
         chat=True,
         hyperparameters={
             "learning_rate": 0.01,
@@ -178,11 +184,12 @@ def lora_job(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.T
             "eval_every": 6,
             "schedule": "cosine",
             "warmup_steps": 2,
+            **hyperparameters,
         },
-        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2},
+        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2, "strategy": strategy},
     )
     finished = submit(ray_head, workdir, root / "state", {"TUNELOOP_TEST_WORKER_EXIT_AT_STEP": "8"})
-    print(f"\nLoRA job on 2 workers, one killed once: {finished.seconds:.1f} s submit-to-finish")
+    print(f"\nLoRA job ({strategy}) on 2 workers, one killed once: {finished.seconds:.1f} s submit-to-finish")
     assert finished.returncode == 0, finished.log[-6000:]
     return finished
 
@@ -310,6 +317,68 @@ def test_the_job_leaves_events_and_no_run_folders(lora_job: Finished) -> None:
     assert lora_job.registry.history("colours")[-1].kind == "job.published"
     assert not lora_job.store.fs.exists(f"{lora_job.store.root}/runs/{lora_job.submission_id}")
     assert not staging_dir(lora_job.submission_id).exists()
+
+
+# -- the same job sharded with FSDP: resumes the same way, publishes the same PEFT folder --------------
+
+
+@pytest.fixture(scope="module")
+def fsdp_job(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Finished:
+    """The LoRA job above with `scaling.strategy: fsdp` (FSDP2 over gloo) and packed batches, the last
+    worker killed at step 8 again."""
+    return killed_once(ray_head, tmp_path_factory.mktemp("fsdp-job"), tiny_model_dir, "fsdp", packing=True)
+
+
+def test_an_fsdp_job_trains_resumes_and_publishes_a_peft_adapter(
+    fsdp_job: Finished, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from tuneloop.train import methods
+
+    assert "2 worker(s) on cpu (fsdp)" in fsdp_job.log
+    assert "worker 1 exits at step 8" in fsdp_job.log and "resumed at step 6 (restart 1)" in fsdp_job.log
+    training = fsdp_job.job().result["training"]
+    assert training["world_size"] == 2 and training["steps"] == 18
+    assert training["restarts"] == 1 and training["resumed_from_step"] == 6, training
+    assert [step for step, _ in training["val_history"]] == [0, 6, 12, 18]
+    assert training["best_val_loss"] < training["initial_val_loss"] - 0.5, training
+    # The adapter is the PEFT folder a DDP job publishes: whole (gathered) LoRA weights, base named.
+    fetched = fsdp_job.store.fetch("colours", 1, tmp_path / "fetched")
+    config = json.loads((fetched / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(tiny_model_dir)
+    weights = load_file(str(fetched / "adapter_model.safetensors"))
+    assert weights and all("lora_" in name for name in weights)
+    assert all(tensor.shape[0] in (8, 128) and tensor.shape[1] in (8, 128) for tensor in weights.values())
+    model = methods.get("lora").load(tiny_model_dir, fetched)
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    metrics = fsdp_job.registry.get_version("colours@1").metrics
+    assert metrics["loss"] < metrics["base_loss"]
+
+
+def test_full_fine_tuning_shards_with_fsdp_and_publishes_a_whole_model(
+    ray_head: RayHead, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every weight trains, sharded over 2 workers; the published folder is a model vLLM can start."""
+    from transformers import AutoModelForCausalLM
+
+    workdir = write_job(
+        tmp_path / "job",
+        tiny_model_dir,
+        method={"name": "full"},
+        hyperparameters={"learning_rate": 0.001, "batch_size": 4, "max_steps": 4, "eval_every": 2},
+        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0, "strategy": "fsdp"},
+    )
+    finished = submit(ray_head, workdir, tmp_path / "state")
+    assert finished.returncode == 0, finished.log[-6000:]
+    assert "2 worker(s) on cpu (fsdp): full trains" in finished.log
+    training = finished.job().result["training"]
+    assert training["steps"] == 4 and training["best_val_loss"] < training["initial_val_loss"], training
+    fetched = finished.store.fetch("colours", 1, tmp_path / "fetched")
+    tuned = AutoModelForCausalLM.from_pretrained(str(fetched))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    changed = [n for n, p in tuned.named_parameters() if not p.equal(base.get_parameter(n))]
+    assert len(changed) == len(list(base.named_parameters())), "every weight was trained and gathered whole"
 
 
 # -- early stopping, a search ---------------------------------------------------------

@@ -22,7 +22,14 @@ from tuneloop.train import methods
 from tuneloop.train.evaluate import exact_match, format_table, normalize_answer, score, token_f1
 from tuneloop.train.recipe import planned_steps
 from tuneloop.train.schedule import lr_factor
-from tuneloop.train.state import BEST, load_checkpoint, read_state, save_checkpoint, trainable_snapshot
+from tuneloop.train.state import (
+    BEST,
+    load_trainable,
+    read_checkpoint,
+    read_state,
+    save_checkpoint,
+    trainable_snapshot,
+)
 from tuneloop.train.stopping import EarlyStopper
 from tuneloop.train.tune import space_problems
 
@@ -113,7 +120,12 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_best(
     optimizer.step()
     scheduler.step()
     save_checkpoint(
-        tmp_path, model=model, best=best, optimizer=optimizer, scheduler=scheduler, state={"step": 1}
+        tmp_path,
+        weights=trainable_snapshot(model),
+        best=best,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler,
+        state={"step": 1},
     )
 
     again = _lora(tiny_model_dir, seed=5)
@@ -121,7 +133,11 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_best(
     scheduler2 = torch.optim.lr_scheduler.LambdaLR(
         optimizer2, lr_factor("linear", warmup_steps=1, total_steps=5)
     )
-    state, best2 = load_checkpoint(tmp_path, model=again, optimizer=optimizer2, scheduler=scheduler2)
+    saved = read_checkpoint(tmp_path)
+    load_trainable(again, saved.weights)
+    optimizer2.load_state_dict(saved.optimizer)
+    scheduler2.load_state_dict(saved.scheduler)
+    state, best2 = saved.state, saved.best
     assert state == {"step": 1} == read_state(tmp_path)
     now, restored = trainable_snapshot(model), trainable_snapshot(again)
     assert now.keys() == restored.keys() and all(torch.equal(now[k], restored[k]) for k in now)
