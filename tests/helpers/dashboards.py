@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from helpers.helm import MONITORING
-from helpers.prometheus import METRIC_NAME
+from helpers.prometheus import METRIC_NAME, series_names
+from tuneloop.monitoring import metrics
 
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -97,3 +98,23 @@ def drop_nulls(value: Any) -> Any:
 
 def _name(match: re.Match[str]) -> str:
     return next(g for g in match.groups() if g)
+
+
+# The loop's metrics: set by the test (nothing updates them yet), never exported by a gateway.
+LOOP_METRICS = (
+    metrics.EVAL_SCORE,
+    metrics.DRIFT_SCORE,
+    metrics.DRIFT_THRESHOLD,
+    metrics.DRIFT_DETECTED,
+    metrics.DRIFT_LAST_CHECK,
+    metrics.FEEDBACK_ACCURACY,
+    metrics.RETRAINS_STARTED,
+    metrics.RETRAINS_SUCCEEDED,
+    metrics.RETRAINS_FAILED,
+    metrics.RETRAINS_REJECTED,
+    metrics.PROMOTIONS,
+    metrics.ROLLBACKS,
+    *metrics.TRAINING_GAUGES.values(),
+)
+LOOP_SERIES = {name for metric in LOOP_METRICS for name in series_names(metric)}
+TRAINING_SERIES = {name for metric in metrics.TRAINING_GAUGES.values() for name in series_names(metric)}
