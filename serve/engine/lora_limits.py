@@ -12,7 +12,7 @@ or too low:
 So rather than fixed defaults, the replica reads the registry: the highest LoRA rank among the
 versions it could serve (padded to the next size vLLM accepts, at most TUNELOOP_MAX_LORA_RANK,
 which `adapters import` already enforces), one batch slot per adapter with such a version (at
-most the engine's batch size), and a CPU cache for every such version (at most
+least 2, at most the engine's batch size), and a CPU cache for every such version (at most
 TUNELOOP_MAX_RESIDENT_ADAPTERS, the gateway's own residency limit). TUNELOOP_ENGINE_LORA_RANK and
 TUNELOOP_ENGINE_MAX_LORAS set either by hand. The limits are read once: an adapter published
 later with a higher rank than the engine's is refused with a 400 naming both ranks until the
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """The `--max-lora-rank` values vLLM accepts (besides 1), smallest first."""
 SKIPPED_STATUSES = ("rejected",)
+MIN_MAX_LORAS = 2
+"""The fewest batch slots a derived limit gives (see `derive_limits`)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,10 @@ def derive_limits(
         log.warning(
             "stored LoRA rank %d is above the engine's rank %d: such versions are refused", highest, max_rank
         )
-    max_loras = fixed_max_loras or max(1, min(len(adapters), max_num_seqs))
+    # Never one slot: on vLLM's CPU backend a batch that mixes a LoRA request with a prompt-embeddings
+    # request gives the latter wrong tokens when --max-loras is 1 (2 and 4 are right; measured with
+    # tests/serve/test_gateway_prompt_tuned.py, which checks exactly that mix).
+    max_loras = fixed_max_loras or max(MIN_MAX_LORAS, min(len(adapters), max_num_seqs))
     max_cpu = max(max_loras, min(len(ranks), max_resident))
     return LoraLimits(max_rank=max_rank, max_loras=max_loras, max_cpu_loras=max_cpu, versions=len(ranks))
 

@@ -45,7 +45,7 @@ def test_limits_follow_the_stored_versions(
     limits = derive_limits(registry, store, base, ceiling_rank=64, max_resident=2, max_num_seqs=2)
     assert (limits.max_rank, limits.max_loras, limits.max_cpu_loras) == (16, 2, 2)
     other = derive_limits(registry, store, ("/elsewhere",), ceiling_rank=64, max_resident=16, max_num_seqs=16)
-    assert (other.max_rank, other.max_loras, other.versions) == (8, 1, 0)  # nothing on that base
+    assert (other.max_rank, other.max_loras, other.versions) == (8, 2, 0)  # nothing there: the floor of 2
     fixed = derive_limits(
         registry,
         store,
