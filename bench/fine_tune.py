@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test builders: tiny model, gatewa
 from helpers.gateway import start_gateway  # noqa: E402
 from helpers.servers import start_ray_head  # noqa: E402
 from helpers.tickets import ticket_chats  # noqa: E402
-from helpers.tiny_model import build_tiny_llama  # noqa: E402
+from helpers.tiny_model import bench_model_dir  # noqa: E402
 from openai import OpenAI  # noqa: E402
 
 from tuneloop.platform.apikeys import FINE_TUNING_SCOPE, create_key  # noqa: E402
@@ -109,14 +109,7 @@ def via_cli(client: OpenAI, model_dir: Path, data: Path) -> dict[str, float]:
 
 
 def run(model: str, scratch: Path) -> dict[str, Any]:
-    if model == "tiny":
-        model_dir = build_tiny_llama(scratch / "tiny-llama")
-    else:
-        from tuneloop.platform import settings
-
-        model_dir = settings.TUNELOOP_MODELS_DIR.get() / "smollm2-135m"
-        if not (model_dir / "config.json").is_file():
-            sys.exit(f"bench: SmolLM2 is not pulled at {model_dir}: run `tuneloop models pull smollm2-135m`")
+    model_dir = bench_model_dir(model, scratch)
     home = scratch / "home"
     registry = Registry(f"sqlite:///{home / 'registry.db'}")
     user = create_key(registry, scopes=[FINE_TUNING_SCOPE], admin=False).secret

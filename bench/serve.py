@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test builders: tiny model, random LoRA, gateway launcher
 
 from helpers.gateway import Gateway, start_gateway  # noqa: E402
-from helpers.tiny_model import build_random_lora, build_tiny_llama  # noqa: E402
+from helpers.tiny_model import bench_model_dir, build_random_lora  # noqa: E402
 from serve_load import PROMPTS, Load, Server, Shape, cpu_seconds, line, merge, run_load, session  # noqa: E402
 
 from tuneloop.platform.adapters import import_adapter  # noqa: E402
@@ -281,14 +281,7 @@ async def hot_load(gateway: Server, registry: Registry, refs: Sequence[str]) -> 
 
 def build(model: str, scratch: Path, count: int, hot: int) -> tuple[Path, list[Path], list[Path]]:
     """The model folder, `count` random LoRAs, and `hot` more for the hot-load versions."""
-    if model == "tiny":
-        model_dir = build_tiny_llama(scratch / "tiny-llama")
-    else:
-        from tuneloop.platform import settings
-
-        model_dir = settings.TUNELOOP_MODELS_DIR.get() / "smollm2-135m"
-        if not (model_dir / "config.json").is_file():
-            sys.exit(f"bench: SmolLM2 is not pulled at {model_dir}: run `tuneloop models pull smollm2-135m`")
+    model_dir = bench_model_dir(model, scratch)
     loras = [build_random_lora(model_dir, scratch / f"lora{i}", rank=8, seed=i + 1) for i in range(count)]
     hots = [build_random_lora(model_dir, scratch / f"hot{i}", rank=8, seed=100 + i) for i in range(hot)]
     return model_dir, loras, hots

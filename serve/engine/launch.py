@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from tuneloop.platform.procs import ManagedProcess
 from tuneloop.platform.settings import LOOPBACK, child_env
 
@@ -182,3 +184,12 @@ def engine_process(
         name="vllm",
         ready_timeout=ready_timeout,
     )
+
+
+async def engine_healthy(client: httpx.AsyncClient, config: EngineConfig, timeout: float = 1.0) -> bool:
+    """Whether the engine of `config` answers /health right now (the supervisor's and a worker's probe)."""
+    try:
+        response = await client.get(f"{config.url}/health", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200

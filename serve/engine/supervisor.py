@@ -30,7 +30,7 @@ import httpx
 
 from tuneloop.monitoring import metrics
 from tuneloop.platform.procs import ManagedProcess, ProcessStartError
-from tuneloop.serve.engine.launch import EngineConfig, engine_process
+from tuneloop.serve.engine.launch import EngineConfig, engine_healthy, engine_process
 from tuneloop.serve.engine.pidfile import forget_engine, record_engine
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,7 @@ class EngineSupervisor:
 
     async def probe(self, timeout: float = 1.0) -> bool:
         """Whether the engine answers /health right now."""
-        try:
-            response = await self._client.get(f"{self.config.url}/health", timeout=timeout)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await engine_healthy(self._client, self.config, timeout)
 
     async def _start(self) -> bool:
         self._set(EngineState.STARTING)

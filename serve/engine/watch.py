@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from tuneloop.monitoring import metrics
-from tuneloop.serve.engine.launch import EngineConfig
+from tuneloop.serve.engine.launch import EngineConfig, engine_healthy
 from tuneloop.serve.engine.supervisor import EngineState
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,7 @@ class EngineWatch:
 
     async def probe(self, timeout: float = 1.0) -> bool:
         """Whether the engine answers /health right now."""
-        try:
-            response = await self._client.get(f"{self.config.url}/health", timeout=timeout)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await engine_healthy(self._client, self.config, timeout)
 
     async def run(self) -> None:
         """Watch until cancelled: DOWN after `max_failures` silent probes, UP after `on_up` ran."""

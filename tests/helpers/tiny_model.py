@@ -128,3 +128,17 @@ def build_random_lora(
     saved = json.loads((dest / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == str(model_dir), saved["base_model_name_or_path"]
     return dest
+
+
+def bench_model_dir(model: str, scratch: Path) -> Path:
+    """The benchmarks' base model: the tiny Llama built in `scratch`, or SmolLM2 as pulled (exits if not)."""
+    if model == "tiny":
+        return build_tiny_llama(scratch / "tiny-llama")
+    import sys
+
+    from tuneloop.platform import settings
+
+    model_dir = settings.TUNELOOP_MODELS_DIR.get() / "smollm2-135m"
+    if not (model_dir / "config.json").is_file():
+        sys.exit(f"bench: SmolLM2 is not pulled at {model_dir}: run `tuneloop models pull smollm2-135m`")
+    return model_dir
