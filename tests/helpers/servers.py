@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuneloop.platform.procs import ManagedProcess, free_port
 from tuneloop.platform.ray.cluster import RayHead, ray_cli, running_head
@@ -149,3 +150,25 @@ def stalled_server() -> Iterator[str]:
         for conn in held:
             conn.close()
         listener.close()
+
+
+@contextmanager
+def app_in_thread(app: Any) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a free loopback port in a thread of this process; its URL."""
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=LOOPBACK, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

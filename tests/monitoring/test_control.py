@@ -4,24 +4,20 @@ and the loop's per-alias round on a real registry and capture store."""
 from __future__ import annotations
 
 import random
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from helpers.servers import app_in_thread
 
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.control import create_app
 from tuneloop.monitoring.control.loop import RETRAIN_FAILED, check_alias, feedback_check, run_round
 from tuneloop.monitoring.policy import DRIFT_ALERT, DRIFT_CHECKED, RETRAIN_STARTED, aware
-from tuneloop.platform.procs import free_port
 from tuneloop.platform.registry import Registry
-from tuneloop.platform.settings import LOOPBACK
 
 TOKEN = "control-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,19 +26,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def control_url(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("TUNELOOP_RETRAIN_SUSTAIN", "2")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(registry, token=TOKEN), host=LOOPBACK, port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://{LOOPBACK}:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(create_app(registry, token=TOKEN)) as url:
+        yield url
 
 
 def test_health_and_metrics(control_url: str) -> None:

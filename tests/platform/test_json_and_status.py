@@ -7,13 +7,11 @@ down (free ports nobody listens on): both answers are what a user sees.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
+from helpers.servers import app_in_thread
 
 from tuneloop.monitoring.control import create_app
 from tuneloop.monitoring.policy import DRIFT_CHECKED, RETRAIN_FINISHED, RETRAIN_STARTED
@@ -34,18 +32,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def control_url(home: Path) -> Iterator[str]:
-    port = free_port()
-    config = uvicorn.Config(create_app(Registry(), token="t"), host=LOOPBACK, port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://{LOOPBACK}:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(create_app(Registry(), token="t")) as url:
+        yield url
 
 
 def as_json(capsys: pytest.CaptureFixture[str], *args: str) -> object:
