@@ -132,6 +132,18 @@ class Replica:
             asyncio.create_task(self.follower.run(), name="registry-follower"),
             asyncio.create_task(self.supervisor.run(), name="engine-supervisor"),
         ]
+        if isinstance(self.supervisor, EngineWatch):
+            await self._until_ready(self.supervisor)
+
+    async def _until_ready(self, watch: EngineWatch) -> None:
+        """A worker shares the listening socket with the others: it takes no connection (its
+        lifespan startup has not finished) until it can serve, so the kernel hands requests only to
+        workers that are ready instead of letting a late one answer 503 beside a ready one."""
+        waits = (watch.ever_up.wait(), self.follower.synced.wait())
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), self.config.engine_start_timeout)
+        except TimeoutError:
+            log.warning("the engine or the registry is not ready; this worker answers 503 until they are")
 
     async def stop(self) -> None:
         for task in self._tasks:
