@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from tuneloop.serve.chat_completions.api_router import router as chat_router
 from tuneloop.serve.completions.api_router import router as completions_router
@@ -22,6 +23,16 @@ from tuneloop.serve.fine_tuning.api_router import router as fine_tuning_router
 from tuneloop.serve.models.api_router import router as models_router
 from tuneloop.serve.ops.api_router import router as ops_router
 from tuneloop.serve.replica import Replica
+from tuneloop.serve.request.proxy import RAW_SEND
+
+
+class GatewayApp(FastAPI):
+    """FastAPI that also hands routes the server's own `send`, for streamed events (RAW_SEND)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambda _m: None) -> FastAPI:
@@ -37,7 +48,7 @@ def create_app(config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambd
         finally:
             await replica.stop()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="tuneloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     install_handlers(app)

@@ -19,9 +19,11 @@ capture keeps, an error, or a chat to reshape.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -38,6 +40,10 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # Connecting to a loopback engine is instant or refused; generation itself may take minutes.
 ENGINE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_read=600.0)
 UNREACHABLE = "The engine is not reachable (restarting?); retry shortly."
+DONE = b"data: [DONE]\n\n"
+DRAIN_S = 1.0  # after [DONE], how long the engine may take to end its response before it is cut
+RAW_SEND = "tuneloop.raw_send"
+"""The scope key of the server's own `send` (set by serve/app.py), which streamed events use."""
 
 
 def engine_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
@@ -131,12 +137,57 @@ class ProxiedStream(StreamingResponse):
         # a stream whose [DONE] went out was answered in full, not abandoned.
         self._done_sent = False
         self._swaps: tuple[tuple[bytes, bytes], ...] | None = None  # learnt from the first event
+        self._closing = False  # the response's last write is made (or being made)
         super().__init__(self._events(), media_type="text/event-stream", headers=_headers(target, call))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the stream: the start through the app's middleware, the events straight to the server.
+
+        The middleware around a route only notes that the response started, so the events skip
+        it and go to the server's own `send` (`RAW_SEND`, put in the scope by serve/app.py); the
+        event that carries [DONE] also ends the response, one socket write instead of two; and the
+        disconnect watch is one plain task rather than Starlette's task group. A client that hangs
+        up cancels the stream at once (its `http.disconnect`), as Starlette's does.
+        """
+        write = scope.get(RAW_SEND, send)
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not self._closing:  # after the last event the server reports a disconnect too
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
-            await super().__call__(scope, receive, send)
+            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            await send(start)
+            events = self._events()
+            async for out in events:
+                # The event that ends the stream also ends the response: one write, not two.
+                self._closing = out.endswith(DONE)
+                await write({"type": "http.response.body", "body": out, "more_body": not self._closing})
+                if self._closing:
+                    break
+            else:
+                self._closing = True
+                await write({"type": "http.response.body", "body": b"", "more_body": False})
+            await events.aclose()
+            if not self._finished:  # nothing follows [DONE] but the end of the engine's response
+                await self._drain()
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+        except OSError:  # the server's "client disconnected" on a write
+            pass
         finally:
+            self._closing = True
+            watcher.cancel()
             if self._finished:
                 self._upstream.release()
             else:
@@ -145,7 +196,13 @@ class ProxiedStream(StreamingResponse):
                     self._call.status = 499  # the client went away before the end (nginx's code for it)
             self._call.close()
 
-    async def _events(self) -> AsyncIterator[bytes]:
+    async def _drain(self) -> None:
+        """Read the engine's response to its end, so that its connection is kept for the next one."""
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+            await asyncio.wait_for(self._upstream.content.read(), DRAIN_S)
+            self._finished = True
+
+    async def _events(self) -> AsyncGenerator[bytes, None]:
         pending = b""
         try:
             async for chunk in self._upstream.content.iter_any():
@@ -153,7 +210,7 @@ class ProxiedStream(StreamingResponse):
                 *events, pending = (pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
                 out = b"".join(self._rewrite(event) for event in events)
                 if out:
-                    self._done_sent = self._done_sent or b"data: [DONE]\n\n" in out
+                    self._done_sent = self._done_sent or DONE in out
                     yield out
             if pending.strip():
                 yield self._rewrite(pending)
@@ -168,7 +225,7 @@ class ProxiedStream(StreamingResponse):
             return event + b"\n\n" if event.strip() else b""
         payload = event[5:].strip()
         if payload == b"[DONE]":
-            return b"data: [DONE]\n\n"
+            return DONE
         call = self._call
         if self._chunks is None and b'"error"' not in payload:
             if self._swaps is None:

@@ -12,7 +12,7 @@ from typing import Any, cast
 import aiohttp
 
 from tuneloop.serve.request.call import Call
-from tuneloop.serve.request.proxy import ProxiedStream
+from tuneloop.serve.request.proxy import RAW_SEND, ProxiedStream
 from tuneloop.serve.routing.resolver import Target
 
 ENGINE_MODEL = "/models/tiny llama"
@@ -35,8 +35,12 @@ class FakeContent:
         self._chunks = chunks
 
     async def iter_any(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            yield chunk
+        while self._chunks:
+            yield self._chunks.pop(0)
+
+    async def read(self) -> bytes:
+        rest, self._chunks = b"".join(self._chunks), []
+        return rest
 
 
 class FakeUpstream:
@@ -109,14 +113,18 @@ class OpenEndedContent(FakeContent):
             yield chunk
         await asyncio.Event().wait()
 
+    async def read(self) -> bytes:
+        await asyncio.Event().wait()
+        return b""
+
 
 class ClosableUpstream:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.content = OpenEndedContent(chunks)
-        self.closed = False
+    def __init__(self, chunks: list[bytes], *, open_ended: bool = True) -> None:
+        self.content = OpenEndedContent(chunks) if open_ended else FakeContent(chunks)
+        self.closed = self.released = False
 
     def release(self) -> None:
-        pass
+        self.released = True
 
     def close(self) -> None:
         self.closed = True
@@ -159,6 +167,38 @@ def test_a_client_that_hangs_up_after_done_was_answered_in_full() -> None:
 def test_a_client_that_hangs_up_mid_stream_is_recorded_as_gone() -> None:
     call = hang_up_after(b'"a"', [vllm_event("a"), vllm_event("b")])
     assert call.status == 499
+
+
+def test_done_ends_the_response_in_one_write_and_the_engine_connection_is_kept() -> None:
+    target = Target(requested="bot", engine_model=ENGINE_MODEL, kind="lora", alias="bot", version="s@1")
+    call = Call(endpoint="completions", request_id="cmpl-gateway-3", capturing=False)
+    # [DONE] arrives alone; the engine's end of the response (the chunk terminator) comes after it.
+    upstream = ClosableUpstream([vllm_event("a"), b"data: [DONE]\n\n", b""], open_ended=False)
+    stream = ProxiedStream(
+        cast(aiohttp.ClientResponse, upstream), target, call, include_usage=False, as_chat=False
+    )
+    middleware: list[dict[str, Any]] = []
+    server: list[dict[str, Any]] = []
+
+    async def serve() -> None:
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def through_middleware(message: dict[str, Any]) -> None:
+            middleware.append(message)
+
+        async def raw(message: dict[str, Any]) -> None:
+            server.append(message)
+
+        scope = {"type": "http", RAW_SEND: raw, "method": "POST", "path": "/v1/completions"}
+        await asyncio.wait_for(stream(scope, receive, through_middleware), timeout=10)
+
+    asyncio.run(serve())
+    assert [m["type"] for m in middleware] == ["http.response.start"]
+    assert [m["more_body"] for m in server] == [True, False]
+    assert server[-1]["body"] == b"data: [DONE]\n\n"
+    assert upstream.released and not upstream.closed and call.status == 200
 
 
 def test_events_pass_through_byte_for_byte_but_for_model_and_id() -> None:
