@@ -13,6 +13,7 @@ import argparse
 import importlib
 import inspect
 import logging
+import os
 import sys
 import types
 import typing
@@ -163,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = {k: v for k, v in args.items() if k != "command" and not k.endswith(" command")}
     try:
         result = load(target)(**kwargs)
+        sys.stdout.flush()  # a reader that left early (`| head`) shows up here, not at exit
+    except BrokenPipeError:
+        # Nobody reads the rest: stop quietly, as `cat` does, and keep the exit flush from failing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a writer stopped by SIGPIPE
     except TuneloopError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -111,3 +112,27 @@ def test_keys_list_and_revoke(tmp_path: Path) -> None:
     assert "no keys" in run("keys", "list", home=tmp_path).stdout
     again = run("keys", "revoke", shown, home=tmp_path)
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "no active key" in again.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`tuneloop models list | head -0`: the pipe is closed before the command writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "HOME": str(tmp_path),
+        "TUNELOOP_HOME": str(tmp_path / "tl"),
+    }
+    try:
+        out = subprocess.run(
+            [TUNELOOP, "models", "list"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert out.returncode == 141
+    assert out.stderr == ""
