@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.servers import LoopbackServer
+from helpers.tiny_model import build_random_lora
+from tuneloop.platform.adapters import import_adapter
+from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import ManagedProcess, free_port
 from tuneloop.platform.registry import Registry
 from tuneloop.platform.settings import LOOPBACK, child_env
@@ -87,6 +91,32 @@ class Replica:
 
     def auth(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[key]}"}
+
+
+@dataclass
+class Published:
+    """A replica's state before it starts: TUNELOOP_HOME with its registry and artifact store."""
+
+    home: Path
+    work: Path  # scratch folder for the adapters' sources
+    registry: Registry
+    store: ArtifactStore
+
+    def add(self, name: str, folder: Path) -> None:
+        import_adapter(name, folder, registry=self.registry, store=self.store, max_lora_rank=16)
+
+
+def publish_loras(
+    base: Path, factory: pytest.TempPathFactory, prefix: str, seeds: Sequence[int], name: str = "bot"
+) -> Published:
+    """A fresh home holding versions NAME@1.. of random rank-8 LoRA adapters, one per seed."""
+    home, work = factory.mktemp(f"{prefix}-home"), factory.mktemp(f"{prefix}-adapters")
+    published = Published(
+        home, work, Registry(f"sqlite:///{home / 'registry.db'}"), ArtifactStore(str(home / "artifacts"))
+    )
+    for number, seed in enumerate(seeds, 1):
+        published.add(name, build_random_lora(base, work / f"{name}{number}", rank=8, seed=seed))
+    return published
 
 
 def state_env(home: Path) -> dict[str, str]:

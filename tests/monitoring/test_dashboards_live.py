@@ -23,7 +23,7 @@ from helpers.dashboards import (
     queries,
     substitute,
 )
-from helpers.gateway import start_gateway
+from helpers.gateway import publish_loras, start_gateway
 from helpers.prometheus import (
     NO_PROMETHEUS,
     Prometheus,
@@ -33,17 +33,14 @@ from helpers.prometheus import (
     have_prometheus,
     start_prometheus,
 )
-from helpers.tiny_model import build_random_lora
 from prometheus_client import start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from tuneloop.monitoring import metrics
-from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import free_port
-from tuneloop.platform.registry import Registry
 from tuneloop.platform.registry.tables import VersionStatus
 from tuneloop.platform.settings import LOOPBACK
 
@@ -223,13 +220,8 @@ def _check(
 def test_every_query_returns_data_from_a_real_prometheus(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, loop_exporter: int
 ) -> None:
-    home = tmp_path_factory.mktemp("dash-home")
-    work = tmp_path_factory.mktemp("dash-adapters")
-    registry = Registry(f"sqlite:///{home / 'registry.db'}")
-    store = ArtifactStore(str(home / "artifacts"))
-    for number in (1, 2):
-        folder = build_random_lora(tiny_model_dir, work / f"bot{number}", rank=8, seed=number)
-        import_adapter("bot", folder, registry=registry, store=store, max_lora_rank=16)
+    published = publish_loras(tiny_model_dir, tmp_path_factory, "dash", seeds=(1, 2))
+    home, registry = published.home, published.registry
     registry.promote("bot", "bot@1")
     registry.set_status("bot@2", VersionStatus.RETIRED)  # candidates are for admin keys; "bot" pins it
     keys = {

@@ -28,17 +28,13 @@ from typing import Any
 import httpx
 import pytest
 from helpers.fuzz_strategies import bad_requests
-from helpers.gateway import Replica, start_gateway
-from helpers.tiny_model import build_random_lora
+from helpers.gateway import Replica, publish_loras, start_gateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key
-from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import group_members
-from tuneloop.platform.registry import Registry
 from tuneloop.platform.registry.tables import VersionStatus
 
 pytestmark = pytest.mark.slow
@@ -65,13 +61,8 @@ class State:
 
 @pytest.fixture(scope="module")
 def state(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[State]:
-    home = tmp_path_factory.mktemp("faults-home")
-    work = tmp_path_factory.mktemp("faults-adapters")
-    registry = Registry(f"sqlite:///{home / 'registry.db'}")
-    store = ArtifactStore(str(home / "artifacts"))
-    for number, seed in ((1, 1), (2, 2), (3, 4), (4, 5)):
-        folder = build_random_lora(tiny_model_dir, work / f"bot{number}", rank=8, seed=seed)
-        import_adapter("bot", folder, registry=registry, store=store, max_lora_rank=16)
+    published = publish_loras(tiny_model_dir, tmp_path_factory, "faults", seeds=(1, 2, 4, 5))
+    home, registry = published.home, published.registry
     registry.promote("bot", "bot@1")
     registry.set_status("bot@2", VersionStatus.RETIRED)  # released before: pinned by the team's key
     registry.set_status("bot@4", VersionStatus.REJECTED)  # bot@3 stays a candidate

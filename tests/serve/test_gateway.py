@@ -23,14 +23,13 @@ import httpx
 import openai
 import pytest
 from helpers.bad_requests import bad_bodies
-from helpers.gateway import Replica, start_gateway, write_peft_like
+from helpers.gateway import Replica, publish_loras, start_gateway, write_peft_like
 from helpers.servers import listening_addresses
 from helpers.stored import store_as_is
 from helpers.tiny_model import build_random_lora
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import group_members
@@ -50,16 +49,14 @@ SERVED_NAME = "tiny-base"
 
 @pytest.fixture(scope="module")
 def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    home = tmp_path_factory.mktemp("serve-home")
-    work = tmp_path_factory.mktemp("serve-adapters")
-    registry = Registry(f"sqlite:///{home / 'registry.db'}")
-    store = ArtifactStore(str(home / "artifacts"))
-
-    def add(name: str, folder: Path) -> None:
-        import_adapter(name, folder, registry=registry, store=store, max_lora_rank=16)
-
-    for number, seed in ((1, 1), (2, 2), (3, 4)):
-        add("bot", build_random_lora(tiny_model_dir, work / f"bot{number}", rank=8, seed=seed))
+    published = publish_loras(tiny_model_dir, tmp_path_factory, "serve", seeds=(1, 2, 4))
+    home, work, registry, store, add = (
+        published.home,
+        published.work,
+        published.registry,
+        published.store,
+        published.add,
+    )
     add("other", build_random_lora(tiny_model_dir, work / "other", rank=8, seed=3))
     add("ia3ad", write_peft_like(work / "ia3", tiny_model_dir, "IA3", {"ia3_l": (1, 256)}))
     add(

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.gateway import Replica, start_gateway
+from helpers.gateway import Replica, publish_loras, start_gateway
 from helpers.stored import store_as_is
-from helpers.tiny_model import build_random_lora
 
 from tuneloop.monitoring.capture import CapturedRequest, CaptureStore
 from tuneloop.monitoring.evaluation.feedback import judged_with_times, labelled_examples
-from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key, hash_key
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.registry import Registry
@@ -31,12 +29,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    home = tmp_path_factory.mktemp("feedback-home")
-    work = tmp_path_factory.mktemp("feedback-adapters")
-    registry = Registry(f"sqlite:///{home / 'registry.db'}")
-    store = ArtifactStore(str(home / "artifacts"))
-    lora = build_random_lora(tiny_model_dir, work / "bot", rank=8, seed=1)
-    import_adapter("bot", lora, registry=registry, store=store, max_lora_rank=16)
+    published = publish_loras(tiny_model_dir, tmp_path_factory, "feedback", seeds=(1,))
+    home, work, registry, store = published.home, published.work, published.registry, published.store
+    lora = work / "bot1"
     registry.promote("bot", "bot@1")
     _store_malformed(registry, store, tiny_model_dir, lora, work / "broken")
     keys = {

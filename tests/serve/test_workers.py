@@ -16,17 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.gateway import Replica, start_gateway
-from helpers.tiny_model import build_random_lora
+from helpers.gateway import Replica, publish_loras, start_gateway
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tuneloop.platform.adapters import import_adapter
 from tuneloop.platform.apikeys import create_key
-from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.procs import group_members
-from tuneloop.platform.registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +31,8 @@ REQUESTS = 24
 
 @pytest.fixture(scope="module")
 def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    home = tmp_path_factory.mktemp("workers-home")
-    work = tmp_path_factory.mktemp("workers-adapters")
-    registry = Registry(f"sqlite:///{home / 'registry.db'}")
-    store = ArtifactStore(str(home / "artifacts"))
-    for number in (1, 2):
-        folder = build_random_lora(tiny_model_dir, work / f"bot{number}", rank=8, seed=number)
-        import_adapter("bot", folder, registry=registry, store=store, max_lora_rank=16)
+    published = publish_loras(tiny_model_dir, tmp_path_factory, "workers", seeds=(1, 2))
+    home, registry = published.home, published.registry
     registry.promote("bot", "bot@1")
     keys = {"admin": create_key(registry, scopes=[], admin=True).secret}
     env = {"TUNELOOP_WORKERS": "2", "TUNELOOP_REGISTRY_POLL_S": "0.25", "TUNELOOP_CAPTURE_ENABLED": "0"}
