@@ -126,6 +126,34 @@ class DriftDetector(ABC, Generic[S, C]):
     def _compare(self, reference: Sequence[S], recent: Sequence[S]) -> DriftResult:
         """The comparison itself; called only with enough samples on both sides."""
 
+    def decided(
+        self,
+        drift: bool,
+        text: str,
+        *,
+        score: float,
+        threshold: float,
+        sampled: tuple[int, int],
+        details: Mapping[str, str | float | int],
+        p_value: float | None = None,
+        alpha: float | None = None,
+    ) -> DriftResult:
+        """The result of a comparison that decided; `text` says what was seen, and the explanation
+        ends with the sample sizes, `sampled` = (n_reference, n_recent)."""
+        n_reference, n_recent = sampled
+        return DriftResult(
+            detector=self.name,
+            decision="drift" if drift else "no_drift",
+            score=score,
+            threshold=threshold,
+            n_reference=n_reference,
+            n_recent=n_recent,
+            explanation=f"{text} {sizes(n_recent, n_reference, self.unit)}",
+            p_value=p_value,
+            alpha=alpha,
+            details=details,
+        )
+
     def not_enough_data(self, n_reference: int, n_recent: int) -> DriftResult:
         cfg = self.config
         short = []

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from tuneloop.monitoring.drift.base import DetectorConfig, DriftDetector, DriftResult, fmt, register, sizes
+from tuneloop.monitoring.drift.base import DetectorConfig, DriftDetector, DriftResult, fmt, register
 from tuneloop.platform.errors import ConfigError
 
 Vector = npt.NDArray[np.float64]
@@ -101,15 +101,12 @@ class PsiDetector(DriftDetector[str, P], Generic[P]):
             if drift
             else (f"stable: PSI {fmt(score)} ≤ {cfg.threshold:g}")
         )
-        return DriftResult(
-            detector=self.name,
-            decision="drift" if drift else "no_drift",
+        return self.decided(
+            drift,
+            f"{self.feature_name} {verdict} ({summary})",
             score=score,
             threshold=cfg.threshold,
-            n_reference=len(reference),
-            n_recent=len(recent),
-            explanation=f"{self.feature_name} {verdict} ({summary}) "
-            f"{sizes(len(recent), len(reference), self.unit)}",
+            sampled=(len(reference), len(recent)),
             details={
                 f"reference_{self.summary_name}": before,
                 f"recent_{self.summary_name}": after,

@@ -32,7 +32,6 @@ from tuneloop.monitoring.drift.base import (
     DriftResult,
     fmt,
     register,
-    sizes,
 )
 from tuneloop.monitoring.drift.embedders import Embedder, EmbedderName, Matrix, resolve
 
@@ -175,16 +174,14 @@ class EmbeddingDetector(DriftDetector[str, EmbeddingConfig]):
         else:
             text = f"recent prompts look like the training inputs in {name} embedding space: {stats}"
             text += f" ≥ {cfg.alpha:g}"
-        return DriftResult(
-            detector=self.name,
-            decision="drift" if drift else "no_drift",
+        return self.decided(
+            drift,
+            text,
             score=mmd2,
             threshold=threshold,
             p_value=p_value,
             alpha=cfg.alpha,
-            n_reference=len(reference),
-            n_recent=len(recent),
-            explanation=f"{text} {sizes(len(recent), len(reference), self.unit)}",
+            sampled=(len(reference), len(recent)),
             details={
                 "embedder": name,
                 "embedding_dim": self.embedder.dim,

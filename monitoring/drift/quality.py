@@ -39,7 +39,6 @@ from tuneloop.monitoring.drift.base import (
     fmt,
     normal_sf,
     register,
-    sizes,
 )
 
 
@@ -96,16 +95,14 @@ class EvalScoreDetector(DriftDetector[float, EvalScoreConfig]):
             )
         else:
             verdict = f"hold: {means} (drop {shown} within {limit} tolerance, p={fmt(p_value)})"
-        return DriftResult(
-            detector=self.name,
-            decision="drift" if drift else "no_drift",
+        return self.decided(
+            drift,
+            f"live eval scores {verdict}",
             score=score,
             threshold=cfg.tolerance,
             p_value=p_value,
             alpha=cfg.alpha,
-            n_reference=len(ref),
-            n_recent=len(rec),
-            explanation=f"live eval scores {verdict} {sizes(len(rec), len(ref), self.unit)}",
+            sampled=(len(ref), len(rec)),
             details={"reference_mean": before, "recent_mean": after, "tolerance_kind": cfg.tolerance_kind},
         )
 
@@ -149,16 +146,14 @@ class FeedbackAccuracyDetector(DriftDetector[bool, FeedbackAccuracyConfig]):
             verdict = f"fell {change} ({name} p={fmt(p_value)} < {cfg.alpha:g}): the right answers changed"
         else:
             verdict = f"holds {change} ({name} p={fmt(p_value)}, min drop {cfg.min_drop:g})"
-        return DriftResult(
-            detector=self.name,
-            decision="drift" if drift else "no_drift",
+        return self.decided(
+            drift,
+            f"feedback accuracy {verdict}",
             score=drop,
             threshold=cfg.min_drop,
             p_value=p_value,
             alpha=cfg.alpha,
-            n_reference=n1,
-            n_recent=n2,
-            explanation=f"feedback accuracy {verdict} {sizes(n2, n1, self.unit)}",
+            sampled=(n1, n2),
             details={"reference_accuracy": before, "recent_accuracy": after, "test": test},
         )
 

@@ -38,7 +38,6 @@ from tuneloop.monitoring.drift.base import (
     DriftResult,
     fmt,
     register,
-    sizes,
 )
 from tuneloop.monitoring.drift.quality import count_correct
 
@@ -94,14 +93,12 @@ class FeedbackCusumDetector(DriftDetector[bool, FeedbackCusumConfig]):
             verdict = f"rose: {reached}, {change}: the right answers changed"
         else:
             verdict = f"holds: CUSUM {fmt(level)} < {cfg.threshold:g} ({change})"
-        return DriftResult(
-            detector=self.name,
-            decision="drift" if drift else "no_drift",
+        return self.decided(
+            drift,
+            f"feedback errors {verdict}",
             score=level,
             threshold=cfg.threshold,
-            n_reference=len(reference),
-            n_recent=len(recent),
-            explanation=f"feedback errors {verdict} {sizes(len(recent), len(reference), self.unit)}",
+            sampled=(len(reference), len(recent)),
             details={
                 "reference_error_rate": e0,
                 "tuned_error_rate": e1,
