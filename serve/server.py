@@ -17,6 +17,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
+NOT_STARTED_EXIT_S = 1.0
+"""A process asked to stop while still starting (no request taken yet) is gone this much later."""
 
 
 class GracefulServer(uvicorn.Server):
@@ -31,13 +33,15 @@ class GracefulServer(uvicorn.Server):
         super().handle_exit(sig, frame)
         if not self.deadline_armed:
             self.deadline_armed = True
-            threading.Thread(target=_exit_after, args=(self.deadline_s,), daemon=True).start()
+            # Before it serves (a worker waits for the engine in its startup) nothing is in flight.
+            deadline = self.deadline_s if self.started else NOT_STARTED_EXIT_S
+            threading.Thread(target=_exit_after, args=(deadline, self.started), daemon=True).start()
 
 
-def _exit_after(seconds: float) -> None:
+def _exit_after(seconds: float, started: bool) -> None:
     time.sleep(seconds)
-    # Something hung the orderly stop: leave now; the engine's guard stops it when we are gone.
-    log.error("the gateway did not stop within %.0f s of the signal; exiting", seconds)
+    if started:  # something hung the orderly stop: leave now; the engine's guard stops it
+        log.error("the gateway did not stop within %.0f s of the signal; exiting", seconds)
     os._exit(1)
 
 
