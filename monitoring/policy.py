@@ -74,14 +74,15 @@ class RetrainPolicy:
     cooldown: timedelta = timedelta(hours=6)
     daily_budget: int = 2
     backoff: timedelta = timedelta(minutes=5)
+    lookback: timedelta = timedelta(days=7)
 
     def __post_init__(self) -> None:
         if self.sustain < 1:
             raise ValueError(f"sustain={self.sustain}: at least 1 drift check must be required")
-        if self.daily_budget < 0 or self.cooldown < timedelta(0) or self.backoff < timedelta(0):
+        if self.daily_budget < 0 or min(self.cooldown, self.backoff, self.lookback) < timedelta(0):
             raise ValueError(
-                f"daily_budget={self.daily_budget}, cooldown={self.cooldown} and backoff={self.backoff} "
-                "must be >= 0"
+                f"daily_budget={self.daily_budget}, cooldown={self.cooldown}, backoff={self.backoff} and "
+                f"lookback={self.lookback} must be >= 0"
             )
 
     @classmethod
@@ -91,7 +92,13 @@ class RetrainPolicy:
             cooldown=timedelta(seconds=settings.TUNELOOP_RETRAIN_COOLDOWN_S.get()),
             daily_budget=settings.TUNELOOP_RETRAIN_DAILY_BUDGET.get(),
             backoff=timedelta(seconds=settings.TUNELOOP_RETRAIN_BACKOFF_S.get()),
+            lookback=timedelta(seconds=settings.TUNELOOP_RETRAIN_LOOKBACK_S.get()),
         )
+
+    def reads_from(self, now: datetime) -> datetime:
+        """The oldest history `decide` needs: the lookback, and never less than the daily budget's
+        24 hours and the cool-down."""
+        return aware(now) - max(self.lookback, DAY, self.cooldown)
 
     def decide(self, history: Sequence[Observation], now: datetime) -> PolicyDecision:
         """Whether to start a retrain now, and why (or why not)."""

@@ -325,7 +325,8 @@ def open_retrains(registry: Registry, alias: str) -> list[dict[str, Any]]:
     """The `retrain.started` details of `alias` that no `retrain.finished` has closed, oldest first."""
 
     started: dict[str, dict[str, Any]] = {}
-    for event in registry.history(registry.adapter_of(alias)):
+    kinds = (RETRAIN_STARTED, RETRAIN_FINISHED)
+    for event in registry.history(registry.adapter_of(alias), kinds=kinds):
         detail = event.detail or {}
         if detail.get("alias") != alias or not detail.get("job_id"):
             continue

@@ -141,7 +141,9 @@ def consider_retrain(
     is `running` already (the round then starts none, and the history stays readable)."""
     policy = policy or RetrainPolicy.from_settings()
     adapter = registry.adapter_of(alias)
-    decision = policy.decide(observations(registry.history(adapter), alias), datetime.now(UTC))
+    now = datetime.now(UTC)
+    history = registry.history(adapter, since=policy.reads_from(now))
+    decision = policy.decide(observations(history, alias), now)
     if decision.retrain and running:
         decision = PolicyDecision(False, "a retrain is already running", decision.streak)
     if decision.retrain:

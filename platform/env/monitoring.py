@@ -179,6 +179,14 @@ TUNELOOP_RETRAIN_BACKOFF_S: Var[float] = Var(
     "Wait before retrying a retrain that registered no candidate, doubled after each failure in a row "
     "up to the cool-down; failed retrains spend neither the cool-down nor the daily budget.",
 )
+TUNELOOP_RETRAIN_LOOKBACK_S: Var[float] = Var(
+    "TUNELOOP_RETRAIN_LOOKBACK_S",
+    float,
+    lambda: 7 * 86400.0,
+    "How far back the retrain policy reads an alias's history each round (at least 24 h and the "
+    "cool-down): drift evidence older than this counts toward no streak. Bounds a round's work as "
+    "the history grows.",
+)
 TUNELOOP_RETRAIN_WARM_START: Var[bool] = Var(
     "TUNELOOP_RETRAIN_WARM_START",
     _bool,

@@ -382,12 +382,20 @@ class Registry:
                 adapter = self._resolve(session, ref).adapter
             self._event(session, adapter, kind, message, detail)
 
-    def history(self, adapter: str) -> list[Event]:
+    def history(
+        self, adapter: str, *, kinds: Collection[str] | None = None, since: datetime | None = None
+    ) -> list[Event]:
+        """The events of `adapter`, oldest first: only of `kinds` and from `since` on, where given."""
         with self.transaction() as session:
             row = session.scalar(select(Adapter).where(Adapter.name == adapter))
             if row is None:
                 raise NotFoundError(f"no adapter named {adapter!r}; see `tuneloop adapters list`")
-            return list(session.scalars(select(Event).where(Event.adapter_id == row.id).order_by(Event.id)))
+            query = select(Event).where(Event.adapter_id == row.id)
+            if kinds is not None:
+                query = query.where(Event.kind.in_(kinds))
+            if since is not None:
+                query = query.where(Event.created_at >= since)
+            return list(session.scalars(query.order_by(Event.id)))
 
     # -- API keys (the gateway's callers) and change detection
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -119,6 +119,8 @@ class Evaluation(Base):
 
 class Event(Base):
     __tablename__ = "events"
+    # An adapter's history is read every monitoring round, often only some kinds of it (migration 0004).
+    __table_args__ = (Index("ix_events_adapter_kind", "adapter_id", "kind"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"))

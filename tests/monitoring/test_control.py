@@ -5,19 +5,27 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from helpers.servers import app_in_thread
+from sqlalchemy import update
 
 from tuneloop.monitoring import metrics
 from tuneloop.monitoring.capture import CaptureStore, FeedbackIn, RequestRecord
 from tuneloop.monitoring.control import create_app
-from tuneloop.monitoring.control.loop import RETRAIN_FAILED, check_alias, feedback_check, run_round
+from tuneloop.monitoring.control.loop import (
+    RETRAIN_FAILED,
+    check_alias,
+    consider_retrain,
+    feedback_check,
+    run_round,
+)
 from tuneloop.monitoring.policy import DRIFT_ALERT, DRIFT_CHECKED, RETRAIN_STARTED, aware
 from tuneloop.platform.registry import Registry
+from tuneloop.platform.registry.tables import Event
 
 TOKEN = "control-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -225,3 +233,24 @@ def test_evaluation_is_due_once_per_interval_per_live_version(
     assert not evaluation_due(registry, "support", suites)
     later = datetime.now(UTC) + timedelta(hours=1, seconds=1)
     assert evaluation_due(registry, "support", suites, now=later)
+
+
+def test_the_policy_reads_only_its_lookback_of_the_history(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drift seen before the lookback counts toward no streak; the same evidence within it does."""
+    monkeypatch.setenv("TUNELOOP_RETRAIN_SUSTAIN", "3")
+    monkeypatch.setenv("TUNELOOP_RETRAIN_LOOKBACK_S", str(2 * 86400))
+    drift = {"alias": "support", "decision": "drift", "detector": "feedback_accuracy"}
+    for _ in range(3):
+        registry.add_event("support", DRIFT_CHECKED, "support: drift", drift)
+    with registry.transaction() as session:
+        session.execute(
+            update(Event)
+            .where(Event.kind == DRIFT_CHECKED)
+            .values(created_at=datetime.now(UTC) - timedelta(days=3))
+        )
+    assert consider_retrain(registry, "support").retrain is False
+    assert len(registry.history("support", kinds=[DRIFT_CHECKED])) == 3  # still recorded, only not read
+    monkeypatch.setenv("TUNELOOP_RETRAIN_LOOKBACK_S", str(4 * 86400))
+    assert consider_retrain(registry, "support").retrain is True

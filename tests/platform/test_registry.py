@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,10 @@ def test_promote_and_rollback_move_alias_and_statuses(registry: Registry) -> Non
         "alias.promoted",
         "alias.rolled_back",
     ]
+    promotions = registry.history("support", kinds=["alias.promoted", "alias.rolled_back"])
+    assert [e.kind for e in promotions] == ["alias.promoted", "alias.promoted", "alias.rolled_back"]
+    assert registry.history("support", since=promotions[-1].created_at)[0].id == promotions[-1].id
+    assert registry.history("support", since=datetime.now(UTC) + timedelta(minutes=1)) == []
 
 
 def test_failed_promotion_changes_nothing(registry: Registry) -> None:
