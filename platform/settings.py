@@ -115,13 +115,17 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*):[^/?#@\s]*@")
+# Up to the last "@" of the run: SQLAlchemy takes a password with "/", "#" or "?" unencoded.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*):\S*@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)[^&#\s'\"]*", re.IGNORECASE)
 HIDDEN = "***"
 
 
 def redact_url(text: str) -> str:
-    """`text` with the password of every `scheme://user:password@host` URL in it replaced by ***."""
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{HIDDEN}@", text)
+    """`text` with the password of every `scheme://user:password@host` URL in it, and every
+    `?password=` query value, replaced by ***."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{HIDDEN}@", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}{HIDDEN}", text)
 
 
 def shown_value(var: Var[Any]) -> str:

@@ -185,17 +185,17 @@ def registry_env() -> dict[str, str]:
     """The variables a job driver (or a Ray head's drivers) find the registry by.
 
     A Ray job's runtime env can be read back by anyone with the Jobs API or the dashboard, so a URL
-    with a password never goes into it. A URL without one goes as it is. Otherwise, with
-    TUNELOOP_JOB_REGISTRY_CREDENTIALS=cluster nothing goes (the cluster's pods have TUNELOOP_DB_URL
-    from a Secret, as the Helm chart's do); with `file` (one machine) the URL is written to a private
-    file (mode 0600) under TUNELOOP_HOME/secrets and only its path goes, with TUNELOOP_DB_URL emptied
-    so a URL in the head's own environment cannot win over it.
+    with a password never goes into it. With TUNELOOP_JOB_REGISTRY_CREDENTIALS=cluster nothing goes
+    (the cluster's pods have TUNELOOP_DB_URL from a Secret, as the Helm chart's do). Otherwise a URL
+    without a password goes as it is, and one with a password is written to a private file (mode
+    0600) under TUNELOOP_HOME/secrets and only its path goes, with TUNELOOP_DB_URL emptied so a URL
+    in the head's own environment cannot win over it.
     """
     url = settings.TUNELOOP_DB_URL.get()
-    if settings.redact_url(url) == url:
-        return {"TUNELOOP_DB_URL": url}
     if settings.TUNELOOP_JOB_REGISTRY_CREDENTIALS.get() == "cluster":
         return {}
+    if settings.redact_url(url) == url:
+        return {"TUNELOOP_DB_URL": url}
     name = REGISTRY_URL_FILE.format(digest=hashlib.sha256(url.encode()).hexdigest()[:16])
     path = write_private_file(settings.TUNELOOP_HOME.get() / "secrets" / name, url)
     return {"TUNELOOP_DB_URL": "", "TUNELOOP_DB_URL_FILE": str(path)}

@@ -59,6 +59,26 @@ def test_redact_url_masks_every_password(text: str) -> None:
     assert "***@" in masked and ":p@" not in masked and ":secret@" not in masked and ":b@" not in masked
 
 
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://u:pa/ss-word@h/db", "ss-word"),  # "/", "#", "?" unencoded: SQLAlchemy takes them
+        ("postgresql://u:pa#ss-word@h/db", "ss-word"),
+        ("postgresql://u:pa?ss-word@h:5432/db", "ss-word"),
+        ("postgresql://u@h/db?sslmode=require&password=hunter2-x", "hunter2-x"),
+        ("mysql://u@h/db?PASSWORD=hunter2-x", "hunter2-x"),
+    ],
+)
+def test_redact_url_masks_passwords_sqlalchemy_accepts(
+    url: str, secret: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert secret not in settings.redact_url(url) and settings.HIDDEN in settings.redact_url(url)
+    monkeypatch.setenv("TUNELOOP_DB_URL", url)
+    assert secret not in repr(jobs.job_env())  # through a private file, not the job's env
+    monkeypatch.setenv("TUNELOOP_JOB_REGISTRY_CREDENTIALS", "cluster")
+    assert secret not in repr(jobs.job_env())
+
+
 def test_redact_url_leaves_urls_without_a_password_alone() -> None:
     for text in ("sqlite:////var/lib/t/registry.db", "http://127.0.0.1:8265", "postgresql://user@host/db"):
         assert settings.redact_url(text) == text
