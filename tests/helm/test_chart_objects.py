@@ -355,6 +355,13 @@ def test_notes_tell_how_to_call_the_endpoint_and_submit_training(tmp_path: Path,
     if value_set == "everything-on":
         assert "kubectl -n ml get rayjob tl-tuneloop-train" in notes
         assert "at http://tuneloop.example.com/v1" in notes
+    assert ("helm get values tl" in notes) == bool(VALUE_SETS[value_set].get("database", {}).get("url"))
+
+
+def test_notes_warn_that_a_database_url_value_keeps_its_password_in_the_release(tmp_path: Path) -> None:
+    values = {**VALUE_SETS["default"], "database": {"url": "postgresql://u:hunter2@db/t"}}
+    notes = render_notes(tmp_path, values)
+    assert "WARNING: database.url" in notes and "helm get values tl" in notes and "hunter2" not in notes
 
 
 def test_helm_installer_is_idempotent() -> None:
