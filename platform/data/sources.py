@@ -36,6 +36,9 @@ FIELDS = frozenset({"messages", "prompt", "completion", "text"})
 MAX_ROW_BYTES = 1 << 20
 MAX_ROWS = 5_000_000
 Row = tuple[int, dict[str, Any] | None, str | None]
+# What json.loads raises past its own limits (RecursionError, or ValueError for an integer over
+# 4,300 digits) is no JSONDecodeError and carries no position.
+UNPARSABLE = "invalid JSON: nested too deeply or a number too long"
 
 
 class SourceError(ConfigError):
@@ -92,6 +95,9 @@ class Source:
                     yield number, None, f"truncated JSON: the line ends inside a value ({exc.msg})"
                 else:
                     yield number, None, f"invalid JSON: {exc.msg} at column {exc.pos + 1}"
+                continue
+            except (ValueError, RecursionError):  # json's own limits: nesting depth, 4,300-digit integers
+                yield number, None, UNPARSABLE
                 continue
             if not isinstance(obj, dict):
                 yield number, None, f"expected a JSON object, got {kind_of(obj)}"
@@ -216,6 +222,8 @@ def _messages_from_json(obj: dict[str, Any]) -> str | None:
         obj["messages"] = json.loads(value)
     except json.JSONDecodeError as exc:
         return f"the messages cell is not a JSON list of turns: {exc.msg} at column {exc.pos + 1}"
+    except (ValueError, RecursionError):
+        return f"the messages cell is not a JSON list of turns: {UNPARSABLE}"
     return None
 
 
