@@ -11,10 +11,11 @@ than twenty.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,10 @@ TOOLS_REFUSED = "tuneloop does not train tool calls; remove tool turns (or these
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a participant's name
 MAX_LINE_BYTES = MAX_ROW_BYTES
 MAX_LISTED = 50
+# Reasons kept per row, and characters of a user's value (a key, a role, a name) shown in one: a 1 MiB
+# line of empty turns would otherwise give ~700,000 reasons, and one key could be a megabyte long.
+MAX_REASONS = 10
+MAX_SHOWN = 80
 
 
 class DataError(ConfigError):
@@ -181,8 +186,9 @@ def read_examples(
     problems, examples = found.problems, found.examples
     if problems:
         head = f"{path}: {len(problems)} bad line(s); fix them and resubmit (no training was started):"
-        listed = [f"{path}:{lineno}: {'; '.join(reasons)}" for lineno, reasons in sorted(problems.items())]
-        raise DataError(report(head, listed))
+        # Only the rows the report lists are formatted; the rest are counted.
+        listed = [f"{path}:{n}: {'; '.join(problems[n])}" for n in sorted(problems)[:MAX_LISTED]]
+        raise DataError(report(head, listed, total=len(problems)))
     if not examples:
         raise DataError(f"{path} holds no examples (empty, or only blank lines)")
     if len(examples) < min_examples:
@@ -202,11 +208,13 @@ def reference_answer(example: Example) -> str | None:
     return example.completion
 
 
-def report(head: str, entries: list[str]) -> str:
-    """A DataError message: the head, then one indented entry per line, capped at MAX_LISTED entries."""
+def report(head: str, entries: list[str], total: int | None = None) -> str:
+    """A DataError message: the head, then one indented entry per line, capped at MAX_LISTED entries;
+    `total` counts the entries when only the first ones were formatted."""
     listed = [f"  {entry}" for entry in entries[:MAX_LISTED]]
-    if len(entries) > MAX_LISTED:
-        listed.append(f"  ... and {len(entries) - MAX_LISTED} more")
+    total = len(entries) if total is None else total
+    if total > MAX_LISTED:
+        listed.append(f"  ... and {total - MAX_LISTED} more")
     return "\n".join([head, *listed])
 
 
@@ -216,19 +224,12 @@ def check_row(
     """(format if recognisable, example if valid, reasons it is not) of one row object."""
     matched = [fmt for fmt, keys in KEYS.items() if keys & obj.keys()]
     if len(matched) != 1:
-        found = ", ".join(repr(k) for k in obj) or "none"
+        found = _cut(", ".join(repr(k) for k in itertools.islice(obj, MAX_REASONS + 1)) or "none")
         why = "keys of several formats" if matched else "no known keys"
         expected = "'messages' (chat), 'prompt' + 'completion', or 'text'"
         return None, None, [f"{why} (found {found}); expected {expected}"]
     fmt = matched[0]
-    tools = [k for k in obj if k in TOOL_LINE_KEYS]
-    reasons = [f"{', '.join(map(repr, tools))}: {TOOLS_REFUSED}"] if tools and fmt == "chat" else []
-    reasons += [f"unknown key {k!r} in a {fmt} line" for k in obj if k not in KEYS[fmt] and k not in tools]
-    reasons += [f"missing key {k!r}" for k in sorted(KEYS[fmt] - obj.keys())]
-    if fmt == "chat":
-        reasons += _chat_problems(obj.get("messages"))
-    else:
-        reasons += [r for k in sorted(KEYS[fmt] & obj.keys()) if (r := _string_problem(k, obj[k]))]
+    reasons = _capped(_row_problems(obj, fmt))
     if reasons:
         return fmt, None, reasons
     if fmt == "chat":
@@ -241,44 +242,73 @@ def check_row(
     return fmt, Example(format=fmt, line=lineno, source=source, **fields), []
 
 
-def _chat_problems(messages: object) -> list[str]:
+def _row_problems(obj: dict[str, Any], fmt: Format) -> Iterator[str]:
+    tools = [k for k in obj if k in TOOL_LINE_KEYS]
+    if tools and fmt == "chat":
+        yield f"{', '.join(map(repr, tools))}: {TOOLS_REFUSED}"
+    yield from (
+        f"unknown key {_shown(k)} in a {fmt} line" for k in obj if k not in KEYS[fmt] and k not in tools
+    )
+    yield from (f"missing key {k!r}" for k in sorted(KEYS[fmt] - obj.keys()))
+    if fmt == "chat":
+        yield from _chat_problems(obj.get("messages"))
+    else:
+        yield from (r for k in sorted(KEYS[fmt] & obj.keys()) if (r := _string_problem(k, obj[k])))
+
+
+def _chat_problems(messages: object) -> Iterator[str]:
     if not isinstance(messages, list) or not messages:
-        return [f"'messages' must be a non-empty list of turns, got {_kind(messages)}"]
-    reasons: list[str] = []
+        yield f"'messages' must be a non-empty list of turns, got {_kind(messages)}"
+        return
     for i, turn in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(turn, dict):
-            reasons.append(f"{where} must be an object with 'role' and 'content', got {_kind(turn)}")
+            yield f"{where} must be an object with 'role' and 'content', got {_kind(turn)}"
             continue
         tools = [k for k in turn if k in TOOL_TURN_KEYS]
         if tools or turn.get("role") in TOOL_ROLES:
             what = f"has {', '.join(map(repr, tools))}" if tools else f"has role {turn.get('role')!r}"
-            reasons.append(f"{where} {what}: {TOOLS_REFUSED}")
+            yield f"{where} {what}: {TOOLS_REFUSED}"
             continue
-        reasons += [f"unknown key {k!r} in {where}" for k in turn if k not in TURN_KEYS]
-        reasons += [f"{where} is missing {k!r}" for k in ("role", "content") if k not in turn]
+        yield from (f"unknown key {_shown(k)} in {where}" for k in turn if k not in TURN_KEYS)
+        yield from (f"{where} is missing {k!r}" for k in ("role", "content") if k not in turn)
         role = turn.get("role")
         if "role" in turn and role not in ROLES:
-            reasons.append(f"{where}.role {role!r} is not one of {', '.join(ROLES)}")
+            yield f"{where}.role {_shown(role)} is not one of {', '.join(ROLES)}"
         if "content" in turn and (problem := _string_problem(f"{where}.content", turn["content"])):
-            reasons.append(problem)
+            yield problem
         if "name" in turn and not (isinstance(turn["name"], str) and NAME.match(turn["name"])):
-            reasons.append(f"{where}.name must be 1-64 letters, digits, '_' or '-', got {turn['name']!r}")
+            yield f"{where}.name must be 1-64 letters, digits, '_' or '-', got {_shown(turn['name'])}"
         if "weight" in turn:
             weight = turn["weight"]
             if role != "assistant":
-                reasons.append(f"{where}.weight is only for assistant turns (it says whether one is trained)")
+                yield f"{where}.weight is only for assistant turns (it says whether one is trained)"
             elif isinstance(weight, bool) or weight not in (0, 1):
-                reasons.append(f"{where}.weight must be 0 (context only) or 1 (trained), got {weight!r}")
+                yield f"{where}.weight must be 0 (context only) or 1 (trained), got {_shown(weight)}"
     roles = [turn.get("role") for turn in messages if isinstance(turn, dict)]
     if roles and roles[-1] != "assistant":
-        reasons.append(f"the last turn must be the assistant's answer, not {roles[-1]!r}")
+        yield f"the last turn must be the assistant's answer, not {_shown(roles[-1])}"
     if "user" not in roles[:-1]:
-        reasons.append("a user turn must come before the final assistant turn")
+        yield "a user turn must come before the final assistant turn"
     weights = [t.get("weight") for t in messages if isinstance(t, dict) and t.get("role") == "assistant"]
     if weights and all(w == 0 and not isinstance(w, bool) for w in weights):
-        reasons.append("every assistant turn has weight 0, so the conversation trains nothing; set one to 1")
-    return reasons
+        yield "every assistant turn has weight 0, so the conversation trains nothing; set one to 1"
+
+
+def _capped(reasons: Iterator[str]) -> list[str]:
+    """The first MAX_REASONS reasons; the rest are counted, never formatted or kept."""
+    kept = list(itertools.islice(reasons, MAX_REASONS))
+    more = sum(1 for _ in reasons)
+    return [*kept, f"and {more} more"] if more else kept
+
+
+def _shown(value: object) -> str:
+    """A value from the user's data as a reason shows it: its repr, cut to MAX_SHOWN characters."""
+    return _cut(repr(value[: MAX_SHOWN + 1] if isinstance(value, str) else value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 def _string_problem(name: str, value: object) -> str | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tuneloop.platform.data import DataError, read_examples
+from tuneloop.platform.data.formats import MAX_LISTED, scan
 
 UNPARSABLE = "invalid JSON: nested too deeply or a number too long"
 GOOD = {"prompt": "What is one?", "completion": "1"}
@@ -31,3 +32,37 @@ def test_json_past_the_parsers_limits_is_a_bad_row(tmp_path: Path) -> None:
     table = tmp_path / "deep.csv"
     table.write_text(f"messages\n{cell}\n")
     assert errors_of(table) == [("2", f"the messages cell is not a JSON list of turns: {UNPARSABLE}")]
+
+
+def test_a_row_keeps_ten_reasons_and_shows_user_values_cut(tmp_path: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    turns = ",".join(["{}"] * 300_000)  # each empty turn lacks a role and a content: 600,000 reasons
+    long_key = "k" * 100_000
+    long_role = {"messages": [{"role": "r" * 100_000, "content": "x"}, {"role": "assistant", "content": "y"}]}
+    lines = [f'{{"messages": [{turns}]}}', json.dumps({**GOOD, long_key: 1}), json.dumps(long_role)]
+    path.write_text("\n".join(lines) + "\n")
+    found = scan(path)
+    first = found.problems[1]
+    assert len(first) == 11 and first[:2] == [
+        "messages[0] is missing 'role'",
+        "messages[0] is missing 'content'",
+    ]
+    assert first[-1] == "and 599992 more"  # the two final checks (last turn, a user turn) count too
+    key = found.problems[2][0]
+    assert key.startswith("unknown key 'kkk") and key.endswith("kkk... in a prompt_completion line")
+    assert len(key) < 150
+    assert all(len(reason) < 150 for reason in found.problems[3])
+    with pytest.raises(DataError) as exc:
+        read_examples(path)
+    assert len(str(exc.value)) < 4000
+
+
+def test_only_the_listed_rows_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": ""}\n' * 120)
+    with pytest.raises(DataError) as exc:
+        read_examples(path)
+    lines = str(exc.value).splitlines()
+    assert lines[0].endswith("120 bad line(s); fix them and resubmit (no training was started):")
+    assert len(lines) == 1 + MAX_LISTED + 1 and lines[-1] == f"  ... and {120 - MAX_LISTED} more"
+    assert lines[1] == f"  {path}:1: missing key 'completion'; 'prompt' is empty"
