@@ -130,6 +130,7 @@ class Source:
             raise SourceError(f"{self.path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
     def _parquet(self) -> Iterator[Row]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
@@ -137,7 +138,7 @@ class Source:
             keep = self._table_columns(table.schema_arrow.names)
             batches = table.iter_batches(batch_size=1024, columns=keep)
             yield from self._table_rows(batches)
-        except OSError as exc:  # pyarrow's ArrowInvalid/ArrowIOError are OSError/ValueError subclasses
+        except (OSError, pa.ArrowInvalid) as exc:  # a corrupt file: ArrowInvalid is a ValueError
             raise SourceError(f"{self.path} is not a readable Parquet file: {exc}") from None
 
     def _arrow(self) -> Iterator[Row]:

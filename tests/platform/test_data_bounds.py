@@ -66,3 +66,10 @@ def test_only_the_listed_rows_are_reported(tmp_path: Path) -> None:
     assert lines[0].endswith("120 bad line(s); fix them and resubmit (no training was started):")
     assert len(lines) == 1 + MAX_LISTED + 1 and lines[-1] == f"  ... and {120 - MAX_LISTED} more"
     assert lines[1] == f"  {path}:1: missing key 'completion'; 'prompt' is empty"
+
+
+def test_a_corrupt_parquet_file_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1" + b"\0" * 64)
+    with pytest.raises(DataError, match=r"broken\.parquet is not a readable Parquet file: .*magic bytes"):
+        read_examples(path)
