@@ -12,7 +12,8 @@ that line); a table's columns are declared once, so columns no format uses are i
 
 The readers are pyarrow's (Parquet and the Arrow IPC streams `Dataset.save_to_disk` writes) and the
 standard library's (`json`, `csv`); every input is bounded: JSONL lines and CSV fields by
-`max_row_bytes`, every source by MAX_ROWS.
+`max_row_bytes`, tables by TABLE_SLICE rows of it at a time and Parquet row groups by
+MAX_GROUP_BYTES, every source by MAX_ROWS.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ FIELDS = frozenset({"messages", "prompt", "completion", "text"})
 # keeps a bad file from being parsed into memory in one piece.
 MAX_ROW_BYTES = 1 << 20
 MAX_ROWS = 5_000_000
+# Tables are turned into Python objects this many rows at a time, and refused when those rows hold
+# more than TABLE_SLICE * max_row_bytes; a Parquet row group is refused over MAX_GROUP_BYTES
+# (uncompressed, as its footer says) before any of it is read.
+TABLE_SLICE = 1024
+MAX_GROUP_BYTES = 2 << 30
 Row = tuple[int, dict[str, Any] | None, str | None]
 # What json.loads raises past its own limits (RecursionError, or ValueError for an integer over
 # 4,300 digits) is no JSONDecodeError and carries no position.
@@ -135,11 +141,26 @@ class Source:
 
         try:
             table = pq.ParquetFile(self.path)
+            self._check_parquet_size(table.metadata)
             keep = self._table_columns(table.schema_arrow.names)
-            batches = table.iter_batches(batch_size=1024, columns=keep)
+            batches = table.iter_batches(batch_size=TABLE_SLICE, columns=keep)
             yield from self._table_rows(batches)
         except (OSError, pa.ArrowInvalid) as exc:  # a corrupt file: ArrowInvalid is a ValueError
             raise SourceError(f"{self.path} is not a readable Parquet file: {exc}") from None
+
+    def _check_parquet_size(self, meta: Any) -> None:
+        """Refuse from the footer alone what would cost too much to read: too many rows, or a row group
+        declared larger than MAX_GROUP_BYTES (the declared size is a writer's word, and dictionary
+        pages decode larger, so the slices in `_table_rows` are the bound that holds)."""
+        if meta.num_rows > MAX_ROWS:
+            raise SourceError(f"{self.path} holds {meta.num_rows} rows, more than {MAX_ROWS}; split it")
+        for i in range(meta.num_row_groups):
+            size = meta.row_group(i).total_byte_size
+            if size > MAX_GROUP_BYTES:
+                raise SourceError(
+                    f"{self.path}: row group {i} holds {size} bytes uncompressed, more than "
+                    f"{MAX_GROUP_BYTES}; write it with smaller row groups (pyarrow's row_group_size)"
+                )
 
     def _arrow(self) -> Iterator[Row]:
         import pyarrow as pa
@@ -158,15 +179,25 @@ class Source:
                 raise SourceError(f"{file} is not a readable Arrow stream: {exc}") from None
 
     def _table_rows(self, batches: Any, start: int = 0) -> Iterator[Row]:
+        """Rows of record batches, turned into Python objects TABLE_SLICE rows at a time (a batch of
+        an Arrow stream can be any size; its bytes stay mapped until sliced)."""
         number = start
+        limit = TABLE_SLICE * self.max_row_bytes
         for batch in batches:
-            for record in batch.to_pylist():
-                number += 1
-                # A struct column has every field in every row: a turn without `weight` reads back as
-                # weight None, so None means "not given" in tables.
-                obj = _without_nulls(record)
-                problem = _messages_from_json(obj)
-                yield number, (None if problem else obj), problem
+            for offset in range(0, batch.num_rows, TABLE_SLICE):
+                part = batch.slice(offset, TABLE_SLICE)
+                if part.nbytes > limit:
+                    raise SourceError(
+                        f"{self.path}:{number + 1}: rows {number + 1}-{number + part.num_rows} hold "
+                        f"{part.nbytes} bytes, more than {TABLE_SLICE} rows of {self.max_row_bytes} bytes"
+                    )
+                for record in part.to_pylist():
+                    number += 1
+                    # A struct column has every field in every row: a turn without `weight` reads back
+                    # as weight None, so None means "not given" in tables.
+                    obj = _without_nulls(record)
+                    problem = _messages_from_json(obj)
+                    yield number, (None if problem else obj), problem
 
 
 def open_source(

@@ -73,3 +73,43 @@ def test_a_corrupt_parquet_file_is_one_error(tmp_path: Path) -> None:
     path.write_bytes(b"PAR1" + b"\0" * 64)
     with pytest.raises(DataError, match=r"broken\.parquet is not a readable Parquet file: .*magic bytes"):
         read_examples(path)
+
+
+def test_tables_are_bounded_before_they_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tuneloop.platform.data import sources
+
+    path = tmp_path / "qa.parquet"
+    wide = [{**GOOD, "completion": f"{i:05d}" * 60} for i in range(2048)]  # distinct: no dictionary
+    pq.write_table(pa.Table.from_pylist(wide), path, row_group_size=1024)
+    assert len(read_examples(path)) == 2048
+    with pytest.raises(
+        DataError, match=r"qa\.parquet:1: rows 1-1024 hold \d+ bytes, more than 1024 rows of 200"
+    ):
+        read_examples(path, max_line_bytes=200)
+    monkeypatch.setattr(sources, "MAX_GROUP_BYTES", 100_000)
+    with pytest.raises(
+        DataError, match=r"qa\.parquet: row group 0 holds \d+ bytes uncompressed, more than 100000"
+    ):
+        read_examples(path)
+    monkeypatch.setattr(sources, "MAX_ROWS", 100)
+    with pytest.raises(DataError, match=r"qa\.parquet holds 2048 rows, more than 100; split it"):
+        read_examples(path)
+
+
+def test_an_arrow_stream_is_read_a_slice_at_a_time(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    table = pa.Table.from_pylist([{**GOOD, "completion": "x" * 300} for _ in range(3000)])
+    with pa.ipc.new_stream(folder / "data-00000-of-00001.arrow", table.schema) as writer:
+        writer.write_table(table, max_chunksize=3000)  # one batch of every row
+    (folder / "state.json").write_text(
+        json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]})
+    )
+    assert len(read_examples(folder)) == 3000
+    with pytest.raises(DataError, match=r"saved:1: rows 1-1024 hold \d+ bytes, more than 1024 rows of 200"):
+        read_examples(folder, max_line_bytes=200)
