@@ -99,9 +99,12 @@ async def create_file(request: Request) -> FileObject:
 
 
 def validate(data: bytes, filename: str) -> dict[str, object]:
-    """Check every line as training will; a DataError becomes a 400 naming the lines by number."""
+    """Check every line as training will; a DataError becomes a 400 naming the lines by number.
+
+    The files API takes JSONL, and training reads an uploaded file as JSONL, so it is checked as JSONL
+    whatever its name says (the client's name never picks a reader or a path)."""
     with tempfile.TemporaryDirectory(prefix="tuneloop-upload-") as tmp:
-        path = Path(tmp) / filename
+        path = Path(tmp) / "upload.jsonl"
         path.write_bytes(data)
         try:
             examples = read_examples(path)
@@ -144,8 +147,15 @@ async def _form(request: Request, raw: bytes) -> tuple[str, str, bytes]:
         raise bad_request("Missing `purpose` (`fine-tune`).", param="purpose")
     data = await upload.read()
     await form.close()
-    name = Path(upload.filename or "upload.jsonl").name[:200] or "upload.jsonl"
-    return purpose, name, data
+    return purpose, upload_name(upload.filename), data
+
+
+def upload_name(given: str | None) -> str:
+    """The name an upload is listed under: the last part of the client's, cut to 200 characters."""
+    name = Path(given or "upload.jsonl").name[:200] or "upload.jsonl"
+    if name in (".", ".."):
+        raise bad_request(f"The file's name {name!r} is not a file name.", param="file")
+    return name
 
 
 async def list_files(request: Request, purpose: str | None, limit: int) -> FileList:

@@ -65,3 +65,30 @@ def test_bad_fields_are_400s_naming_their_param(fields: dict[str, object], param
     with pytest.raises(OpenAIError) as caught:
         hyperparameters_of(body(**fields))
     assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_an_upload_is_checked_as_jsonl_whatever_its_name() -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tuneloop.serve.files.serving import validate
+
+    line = b'{"prompt": "What is one?", "completion": "1"}\n'
+    assert validate(line, "train.csv") == {"format": "prompt_completion", "examples": 1}
+    table = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "completion": "c"}]), table)
+    with pytest.raises(OpenAIError) as caught:
+        validate(table.getvalue(), "train.parquet")
+    assert caught.value.status == 400 and "train.parquet:1: invalid JSON" in caught.value.message
+
+
+def test_an_upload_named_dot_dot_is_a_400() -> None:
+    from tuneloop.serve.files.serving import upload_name
+
+    for bad in ("..", "a/..", "../.."):
+        with pytest.raises(OpenAIError) as caught:
+            upload_name(bad)
+        assert caught.value.status == 400 and caught.value.param == "file"
+    assert upload_name("../x/train.jsonl") == "train.jsonl" and upload_name(None) == "upload.jsonl"
