@@ -13,7 +13,7 @@ that line); a table's columns are declared once, so columns no format uses are i
 The readers are pyarrow's (Parquet and the Arrow IPC streams `Dataset.save_to_disk` writes) and the
 standard library's (`json`, `csv`); every input is bounded: JSONL lines and CSV fields by
 `max_row_bytes`, tables by TABLE_SLICE rows of it at a time and Parquet row groups by
-MAX_GROUP_BYTES, every source by MAX_ROWS.
+MAX_GROUP_BYTES, every source by MAX_ROWS and TUNELOOP_DATA_MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError
 from tuneloop.platform.spec import RowField
 
@@ -205,7 +206,8 @@ def open_source(
 ) -> Source:
     """The source at `path`, its kind known by suffix (or a `datasets` folder); SourceError if unreadable."""
     if path.is_dir():
-        saved_dataset_files(path)  # refuses folders that are not a saved dataset, naming what to give
+        # Refuses folders that are not a saved dataset, naming what to give.
+        _check_size(path, sum(f.stat().st_size for f in saved_dataset_files(path)))
         return Source(path, "arrow", dict(columns or {}), max_row_bytes=max_row_bytes)
     if not path.is_file():
         raise SourceError(f"data file {path} does not exist")
@@ -213,7 +215,17 @@ def open_source(
     if kind is None:
         known = ", ".join(sorted(SUFFIXES))
         raise SourceError(f"{path}: unknown data file type {path.suffix!r}; use {known} or a saved dataset")
+    _check_size(path, path.stat().st_size)
     return Source(path, kind, dict(columns or {}), max_row_bytes=max_row_bytes)
+
+
+def _check_size(path: Path, size: int) -> None:
+    limit = settings.TUNELOOP_DATA_MAX_BYTES.get()
+    if size > limit:
+        raise SourceError(
+            f"{path} is {size} bytes, more than TUNELOOP_DATA_MAX_BYTES ({limit}); "
+            "split it or raise the limit"
+        )
 
 
 def saved_dataset_files(folder: Path) -> list[Path]:

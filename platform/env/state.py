@@ -99,6 +99,13 @@ HF_HUB_OFFLINE: Var[bool] = Var(
     lambda: False,
     "Never contact the Hugging Face hub: a hub id must already be in the HF_HOME cache.",
 )
+TUNELOOP_DATA_MAX_BYTES: Var[int] = Var(
+    "TUNELOOP_DATA_MAX_BYTES",
+    _positive_int,
+    lambda: 10 * 2**30,
+    "Largest training data source read (bytes; a saved `datasets` folder counts its files together): "
+    "a larger one is refused, naming the file, before any of it is read.",
+)
 TUNELOOP_PIP_INSTALL: Var[bool] = Var(
     "TUNELOOP_PIP_INSTALL",
     _bool,

@@ -113,3 +113,19 @@ def test_an_arrow_stream_is_read_a_slice_at_a_time(tmp_path: Path) -> None:
     assert len(read_examples(folder)) == 3000
     with pytest.raises(DataError, match=r"saved:1: rows 1-1024 hold \d+ bytes, more than 1024 rows of 200"):
         read_examples(folder, max_line_bytes=200)
+
+
+def test_a_source_over_the_size_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + "\n" * 100)
+    assert len(read_examples(path)) == 1
+    monkeypatch.setenv("TUNELOOP_DATA_MAX_BYTES", "100")
+    with pytest.raises(
+        DataError, match=r"big\.jsonl is 146 bytes, more than TUNELOOP_DATA_MAX_BYTES \(100\)"
+    ):
+        read_examples(path)
+    folder = Path(__file__).resolve().parent.parent / "assets" / "saved_dataset"
+    with pytest.raises(DataError, match=r"saved_dataset is \d+ bytes, more than TUNELOOP_DATA_MAX_BYTES"):
+        read_examples(folder)
