@@ -11,9 +11,9 @@ that line); a table's columns are declared once, so columns no format uses are i
 `ignored` lists them. CSV cells are text, so a `messages` cell holds the conversation as JSON.
 
 The readers are pyarrow's (Parquet and the Arrow IPC streams `Dataset.save_to_disk` writes) and the
-standard library's (`json`, `csv`); every input is bounded: JSONL lines and CSV fields by
-`max_row_bytes`, tables by TABLE_SLICE rows of it at a time and Parquet row groups by
-MAX_GROUP_BYTES, every source by MAX_ROWS and TUNELOOP_DATA_MAX_BYTES.
+standard library's (`json`, `csv`); every input is bounded: JSONL lines and CSV rows by
+`max_row_bytes` (CSV headers by MAX_COLUMNS), tables by TABLE_SLICE rows of it at a time and Parquet
+row groups by MAX_GROUP_BYTES, every source by MAX_ROWS and TUNELOOP_DATA_MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError
@@ -37,6 +37,7 @@ FIELDS = frozenset({"messages", "prompt", "completion", "text"})
 # keeps a bad file from being parsed into memory in one piece.
 MAX_ROW_BYTES = 1 << 20
 MAX_ROWS = 5_000_000
+MAX_COLUMNS = 10_000  # of a CSV header: a row of a wider table is a dict of that many cells
 # Tables are turned into Python objects this many rows at a time, and refused when those rows hold
 # more than TABLE_SLICE * max_row_bytes; a Parquet row group is refused over MAX_GROUP_BYTES
 # (uncompressed, as its footer says) before any of it is read.
@@ -113,28 +114,33 @@ class Source:
 
     def _csv(self) -> Iterator[Row]:
         csv.field_size_limit(self.max_row_bytes)
-        try:
-            with self.path.open(encoding="utf-8-sig", newline="") as fh:
-                reader = csv.DictReader(fh)
-                keep = self._table_columns(list(reader.fieldnames or []))
-                while True:
-                    try:
-                        record = next(reader)
-                    except StopIteration:
-                        return
-                    except csv.Error as exc:
-                        yield reader.line_num, None, f"not valid CSV: {exc}"
-                        continue
-                    if None in record:
-                        yield reader.line_num, None, "more cells than the header has columns"
-                        continue
-                    if not any(record.values()):
-                        continue  # a row of empty cells
-                    obj: dict[str, Any] = {k: record[k] for k in keep if record.get(k) is not None}
-                    problem = _messages_from_json(obj)
-                    yield reader.line_num, (None if problem else obj), problem
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{self.path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        # surrogateescape: a byte that is not UTF-8 reaches _CsvLines, which names its line.
+        with self.path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+            lines = _CsvLines(fh, self.path, self.max_row_bytes)
+            reader = csv.DictReader(lines)
+            names = list(reader.fieldnames or [])
+            if len(names) > MAX_COLUMNS:
+                raise SourceError(
+                    f"{self.path}:1: the header has {len(names)} columns, more than {MAX_COLUMNS}"
+                )
+            keep = self._table_columns(names)
+            while True:
+                lines.record_bytes = 0
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield reader.line_num, None, f"not valid CSV: {exc}"
+                    continue
+                if None in record:
+                    yield reader.line_num, None, "more cells than the header has columns"
+                    continue
+                if not any(record.values()):
+                    continue  # a row of empty cells
+                obj: dict[str, Any] = {k: record[k] for k in keep if record.get(k) is not None}
+                problem = _messages_from_json(obj)
+                yield reader.line_num, (None if problem else obj), problem
 
     def _parquet(self) -> Iterator[Row]:
         import pyarrow as pa
@@ -277,6 +283,39 @@ def _without_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_nulls(v) for v in value]
     return value
+
+
+class _CsvLines:
+    """The lines csv reads, each row's bounded: `field_size_limit` caps a cell, not the cells of a line
+    nor the lines a quoted cell spans, so the bytes of one row (reset by the reader) are capped here."""
+
+    def __init__(self, fh: IO[str], path: Path, max_bytes: int) -> None:
+        self.fh, self.path, self.max_bytes = fh, path, max_bytes
+        self.lineno = 0
+        self.record_bytes = 0
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.fh.readline(self.max_bytes + 1)  # characters: at most 4 bytes each
+        if not line:
+            raise StopIteration
+        self.lineno += 1
+        try:
+            size = len(line.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # an escaped byte that was not UTF-8
+            byte = len(line[: exc.start].encode("utf-8", "surrogateescape")) + 1
+            raise SourceError(
+                f"{self.path}:{self.lineno}: not UTF-8 text (byte {byte} of the line); save it as UTF-8"
+            ) from None
+        self.record_bytes += size
+        if self.record_bytes > self.max_bytes:
+            raise SourceError(
+                f"{self.path}:{self.lineno}: line longer than {self.max_bytes} bytes (a row, with any "
+                "line breaks inside quotes, must fit in it); split it or check its quotes"
+            )
+        return line
 
 
 def _raw_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:

@@ -129,3 +129,28 @@ def test_a_source_over_the_size_limit_is_refused_unread(
     folder = Path(__file__).resolve().parent.parent / "assets" / "saved_dataset"
     with pytest.raises(DataError, match=r"saved_dataset is \d+ bytes, more than TUNELOOP_DATA_MAX_BYTES"):
         read_examples(folder)
+
+
+def test_a_csv_row_is_bounded_in_bytes_whatever_its_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneloop.platform.data import sources
+
+    path = tmp_path / "qa.csv"
+    head = "prompt,completion\nWhat is one?,1\n"
+    path.write_text(head + "," * 2000 + "\n")  # every cell is empty: the cell limit never sees it
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: line longer than 1000 bytes"):
+        read_examples(path, max_line_bytes=1000)
+    path.write_text(head + '"' + "a quoted cell\n" * 100 + '",x\n')  # one row over 100 lines
+    assert len(read_examples(path)) == 2  # read whole with the default limit
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:74: line longer than 1000 bytes"):
+        read_examples(path, max_line_bytes=1000)
+    path.write_bytes(head.encode() + b"caf\xe9?,yes\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: not UTF-8 text \(byte 4 of the line\)"):
+        read_examples(path)
+    monkeypatch.setattr(sources, "MAX_COLUMNS", 10)
+    path.write_text(",".join(f"c{i}" for i in range(11)) + "\n")
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(path))}:1: the header has 11 columns, more than 10"
+    ):
+        read_examples(path)
