@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tuneloop.platform.data.sources import MAX_ROW_BYTES, Kind, SourceError, kind_of, open_source
+from tuneloop.platform.data.sources import (
+    MAX_ROW_BYTES,
+    MAX_SHOWN,
+    Kind,
+    SourceError,
+    cut,
+    kind_of,
+    open_source,
+)
 from tuneloop.platform.errors import ConfigError
 from tuneloop.platform.spec import RowField, Task
 
@@ -41,10 +49,9 @@ TOOLS_REFUSED = "tuneloop does not train tool calls; remove tool turns (or these
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a participant's name
 MAX_LINE_BYTES = MAX_ROW_BYTES
 MAX_LISTED = 50
-# Reasons kept per row, and characters of a user's value (a key, a role, a name) shown in one: a 1 MiB
-# line of empty turns would otherwise give ~700,000 reasons, and one key could be a megabyte long.
+# Reasons kept per row (a 1 MiB line of empty turns would otherwise give ~700,000 of them); a user's
+# value shown in one is cut to MAX_SHOWN characters (one key can be a megabyte long).
 MAX_REASONS = 10
-MAX_SHOWN = 80
 
 
 class DataError(ConfigError):
@@ -224,7 +231,7 @@ def check_row(
     """(format if recognisable, example if valid, reasons it is not) of one row object."""
     matched = [fmt for fmt, keys in KEYS.items() if keys & obj.keys()]
     if len(matched) != 1:
-        found = _cut(", ".join(repr(k) for k in itertools.islice(obj, MAX_REASONS + 1)) or "none")
+        found = cut(", ".join(repr(k) for k in itertools.islice(obj, MAX_REASONS + 1)) or "none")
         why = "keys of several formats" if matched else "no known keys"
         expected = "'messages' (chat), 'prompt' + 'completion', or 'text'"
         return None, None, [f"{why} (found {found}); expected {expected}"]
@@ -304,11 +311,7 @@ def _capped(reasons: Iterator[str]) -> list[str]:
 
 def _shown(value: object) -> str:
     """A value from the user's data as a reason shows it: its repr, cut to MAX_SHOWN characters."""
-    return _cut(repr(value[: MAX_SHOWN + 1] if isinstance(value, str) else value))
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+    return cut(repr(value[: MAX_SHOWN + 1] if isinstance(value, str) else value))
 
 
 def _string_problem(name: str, value: object) -> str | None:

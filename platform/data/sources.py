@@ -37,6 +37,11 @@ FIELDS = frozenset({"messages", "prompt", "completion", "text"})
 # keeps a bad file from being parsed into memory in one piece.
 MAX_ROW_BYTES = 1 << 20
 MAX_ROWS = 5_000_000
+# A `datasets` folder's state.json and dataset_dict.json: their size, the files listed, names shown.
+MAX_METADATA_BYTES = 1 << 20
+MAX_DATA_FILES = 10_000
+MAX_LISTED_NAMES = 10
+MAX_SHOWN = 80  # characters of a user's value (a key, a role, a file name) an error shows
 MAX_COLUMNS = 10_000  # of a CSV header: a row of a wider table is a dict of that many cells
 # Tables are turned into Python objects this many rows at a time, and refused when those rows hold
 # more than TABLE_SLICE * max_row_bytes; a Parquet row group is refused over MAX_GROUP_BYTES
@@ -237,25 +242,56 @@ def _check_size(path: Path, size: int) -> None:
 def saved_dataset_files(folder: Path) -> list[Path]:
     """The Arrow files of a folder `Dataset.save_to_disk` wrote, in order (its state.json lists them)."""
     if (folder / "dataset_dict.json").is_file():
-        try:
-            splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
-        except ValueError:
-            splits = []
-        names = ", ".join(str(s) for s in splits) or "none listed"
+        found = _metadata(folder / "dataset_dict.json")
+        splits = found.get("splits") if isinstance(found, dict) else None
+        shown = splits[:MAX_LISTED_NAMES] if isinstance(splits, list) else []
+        names = ", ".join(cut(str(s)) for s in shown) or "none listed"
         raise SourceError(
             f"{folder} is a DatasetDict (splits: {names}); name one split's folder, e.g. {folder}/train"
         )
     state = folder / "state.json"
     if not state.is_file():
         raise SourceError(f"{folder} is a folder but not a `datasets` folder saved to disk (no state.json)")
-    try:
-        files = [folder / str(entry["filename"]) for entry in json.loads(state.read_text())["_data_files"]]
-    except (ValueError, KeyError, TypeError):
-        raise SourceError(f"{state} does not list the dataset's files (_data_files)") from None
+    found = _metadata(state)
+    entries = found.get("_data_files") if isinstance(found, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("filename"), str) for e in entries
+    ):
+        raise SourceError(f"{state} does not list the dataset's files (_data_files)")
+    if len(entries) > MAX_DATA_FILES:
+        raise SourceError(f"{state} lists {len(entries)} files, more than {MAX_DATA_FILES}")
+    root = folder.resolve()
+    files = []
+    for entry in entries:
+        name = entry["filename"]
+        # A name, never a path: state.json is data, and must not point the reader outside its folder.
+        if Path(name).name != name or not (folder / name).resolve().is_relative_to(root):
+            raise SourceError(f"{state} lists {cut(repr(name))}, which is not a file name in {folder}")
+        files.append(folder / name)
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise SourceError(f"{folder} lacks {', '.join(missing)}, which its state.json lists")
+        more = f" and {len(missing) - MAX_LISTED_NAMES} more" if len(missing) > MAX_LISTED_NAMES else ""
+        shown_missing = ", ".join(cut(n) for n in missing[:MAX_LISTED_NAMES])
+        raise SourceError(f"{folder} lacks {shown_missing}{more}, which its state.json lists")
     return files
+
+
+def _metadata(path: Path) -> object:
+    """A `datasets` metadata file's JSON (None if it is not JSON), refused past MAX_METADATA_BYTES."""
+    size = path.stat().st_size
+    if size > MAX_METADATA_BYTES:
+        raise SourceError(
+            f"{path} is {size} bytes, more than {MAX_METADATA_BYTES}: not what `datasets` writes"
+        )
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def cut(text: str) -> str:
+    """A user's value as a message shows it: at most MAX_SHOWN characters."""
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
 def kind_of(value: object) -> str:

@@ -154,3 +154,36 @@ def test_a_csv_row_is_bounded_in_bytes_whatever_its_cells(
         DataError, match=rf"^{re.escape(str(path))}:1: the header has 11 columns, more than 10"
     ):
         read_examples(path)
+
+
+def test_a_saved_datasets_metadata_cannot_point_outside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+
+    from tuneloop.platform.data import sources
+
+    table = pa.Table.from_pylist([GOOD])
+    with pa.ipc.new_stream(tmp_path / "outside.arrow", table.schema) as writer:
+        writer.write_table(table)
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "linked.arrow").symlink_to(tmp_path / "outside.arrow")
+    state = folder / "state.json"
+    for name in ("../outside.arrow", str(tmp_path / "outside.arrow"), "linked.arrow", ".."):
+        state.write_text(json.dumps({"_data_files": [{"filename": name}]}))
+        with pytest.raises(DataError, match=r"state\.json lists '.*', which is not a file name in"):
+            read_examples(folder)
+    monkeypatch.setattr(sources, "MAX_DATA_FILES", 3)
+    state.write_text(json.dumps({"_data_files": [{"filename": f"d{i}.arrow"} for i in range(4)]}))
+    with pytest.raises(DataError, match=r"state\.json lists 4 files, more than 3$"):
+        read_examples(folder)
+    state.write_text(json.dumps({"_data_files": [], "pad": "x" * (1 << 20)}))
+    with pytest.raises(DataError, match=r"state\.json is \d+ bytes, more than 1048576"):
+        read_examples(folder)
+    state.write_text(json.dumps({"_data_files": [{"filename": 7}]}))
+    with pytest.raises(DataError, match=r"state\.json does not list the dataset's files"):
+        read_examples(folder)
+    (folder / "dataset_dict.json").write_text('["train"]')
+    with pytest.raises(DataError, match=r"saved is a DatasetDict \(splits: none listed\)"):
+        read_examples(folder)
