@@ -78,19 +78,28 @@ def hub_dataset_file(url: str) -> Path | None:
     url = DATASET_PREFIX + rest
     parts = rest.split("/", 2)
     parsed = parse_hub_id("/".join(parts[:2])) if len(parts) == 3 and parts[2] else None
+    shown = url if len(url) <= 200 else url[:197] + "..."
     if parsed is None:
-        raise NotFoundError(f"{url!r} is not {DATASET_PREFIX}ORG/NAME[@REVISION]/FILE")
+        raise NotFoundError(f"{shown!r} is not {DATASET_PREFIX}ORG/NAME[@REVISION]/FILE")
+    file = parts[2]
+    # FILE becomes a path in the cache: refuse what could name one outside the repository's snapshot.
+    if len(file) > MAX_HUB_FILE or file.startswith("/") or "\\" in file or ".." in file.split("/"):
+        raise NotFoundError(
+            f"{shown!r}: FILE must be a path inside the dataset, at most {MAX_HUB_FILE} "
+            "characters, without '..' parts, a leading '/' or a backslash"
+        )
     repo, revision = parsed
     offline = settings.HF_HUB_OFFLINE.get()
     return _fetched(
         f"dataset file {url!r}",
         lambda cache: hf_hub_download(
-            repo, parts[2], repo_type="dataset", revision=revision, cache_dir=cache, local_files_only=offline
+            repo, file, repo_type="dataset", revision=revision, cache_dir=cache, local_files_only=offline
         ),
     )
 
 
 DATASET_PREFIX = "hf://datasets/"
+MAX_HUB_FILE = 1024  # characters of FILE in a dataset path
 
 
 def _fetched(what: str, fetch: Callable[[Path], object]) -> Path:
@@ -117,3 +126,5 @@ def _fetched(what: str, fetch: Callable[[Path], object]) -> Path:
         raise NotFoundError(f"{what} cannot be fetched: {exc}".splitlines()[0]) from None
     except (HfHubHTTPError, OSError) as exc:
         raise NotFoundError(f"fetching {what} failed: {exc}".splitlines()[0]) from None
+    except ValueError as exc:  # huggingface_hub's HFValidationError: an id or file name it refuses
+        raise NotFoundError(f"{what} cannot be fetched: {exc}".splitlines()[0]) from None

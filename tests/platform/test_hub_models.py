@@ -126,3 +126,18 @@ def test_a_hub_dataset_file_is_read_from_the_cache(
     assert (
         "'hf://datasets/tiny-org/qa/absent.jsonl' is not in the Hugging Face cache" in capsys.readouterr().err
     )
+
+
+def test_a_hub_dataset_path_is_checked_before_any_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneloop.platform.hub import hub_dataset_file
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for file in ("../../x.jsonl", "a/../../x.jsonl", "/etc/passwd", "a\\..\\x.jsonl", "x" * 1025):
+        with pytest.raises(NotFoundError, match="FILE must be a path inside the dataset"):
+            hub_dataset_file(f"hf://datasets/tiny-org/qa/{file}")
+    # huggingface_hub refuses ids our pattern lets through ('--'): one line, not its ValueError.
+    with pytest.raises(NotFoundError, match=r"'hf://datasets/tiny-org/q--a/x\.jsonl' cannot be fetched"):
+        hub_dataset_file("hf://datasets/tiny-org/q--a/x.jsonl")
