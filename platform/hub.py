@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import NotFoundError
+from tuneloop.platform.output import shortened
 
 # The hub's repository names: letters, digits, '-', '_', '.', one '/'; a revision after '@'.
 HUB_ID = re.compile(
@@ -78,7 +79,7 @@ def hub_dataset_file(url: str) -> Path | None:
     url = DATASET_PREFIX + rest
     parts = rest.split("/", 2)
     parsed = parse_hub_id("/".join(parts[:2])) if len(parts) == 3 and parts[2] else None
-    shown = url if len(url) <= 200 else url[:197] + "..."
+    shown = shortened(url, 200)
     if parsed is None:
         raise NotFoundError(f"{shown!r} is not {DATASET_PREFIX}ORG/NAME[@REVISION]/FILE")
     file = parts[2]

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 
+def shortened(text: str, limit: int) -> str:
+    """`text` as a message or a table shows it: at most `limit` characters, ending in "..." if cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def iso(when: datetime | None) -> str | None:
     """A registry time (stored naive in UTC) as ISO 8601 with its offset."""
     if when is None:

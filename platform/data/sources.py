@@ -27,6 +27,7 @@ from typing import IO, Any, Literal
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError
+from tuneloop.platform.output import shortened
 from tuneloop.platform.spec import RowField
 
 Kind = Literal["jsonl", "csv", "parquet", "arrow"]
@@ -291,7 +292,7 @@ def _metadata(path: Path) -> object:
 
 def cut(text: str) -> str:
     """A user's value as a message shows it: at most MAX_SHOWN characters."""
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+    return shortened(text, MAX_SHOWN)
 
 
 def kind_of(value: object) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.platform import settings
 from tuneloop.platform.errors import NotFoundError, TuneloopError
+from tuneloop.platform.output import shortened
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -60,8 +61,7 @@ def _timed_client(address: str, headers: dict[str, str], timeout: float) -> JobS
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return shortened(" ".join(text.split()), limit)
 
 
 class JobsClient:

@@ -33,6 +33,7 @@ import yaml
 from tuneloop.platform import settings
 from tuneloop.platform.errors import ConfigError, NotFoundError, TuneloopError
 from tuneloop.platform.hub import DATASET_PREFIX
+from tuneloop.platform.output import shortened
 from tuneloop.platform.private_files import write_private_file
 from tuneloop.platform.ray.client import TERMINAL, JobsClient
 
@@ -359,7 +360,7 @@ def jobs_list(address: str | None = None, json: bool = False) -> int:
         started = datetime.fromtimestamp(job.start_time / 1000) if job.start_time else None
         when = started.strftime("%Y-%m-%d %H:%M:%S") if started else "-"
         adapter = (job.metadata or {}).get(META_ADAPTER, "-")
-        entry = job.entrypoint if len(job.entrypoint) <= 60 else job.entrypoint[:57] + "..."
+        entry = shortened(job.entrypoint, 60)
         print(f"{job.submission_id:<44} {job.status.value:<10} {when:<19} {adapter:<20} {entry}")
     return 0
 
