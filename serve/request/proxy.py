@@ -138,7 +138,8 @@ class ProxiedStream(StreamingResponse):
         self._done_sent = False
         self._swaps: tuple[tuple[bytes, bytes], ...] | None = None  # learnt from the first event
         self._closing = False  # the response's last write is made (or being made)
-        super().__init__(self._events(), media_type="text/event-stream", headers=_headers(target, call))
+        self._stream = self._events()  # what __call__ sends
+        super().__init__(self._stream, media_type="text/event-stream", headers=_headers(target, call))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the stream: the start through the app's middleware, the events straight to the server.
@@ -166,8 +167,7 @@ class ProxiedStream(StreamingResponse):
         try:
             start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             await send(start)
-            events = self._events()
-            async for out in events:
+            async for out in self._stream:
                 # The event that ends the stream also ends the response: one write, not two.
                 self._closing = out.endswith(DONE)
                 await write({"type": "http.response.body", "body": out, "more_body": not self._closing})
@@ -176,7 +176,7 @@ class ProxiedStream(StreamingResponse):
             else:
                 self._closing = True
                 await write({"type": "http.response.body", "body": b"", "more_body": False})
-            await events.aclose()
+            await self._stream.aclose()
             if not self._finished:  # nothing follows [DONE] but the end of the engine's response
                 await self._drain()
         except asyncio.CancelledError:
