@@ -303,7 +303,7 @@ def _chat_problems(messages: object) -> Iterator[str]:
 
 
 def _capped(reasons: Iterator[str]) -> list[str]:
-    """The first MAX_REASONS reasons; the rest are counted, never formatted or kept."""
+    """The first MAX_REASONS reasons; the rest are counted and dropped one by one, never kept."""
     kept = list(itertools.islice(reasons, MAX_REASONS))
     more = sum(1 for _ in reasons)
     return [*kept, f"and {more} more"] if more else kept
