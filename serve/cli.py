@@ -85,7 +85,11 @@ def _serve_one(model: str, bind: str, port: int) -> None:
             server.should_exit = True
 
     server = make_server(
-        create_app(config, on_fatal=on_fatal), host=bind, port=port, grace_s=config.shutdown_grace
+        create_app(config, on_fatal=on_fatal),
+        host=bind,
+        port=port,
+        grace_s=config.shutdown_grace,
+        keep_alive_s=config.keep_alive,
     )
     logging.getLogger(__name__).info(
         "gateway on http://%s:%d/v1 for %s (engine on %s)", bind, port, model, config.engine.url

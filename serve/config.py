@@ -78,6 +78,8 @@ class GatewayConfig:
     """What one request may ask for (body size, prompts, sequences): serve/request/limits.py."""
     shutdown_grace: float = 10.0
     """Seconds requests in flight may take to finish after SIGTERM (TUNELOOP_SHUTDOWN_GRACE_S)."""
+    keep_alive: float = 75.0
+    """Seconds an idle client connection stays open (TUNELOOP_KEEP_ALIVE_S)."""
     auth_negative_cache: int = 10_000
     """Unknown key hashes remembered between snapshots (TUNELOOP_AUTH_NEGATIVE_CACHE)."""
     auth_lookups: int = 2
@@ -146,6 +148,7 @@ class GatewayConfig:
             capture=CaptureConfig.from_settings(),
             limits=RequestLimits.from_settings(),
             shutdown_grace=max(0.0, settings.TUNELOOP_SHUTDOWN_GRACE_S.get()),
+            keep_alive=max(1.0, settings.TUNELOOP_KEEP_ALIVE_S.get()),
             auth_negative_cache=settings.TUNELOOP_AUTH_NEGATIVE_CACHE.get(),
             auth_lookups=settings.TUNELOOP_AUTH_LOOKUPS.get(),
             run_dir=run_dir,

@@ -45,8 +45,13 @@ def _exit_after(seconds: float, started: bool) -> None:
     os._exit(1)
 
 
-def make_server(app: ASGIApp, *, host: str, port: int, grace_s: float) -> GracefulServer:
-    """A server for `app`; its `run(sockets=...)` serves an already bound socket instead."""
+def make_server(
+    app: ASGIApp, *, host: str, port: int, grace_s: float, keep_alive_s: float = 75.0
+) -> GracefulServer:
+    """A server for `app`; its `run(sockets=...)` serves an already bound socket instead.
+
+    `keep_alive_s`: how long an idle client connection stays open (TUNELOOP_KEEP_ALIVE_S).
+    """
     config = uvicorn.Config(
         app,
         host=host,
@@ -54,6 +59,7 @@ def make_server(app: ASGIApp, *, host: str, port: int, grace_s: float) -> Gracef
         log_level=logging.getLevelName(logging.getLogger().level).lower(),
         access_log=False,
         timeout_graceful_shutdown=max(1, round(grace_s)),
+        timeout_keep_alive=max(1, round(keep_alive_s)),
         lifespan="on",
     )
     return GracefulServer(config, deadline_s=grace_s + 30.0)

@@ -192,5 +192,11 @@ def _worker(
     from tuneloop.serve.app import create_app
     from tuneloop.serve.server import make_server
 
-    server = make_server(create_app(config), host=host, port=port, grace_s=config.shutdown_grace)
+    server = make_server(
+        create_app(config),
+        host=host,
+        port=port,
+        grace_s=config.shutdown_grace,
+        keep_alive_s=config.keep_alive,
+    )
     server.run(sockets=[sock])

@@ -192,6 +192,14 @@ TUNELOOP_SHUTDOWN_GRACE_S: Var[float] = Var(
     "On SIGTERM the gateway stops accepting connections and lets requests in flight finish for up "
     "to this many seconds, then stops its engine; the whole stop is bounded by this plus 30 s.",
 )
+TUNELOOP_KEEP_ALIVE_S: Var[float] = Var(
+    "TUNELOOP_KEEP_ALIVE_S",
+    float,
+    lambda: 75.0,
+    "How long the gateway keeps an idle client connection open (seconds). Keep it above the idle "
+    "timeout of any load balancer or client pool in front (60 s on most), so that side always closes "
+    "first: a server that closes an idle connection can race a request being sent on it.",
+)
 TUNELOOP_REGISTRY_POLL_S: Var[float] = Var(
     "TUNELOOP_REGISTRY_POLL_S",
     float,

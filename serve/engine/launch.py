@@ -138,6 +138,12 @@ def engine_argv(config: EngineConfig) -> list[str]:
     ]  # fmt: skip
 
 
+ENGINE_KEEP_ALIVE_S = 60
+"""How long the engine keeps an idle connection open (vLLM's default is 5 s). The gateway's pools
+drop theirs sooner (serve/request/proxy.py: half this), so the engine never closes a connection
+the gateway is sending a completion on: aiohttp does not retry a POST that meets a closed one."""
+
+
 def engine_env(api_key: str = "") -> dict[str, str]:
     """The engine's environment: ours plus vLLM's switches, and its API key when it has one."""
     env = child_env(
@@ -149,6 +155,7 @@ def engine_env(api_key: str = "") -> dict[str, str]:
             "DO_NOT_TRACK": "1",
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(ENGINE_KEEP_ALIVE_S),
         }
     )
     env.pop("VLLM_API_KEY", None)  # never inherit someone else's key

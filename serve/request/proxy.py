@@ -30,6 +30,7 @@ import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from tuneloop.serve.engine.launch import ENGINE_KEEP_ALIVE_S
 from tuneloop.serve.errors import OpenAIError, engine_unavailable, from_engine
 from tuneloop.serve.prompt_embeds.chat import ChatChunks, chat_completion
 from tuneloop.serve.request.call import Call
@@ -52,7 +53,8 @@ def engine_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSessi
     `headers` go with every request: the engine's API key (serve/engine/launch.py).
     """
     # No pool limit: the in-flight cap (TUNELOOP_MAX_IN_FLIGHT) bounds connections already.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+    # Idle connections are dropped before the engine would close them (ENGINE_KEEP_ALIVE_S).
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=ENGINE_KEEP_ALIVE_S / 2)
     return aiohttp.ClientSession(
         connector=connector, timeout=ENGINE_TIMEOUT, auto_decompress=False, headers=headers
     )
