@@ -115,8 +115,10 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-# Up to the last "@" of the run: SQLAlchemy takes a password with "/", "#" or "?" unencoded.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*):\S*@")
+# `scheme://user:`, the scheme starting where a run of scheme characters starts (so that no run is
+# scanned from each of its characters: linear on any text).
+_URL_USER = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:")
+_SPACE = re.compile(r"\s")
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)[^&#\s'\"]*", re.IGNORECASE)
 HIDDEN = "***"
 
@@ -124,8 +126,25 @@ HIDDEN = "***"
 def redact_url(text: str) -> str:
     """`text` with the password of every `scheme://user:password@host` URL in it, and every
     `?password=` query value, replaced by ***."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{HIDDEN}@", text)
-    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}{HIDDEN}", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('head')}{HIDDEN}", _hide_url_passwords(text))
+
+
+def _hide_url_passwords(text: str) -> str:
+    """The password runs to the last "@" before the next space: SQLAlchemy takes one with "/", "#"
+    or "?" unencoded. Each step moves past that "@" or the end of the run, so the cost is linear."""
+    parts, pos = [], 0
+    while (user := _URL_USER.search(text, pos)) is not None:
+        space = _SPACE.search(text, user.end())
+        run_end = space.start() if space else len(text)
+        at = text.rfind("@", user.end(), run_end)
+        if at < 0:  # no password here, nor in the rest of this run
+            parts.append(text[pos:run_end])
+            pos = run_end
+            continue
+        parts.append(f"{text[pos : user.end()]}{HIDDEN}")
+        pos = at
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 def shown_value(var: Var[Any]) -> str:

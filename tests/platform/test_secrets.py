@@ -191,3 +191,17 @@ def test_a_submission_to_another_registry_never_changes_a_running_jobs_file(
     monkeypatch.setenv("TUNELOOP_DB_URL", other)
     second = Path(jobs.job_env()["TUNELOOP_DB_URL_FILE"])
     assert first != second and (first.read_text(), second.read_text()) == (PG_URL, other)
+
+
+def test_redact_url_is_linear_on_hostile_text() -> None:
+    """Error messages can carry what a user sent: text built to make a scanner backtrack (long runs of
+    scheme characters, many `scheme://user:` with no "@") must not cost quadratic time. The first two
+    took 28 s and 8 s with the regex this replaced (one that scanned to the run's last "@" from every
+    start); now a few milliseconds, and the bound asserted is hundreds of times that, so only a
+    return to quadratic time fails it."""
+    for text in ("a" * 200_000, "a://b:" * 40_000, "a://b:c@" * 30_000):
+        started = time.monotonic()
+        masked = settings.redact_url(text)
+        assert time.monotonic() - started < 2.0
+        assert ":c@" not in masked
+    assert settings.redact_url("x-postgresql://u:p@h a://b:c") == "x-postgresql://u:***@h a://b:c"
