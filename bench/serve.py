@@ -5,6 +5,7 @@
     .venv/bin/python bench/serve.py --only overhead,hot  # some sections
     .venv/bin/python bench/serve.py --only overhead --workers 1,2  # fewer replicas
     .venv/bin/python bench/serve.py --only overhead --engine-cpus 0  # engine threads on core 0 only
+    .venv/bin/python bench/serve.py --only overhead --workers 1 --relay  # + an in-process relay
 
 One run starts one replica exactly as users run it (`tuneloop serve`, its own vLLM engine, default
 settings: capture on at sample rate 1, prompt embeddings on) on free loopback ports under a scratch
@@ -18,7 +19,10 @@ artifact store and registry, and measures, side by side:
     connections. Per worker count: throughput ratio gateway/direct (goal >= 0.9), the latency the
     gateway adds at p50 (goal <= 10 ms) and p99, end to end and to the first token, and the CPU
     seconds the gateway's process group (parent and workers) and the engine used per 1,000 tokens
-    (goal for the gateway <= 0.03).
+    (goal for the gateway <= 0.03). With --relay, an experiment: each round also sends the load to
+    the engine's port through bench/inprocess_relay.py, a middleware inside the engine's process that
+    does the gateway's per-request and per-event rewriting -- what a gateway that is not a second
+    process would cost.
 (b) adapters: the same load through the gateway for the base model and for 1, 4, 8 and 16 distinct
     adapters mixed round-robin (every adapter loaded before the clock starts; engine LoRA limits
     derived from the registry).
@@ -59,6 +63,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test builders: tiny model, random
 
 from helpers.gateway import Gateway, start_gateway  # noqa: E402
 from helpers.tiny_model import bench_model_dir, build_random_lora  # noqa: E402
+from inprocess_relay import ALIAS, RELAY_HEADER  # noqa: E402
 from serve_load import PROMPTS, Load, Server, Shape, cpu_seconds, line, merge, run_load, session  # noqa: E402
 
 from tuneloop.platform.adapters import import_adapter  # noqa: E402
@@ -92,6 +97,7 @@ class Side:
     engine: Server
     engine_model: str
     groups: dict[str, int]
+    relay: Server | None = None  # the engine's port with X-Relay: 1 (--relay; bench/inprocess_relay.py)
 
 
 async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) -> dict[str, Any]:
@@ -106,21 +112,24 @@ async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) 
         await run_load("warm-up", side.engine, [side.engine_model], shape)
         await run_load("warm-up", side.gateway, [base], shape)
     results: dict[str, Any] = {}
-    loads: dict[str, tuple[list[Load], list[Load]]] = {s.label: ([], []) for s in sides}
-    cpu = {s.label: {k: dict.fromkeys(s.groups, 0.0) for k in ("direct", "gateway")} for s in sides}
+    kinds = ("direct", "gateway", "relay")
+    loads: dict[str, dict[str, list[Load]]] = {s.label: {k: [] for k in kinds} for s in sides}
+    cpu = {s.label: {k: dict.fromkeys(s.groups, 0.0) for k in kinds} for s in sides}
     for r in range(rounds):
         turn = list(sides[r % len(sides) :]) + list(sides[: r % len(sides)])
         for side in turn:
             order = [("direct", side.engine, side.engine_model), ("gateway", side.gateway, base)]
+            if side.relay is not None:
+                order.append(("relay", side.relay, ALIAS))
             for kind, server, model in order if r % 2 == 0 else order[::-1]:
                 before = {name: cpu_seconds(group) for name, group in side.groups.items()}
                 load = await run_load(f"{side.label} {kind} {r + 1}", server, [model], shape)
                 for name, group in side.groups.items():
                     cpu[side.label][kind][name] += cpu_seconds(group) - before[name]
-                loads[side.label][0 if kind == "direct" else 1].append(load)
+                loads[side.label][kind].append(load)
                 print(line(load), flush=True)
     for side in sides:
-        direct, through = loads[side.label]
+        direct, through, relayed = (loads[side.label][k] for k in kinds)
         d, g = merge(f"{side.label} direct", direct), merge(f"{side.label} gateway", through)
         per_k = {
             kind: {
@@ -141,8 +150,20 @@ async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) 
             "cpu_s_per_1k_tokens": per_k,
             "loads": [line(d), line(g)],
         }
+        if relayed:
+            rel = merge(f"{side.label} relay", relayed)
+            row |= {
+                "relay_tokens_per_s": rel.tokens_per_s,
+                "relay_ratio": rel.tokens_per_s / d.tokens_per_s,
+                "relay_round_ratios": [
+                    b.tokens_per_s / a.tokens_per_s for a, b in zip(direct, relayed, strict=True)
+                ],
+                "relay_added_p50_ms": (rel.pct(rel.latencies, 0.5) - d.pct(d.latencies, 0.5)) * 1e3,
+                "relay_engine_cpu_s_per_1k_tokens": cpu[side.label]["relay"]["engine"] / (rel.tokens / 1000),
+            }
+            row["loads"].append(line(rel))
         results[side.label] = row
-        print(line(d), line(g), sep="\n")
+        print(*row["loads"], sep="\n")
         print(
             f"(a) {side.label}: throughput ratio gateway/direct {row['throughput_ratio']:.3f} (goal >= 0.9; "
             f"rounds {', '.join(f'{x:.3f}' for x in row['round_ratios'])}); added latency p50 "
@@ -152,6 +173,15 @@ async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) 
             f"{per_k['gateway']['engine']:.3f} (direct rounds: {per_k['direct']['engine']:.3f})",
             flush=True,
         )
+        if relayed:
+            print(
+                f"(a) {side.label}, in-process relay (experiment): throughput ratio relay/direct "
+                f"{row['relay_ratio']:.3f} "
+                f"(rounds {', '.join(f'{x:.3f}' for x in row['relay_round_ratios'])}); "
+                f"added latency p50 {row['relay_added_p50_ms']:+.1f} ms; engine CPU s per 1,000 tokens "
+                f"{row['relay_engine_cpu_s_per_1k_tokens']:.3f}",
+                flush=True,
+            )
     return results
 
 
@@ -316,7 +346,14 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     base = str(model_dir)
     if "overhead" in sections:
         rows = {f"{n} worker{'s' if n > 1 else ''}": env | {"TUNELOOP_WORKERS": str(n)} for n in args.workers}
-        async with replicas(model_dir, scratch, rows, key, engine_pids) as sides:
+        if args.relay:  # the experiment's middleware in every engine of (a): bench/inprocess_relay.py
+            relay_env = {
+                "TUNELOOP_ENGINE_EXTRA_ARGS": "--middleware inprocess_relay.Relay",
+                "PYTHONPATH": str(ROOT / "bench"),
+                "RELAY_ENGINE_MODEL": base,
+            }
+            rows = {label: row | relay_env for label, row in rows.items()}
+        async with replicas(model_dir, scratch, rows, key, engine_pids, relay=args.relay) as sides:
             results["overhead"] = await overhead(sides, base, shape, args.rounds)
     if sections & {"adapters", "naive", "limits", "hot"}:
         rows = {label: env | extra for label, extra in LIMITS.items()}
@@ -352,6 +389,8 @@ async def replicas(
     rows: dict[str, dict[str, str]],
     key: dict[str, str],
     engine_pids: set[int],
+    *,
+    relay: bool = False,
 ) -> AsyncIterator[list[Side]]:
     """One replica per row (label -> settings), each with its own home, sharing registry and store;
     all running together, so rounds can alternate among them. Stopped by process group."""
@@ -372,6 +411,11 @@ async def replicas(
                 async with straight.get(f"{running.engine_url}/v1/models") as response:
                     engine_model = (await response.json())["data"][0]["id"]
                 groups = {"gateway": running.process.pid, "engine": engine_pid}
+                relayed = None
+                if relay:
+                    name, value = (x.decode() for x in RELAY_HEADER)
+                    headers = running.engine_headers() | {name: value}
+                    relayed = Server(running.engine_url, await sessions.enter_async_context(session(headers)))
                 sides.append(
                     Side(
                         label,
@@ -379,6 +423,7 @@ async def replicas(
                         Server(running.engine_url, straight),
                         engine_model,
                         groups,
+                        relayed,
                     )
                 )
             yield sides
@@ -404,6 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--engine-cpus",
         help="bind the engine's threads to these cores (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. 0), "
         "leaving the others to the gateway and this client; default: vLLM's own binding",
+    )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="(a): also run each load through an in-process relay inside the engine "
+        "(bench/inprocess_relay.py), an experiment: what a gateway that is not a second process would cost",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
