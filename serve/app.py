@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tuneloop.serve.chat_completions.api_router import router as chat_router
 from tuneloop.serve.completions.api_router import router as completions_router
@@ -35,12 +35,22 @@ class GatewayApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambda _m: None) -> FastAPI:
-    """The gateway for one replica; `on_fatal(message)` is called if its engine can never start."""
+def create_app(
+    config: GatewayConfig,
+    *,
+    on_fatal: Callable[[str], None] = lambda _m: None,
+    engine_app: ASGIApp | None = None,
+) -> FastAPI:
+    """The gateway for one replica; `on_fatal(message)` is called if its engine can never start.
+
+    `engine_app`: vLLM's app, when the gateway runs inside the engine's server (serve/hosted.py,
+    which sets `app.state.engine_scope` before the startup).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        replica = Replica(config, on_fatal=on_fatal)
+        engine = None if engine_app is None else (engine_app, app.state.engine_scope)
+        replica = Replica(config, on_fatal=on_fatal, engine_app=engine)
         app.state.replica = replica
         await replica.start()
         try:

@@ -13,7 +13,12 @@ if TYPE_CHECKING:
 
 
 def serve(
-    *, model: str, host: str | None = None, port: int | None = None, workers: int | None = None
+    *,
+    model: str,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    in_engine: bool | None = None,
 ) -> None:
     """Serve a base model and its adapters through one OpenAI-compatible endpoint.
 
@@ -30,6 +35,8 @@ def serve(
         host: Address to bind (default: TUNELOOP_HOST, loopback; others need TUNELOOP_ALLOW_REMOTE_BIND=1).
         port: Port of the gateway (default: TUNELOOP_PORT).
         workers: Gateway processes sharing the port and the one engine (default: TUNELOOP_WORKERS, 1).
+        in_engine: Run the gateway inside the engine's server: no second process or socket per token
+            (default: TUNELOOP_IN_ENGINE, off). One worker; nothing answers while the engine restarts.
     """
     import logging
 
@@ -39,9 +46,17 @@ def serve(
     count = workers if workers is not None else settings.TUNELOOP_WORKERS.get()
     if not 1 <= count <= 64:
         raise ConfigError(f"--workers {count}: give 1 to 64 (TUNELOOP_WORKERS)")
+    hosted = in_engine if in_engine is not None else settings.TUNELOOP_IN_ENGINE.get()
+    if hosted and count > 1:
+        raise ConfigError("--in-engine serves from the engine's one process: leave --workers at 1")
     bind = settings.bind_host(host)
     chosen_port = port if port is not None else settings.TUNELOOP_PORT.get()
     log = logging.getLogger(__name__)
+    if hosted:
+        from tuneloop.serve.hosted import run_in_engine
+
+        run_in_engine(_config(model, bind, chosen_port), host=bind, port=chosen_port)
+        return
     if count == 1:
         _serve_one(model, bind, chosen_port)
         return

@@ -16,15 +16,18 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 import httpx
+from starlette.types import ASGIApp
 
 from tuneloop.platform.artifacts import ArtifactStore
 from tuneloop.platform.registry import Registry
 from tuneloop.serve.auth.keys import KeyRing
 from tuneloop.serve.config import GatewayConfig
+from tuneloop.serve.engine.inprocess import InProcessSession
 from tuneloop.serve.engine.lora import EngineLoras
 from tuneloop.serve.engine.pidfile import pid_file
 from tuneloop.serve.engine.supervisor import EngineSupervisor
@@ -43,7 +46,15 @@ log = logging.getLogger(__name__)
 class Replica:
     """The gateway's state; `app.state.replica` (see app.py)."""
 
-    def __init__(self, config: GatewayConfig, *, on_fatal: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        on_fatal: Callable[[str], None] = lambda _m: None,
+        engine_app: tuple[ASGIApp, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """`engine_app`: vLLM's app and the scope fields its calls share, when this gateway runs
+        inside the engine's server (serve/hosted.py); completions then call it in-process."""
         if not config.engine.api_key:  # a fresh key per replica, known to this process only
             engine = dataclasses.replace(config.engine, api_key=secrets.token_urlsafe(32))
             config = dataclasses.replace(config, engine=engine)
@@ -64,7 +75,8 @@ class Replica:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             headers=config.engine.headers(),
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | InProcessSession | None = None
+        self._engine_app = engine_app
         self.engine_url = config.engine.url
         self.registry = Registry(config.db_url)
         self.store = ArtifactStore(config.artifacts)
@@ -116,14 +128,18 @@ class Replica:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def session(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession | InProcessSession:
         """The HTTP session completions are proxied with (exists once the replica started)."""
         assert self._session is not None, "Replica.start() makes the session"
         return self._session
 
     async def start(self) -> None:
         """Start following the registry and the engine (both in the background)."""
-        self._session = engine_session(self.config.engine.headers())
+        headers = self.config.engine.headers()
+        if self._engine_app is not None:
+            self._session = InProcessSession(*self._engine_app, headers=headers)
+        else:
+            self._session = engine_session(headers)
         if self.config.metrics_public:
             log.warning(
                 "TUNELOOP_METRICS_PUBLIC is on: /metrics names every alias to anyone who can reach it"

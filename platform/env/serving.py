@@ -84,6 +84,14 @@ TUNELOOP_WORKERS: Var[int] = Var(
     "Gateway worker processes of one replica (`tuneloop serve --workers`), sharing its port and its one "
     "engine; each follows the registry and writes capture itself, and /metrics sums them all.",
 )
+TUNELOOP_IN_ENGINE: Var[bool] = Var(
+    "TUNELOOP_IN_ENGINE",
+    _bool,
+    lambda: False,
+    "Run the gateway inside the engine's own server (`tuneloop serve --in-engine`): no second process "
+    "and no socket between them, the fastest on a small machine; one worker only, and nothing answers "
+    "on the port while the engine restarts.",
+)
 TUNELOOP_ENGINE_MAX_LORAS: Var[int] = Var(
     "TUNELOOP_ENGINE_MAX_LORAS",
     int,

@@ -53,10 +53,17 @@ class EngineConfig:
     extra_args: Sequence[str] = ()
     api_key: str = field(default="", repr=False)
     """The bearer token the engine's `/v1` routes require ("" = none: tests that start an engine alone)."""
+    host: str = LOOPBACK
+    """Where it listens: loopback, but for the gateway inside the engine (serve/hosted.py) the replica's."""
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Environment the engine gets on top of engine_env's (serve/hosted.py hands its gateway over)."""
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        """Where this machine reaches it: loopback, unless it listens on one other address only."""
+        if self.host in (LOOPBACK, "localhost", "0.0.0.0", "::", ""):
+            return f"http://{LOOPBACK}:{self.port}"
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
 
     def headers(self) -> dict[str, str]:
         """What every call to the engine's `/v1` routes must carry."""
@@ -120,7 +127,7 @@ def engine_argv(config: EngineConfig) -> list[str]:
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", config.model,
-        "--host", LOOPBACK,
+        "--host", config.host,
         "--port", str(config.port),
         "--enable-lora",
         "--max-lora-rank", str(config.max_lora_rank),
@@ -187,7 +194,7 @@ def engine_process(
         argv,
         log_path=log_dir / f"vllm-{config.port}.log",
         health_url=f"{config.url}/health",
-        env=engine_env(config.api_key),
+        env=engine_env(config.api_key) | dict(config.env),
         name="vllm",
         ready_timeout=ready_timeout,
     )

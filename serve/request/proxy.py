@@ -24,12 +24,13 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from tuneloop.serve.engine.inprocess import InProcessResponse, InProcessSession
 from tuneloop.serve.engine.launch import ENGINE_KEEP_ALIVE_S
 from tuneloop.serve.errors import OpenAIError, engine_unavailable, from_engine
 from tuneloop.serve.prompt_embeds.chat import ChatChunks, chat_completion
@@ -60,8 +61,12 @@ def engine_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSessi
     )
 
 
+Session: TypeAlias = aiohttp.ClientSession | InProcessSession
+"""Over loopback, or into the engine's app when the gateway runs inside it (serve/hosted.py)."""
+
+
 async def forward(
-    session: aiohttp.ClientSession,
+    session: Session,
     url: str,
     body: dict[str, Any],
     target: Target,
@@ -91,7 +96,7 @@ async def forward(
 
 
 async def open_stream(
-    session: aiohttp.ClientSession,
+    session: Session,
     url: str,
     body: dict[str, Any],
     target: Target,
@@ -125,7 +130,7 @@ class ProxiedStream(StreamingResponse):
 
     def __init__(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: aiohttp.ClientResponse | InProcessResponse,
         target: Target,
         call: Call,
         *,

@@ -45,7 +45,7 @@ class Gateway(LoopbackServer):
 
     def engine_pids(self) -> list[int]:
         """PIDs of the vLLM engine the gateway runs now (a child of the gateway process)."""
-        return [pid for pid in _children(self.process.pid) if b"vllm.entrypoints" in _cmdline(pid)]
+        return [pid for pid in children(self.process.pid) if b"vllm.entrypoints" in _cmdline(pid)]
 
     def engine_headers(self) -> dict[str, str]:
         """The engine's API key, as only its owner can read it (/proc/<pid>/environ), for tests that peek."""
@@ -174,7 +174,7 @@ def write_peft_like(dest: Path, base: Path, peft_type: str, tensors: Mapping[str
     return dest
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Direct children of `pid`, from the parent field of /proc/<pid>/stat."""
     found = []
     for entry in Path("/proc").iterdir():
