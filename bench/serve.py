@@ -6,6 +6,7 @@
     .venv/bin/python bench/serve.py --only overhead --workers 1,2  # fewer replicas
     .venv/bin/python bench/serve.py --only overhead --engine-cpus 0  # engine threads on core 0 only
     .venv/bin/python bench/serve.py --only overhead --workers 1 --relay  # + an in-process relay
+    .venv/bin/python bench/serve.py --only overhead --workers 1 --in-engine  # + the gateway in its engine
 
 One run starts one replica exactly as users run it (`tuneloop serve`, its own vLLM engine, default
 settings: capture on at sample rate 1, prompt embeddings on) on free loopback ports under a scratch
@@ -346,6 +347,8 @@ async def bench(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     base = str(model_dir)
     if "overhead" in sections:
         rows = {f"{n} worker{'s' if n > 1 else ''}": env | {"TUNELOOP_WORKERS": str(n)} for n in args.workers}
+        if args.in_engine:
+            rows["in engine"] = env | {"TUNELOOP_IN_ENGINE": "1"}
         if args.relay:  # the experiment's middleware in every engine of (a): bench/inprocess_relay.py
             relay_env = {
                 "TUNELOOP_ENGINE_EXTRA_ARGS": "--middleware inprocess_relay.Relay",
@@ -402,25 +405,25 @@ async def replicas(
                 home.mkdir()
                 running: Gateway = stack.enter_context(start_gateway(str(model_dir), home, extra_env=env))
                 (engine_pid,) = running.engine_pids()  # each leads its own process group
+                # A gateway inside its engine (--in-engine) shares its port; the engine key goes to vLLM.
+                engine_url = running.url if env.get("TUNELOOP_IN_ENGINE") == "1" else running.engine_url
                 engine_pids.add(engine_pid)
-                print(
-                    f"{label}: gateway {running.url} (pid {running.process.pid}), engine {running.engine_url}"
-                )
+                print(f"{label}: gateway {running.url} (pid {running.process.pid}), engine {engine_url}")
                 through = await sessions.enter_async_context(session(key))
                 straight = await sessions.enter_async_context(session(running.engine_headers()))
-                async with straight.get(f"{running.engine_url}/v1/models") as response:
+                async with straight.get(f"{engine_url}/v1/models") as response:
                     engine_model = (await response.json())["data"][0]["id"]
                 groups = {"gateway": running.process.pid, "engine": engine_pid}
                 relayed = None
                 if relay:
                     name, value = (x.decode() for x in RELAY_HEADER)
                     headers = running.engine_headers() | {name: value}
-                    relayed = Server(running.engine_url, await sessions.enter_async_context(session(headers)))
+                    relayed = Server(engine_url, await sessions.enter_async_context(session(headers)))
                 sides.append(
                     Side(
                         label,
                         Server(running.url, through),
-                        Server(running.engine_url, straight),
+                        Server(engine_url, straight),
                         engine_model,
                         groups,
                         relayed,
@@ -449,6 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--engine-cpus",
         help="bind the engine's threads to these cores (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. 0), "
         "leaving the others to the gateway and this client; default: vLLM's own binding",
+    )
+    parser.add_argument(
+        "--in-engine",
+        action="store_true",
+        help="(a): also a replica with the gateway inside its engine (TUNELOOP_IN_ENGINE=1)",
     )
     parser.add_argument(
         "--relay",
