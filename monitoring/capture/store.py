@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, delete, inspect, select, text
+from sqlalchemy import ColumnElement, Engine, delete, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import Column, CreateIndex
@@ -32,6 +32,9 @@ from tuneloop.monitoring.capture.tables import (
 from tuneloop.platform import settings
 from tuneloop.platform.errors import NotFoundError
 from tuneloop.platform.sql import open_engine
+
+RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
+REQUESTS = CaptureBase.metadata.tables[CapturedRequest.__tablename__]
 
 
 class UnknownRequestError(NotFoundError):
@@ -49,20 +52,24 @@ class CaptureStore:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def add_requests(self, records: Sequence[RequestRecord]) -> int:
-        """Store `records` in one transaction; returns how many were new (known request ids are skipped)."""
-        rows = [CapturedRequest(**asdict(record)) for record in records]
+        """Store `records` in one transaction; returns how many were new (known request ids are skipped).
+
+        A plain multi-row INSERT, not ORM objects: the writer may share a process with the engine
+        (`serve --in-engine`), and this costs about half as much per request (BENCHMARKS.md).
+        """
+        rows = [{name: getattr(record, name) for name in RECORD_FIELDS} for record in records]
         try:
-            with self._sessions.begin() as session:
-                session.add_all(rows)
+            with self.engine.begin() as connection:
+                connection.execute(insert(REQUESTS), rows)
             return len(rows)
         except IntegrityError:
             # A retried request id somewhere in the batch: store the others one by one.
-            return sum(self._add_one(CapturedRequest(**asdict(record))) for record in records)
+            return sum(self._add_one(row) for row in rows)
 
-    def _add_one(self, row: CapturedRequest) -> bool:
+    def _add_one(self, row: dict[str, Any]) -> bool:
         try:
-            with self._sessions.begin() as session:
-                session.add(row)
+            with self.engine.begin() as connection:
+                connection.execute(insert(REQUESTS), [row])
             return True
         except IntegrityError:
             return False
