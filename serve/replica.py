@@ -97,7 +97,11 @@ class Replica:
         )
         self.supervisor: EngineSupervisor | EngineWatch
         if config.engine_owner is not None:  # a worker: the parent process runs the engine
-            self.supervisor = EngineWatch(config.engine, self.client, on_up=self._engine_up)
+            # Inside the engine (serve/hosted.py) each probe is a request to this very server.
+            up_poll_s = 5.0 if engine_app is not None else None
+            self.supervisor = EngineWatch(
+                config.engine, self.client, on_up=self._engine_up, up_poll_s=up_poll_s
+            )
         else:
             self.supervisor = EngineSupervisor(
                 config.engine,

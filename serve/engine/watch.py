@@ -33,10 +33,14 @@ class EngineWatch:
         *,
         on_up: Callable[[], Awaitable[None]],
         poll_s: float = 0.25,
+        up_poll_s: float | None = None,
         max_failures: int = 2,
     ) -> None:
+        """`up_poll_s`: the interval once the engine is up, if not `poll_s` (a gateway inside the
+        engine, serve/hosted.py, cannot outlive it: it only needs to see it answer)."""
         self.config, self._client, self._on_up = config, client, on_up
         self._poll_s, self._max_failures = poll_s, max_failures
+        self._up_poll_s = poll_s if up_poll_s is None else up_poll_s
         self.state = EngineState.STARTING
         self.ever_up = asyncio.Event()
         self.restarts = 0
@@ -62,7 +66,7 @@ class EngineWatch:
                 if self.up and failures >= self._max_failures:
                     log.warning("the engine stopped answering; requests get 503 until it is back")
                     self._set(EngineState.DOWN)
-            await asyncio.sleep(self._poll_s)
+            await asyncio.sleep(self._up_poll_s if self.up else self._poll_s)
 
     async def stop(self) -> None:
         """The engine is the parent's to stop; this worker only stops using it."""
