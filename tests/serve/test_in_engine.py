@@ -90,6 +90,15 @@ def test_keys_and_scopes_hold_and_the_engines_routes_need_its_own_key(replica: R
     assert engine.status_code == 200 and engine.json()["data"][0]["id"] == replica.base
 
 
+def test_the_engines_refusals_reach_the_client_as_openai_errors(replica: Replica) -> None:
+    for stream in (False, True):
+        body = {"model": "bot", "prompt": "word " * 2000, "max_tokens": 2, "stream": stream}
+        answer = replica.post("/v1/completions", body)
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and "maximum context length is 512" in error["message"]
+        assert set(error) == {"message", "type", "param", "code"}
+
+
 def test_a_promotion_reaches_the_gateway_in_the_engine(replica: Replica) -> None:
     client = replica.client("bot")
     replica.registry.promote("bot", "bot@2")
