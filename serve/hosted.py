@@ -27,12 +27,9 @@ import logging
 import os
 import pickle
 import secrets
-import signal
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from tuneloop.platform.errors import TuneloopError
 
 if TYPE_CHECKING:
     from tuneloop.serve.config import GatewayConfig
@@ -68,46 +65,11 @@ def run_in_engine(config: GatewayConfig, *, host: str, port: int) -> None:
 
 
 async def _supervise(config: GatewayConfig) -> None:
-    import httpx
+    from tuneloop.serve.workers import supervised_engine
 
-    from tuneloop.serve.engine.pidfile import pid_file
-    from tuneloop.serve.engine.supervisor import EngineSupervisor
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    fatal: list[str] = []
-
-    def on_fatal(message: str) -> None:
-        fatal.append(message)
-        stop.set()
-
-    async def nothing_to_reload() -> None:
-        return None  # the gateway in the engine reloads its adapters itself when it starts
-
-    client = httpx.AsyncClient(headers=config.engine.headers())
-    supervisor = EngineSupervisor(
-        config.engine,
-        config.log_dir,
-        client,
-        on_up=nothing_to_reload,
-        on_fatal=on_fatal,
-        ready_timeout=config.engine_start_timeout,
-        pid_file=pid_file(config.run_dir, config.engine.port) if config.run_dir else None,
-    )
-    task = asyncio.create_task(supervisor.run(), name="engine-supervisor")
-    log.info("gateway inside the engine on http://%s:%d/v1", config.engine.host, config.engine.port)
-    try:
+    async with supervised_engine(config) as stop:
+        log.info("gateway inside the engine on http://%s:%d/v1", config.engine.host, config.engine.port)
         await stop.wait()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        await supervisor.stop()
-        await client.aclose()
-    if fatal:
-        raise TuneloopError(fatal[0])
 
 
 class InEngine:

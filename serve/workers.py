@@ -31,7 +31,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,11 +84,13 @@ def run_workers(config: GatewayConfig, *, host: str, port: int, workers: int) ->
         sock.close()
 
 
-async def _parent(
-    config: GatewayConfig, worker_config: GatewayConfig, sock: socket.socket, host: str, port: int, n: int
-) -> None:
+@contextlib.asynccontextmanager
+async def supervised_engine(config: GatewayConfig) -> AsyncIterator[asyncio.Event]:
+    """The engine of a replica whose gateways run elsewhere (worker processes, or inside the engine:
+    serve/hosted.py), started and restarted here. Yields the event that SIGTERM, SIGINT or an engine
+    that can never start sets; on leaving, the engine is stopped, and TuneloopError raised if it
+    could never start. Whatever the caller stops in its own `finally` stops before the engine."""
     import httpx
-    from prometheus_client import multiprocess
 
     from tuneloop.serve.engine.pidfile import pid_file
     from tuneloop.serve.engine.supervisor import EngineSupervisor
@@ -104,7 +106,7 @@ async def _parent(
         stop.set()
 
     async def nothing_to_reload() -> None:
-        return None  # each worker reloads its own adapters when it sees the engine back
+        return None  # the gateways reload their own adapters when they see the engine back
 
     client = httpx.AsyncClient(headers=config.engine.headers())
     supervisor = EngineSupervisor(
@@ -117,30 +119,9 @@ async def _parent(
         pid_file=pid_file(config.run_dir, config.engine.port) if config.run_dir else None,
     )
     engine = asyncio.create_task(supervisor.run(), name="engine-supervisor")
-    procs = [_spawn(worker_config, sock, host, port, i) for i in range(n)]
-    started = [time.monotonic()] * n
-    log.info("gateway on http://%s:%d/v1 with %d workers (pids %s)", host, port, n, [p.pid for p in procs])
     try:
-        while not stop.is_set():
-            for i, proc in enumerate(procs):
-                if proc.is_alive():
-                    continue
-                multiprocess.mark_process_dead(proc.pid)
-                if time.monotonic() - started[i] < DIED_YOUNG_S:
-                    fatal.append(f"gateway worker {i} (pid {proc.pid}) exited at start, code {proc.exitcode}")
-                    stop.set()
-                    break
-                log.error(
-                    "gateway worker %d (pid %d) exited, code %s; starting it again",
-                    i,
-                    proc.pid,
-                    proc.exitcode,
-                )
-                procs[i], started[i] = _spawn(worker_config, sock, host, port, i), time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.25)
+        yield stop
     finally:
-        await asyncio.to_thread(_stop_all, procs, config.shutdown_grace + 30.0)
         engine.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await engine
@@ -148,6 +129,39 @@ async def _parent(
         await client.aclose()
     if fatal:
         raise TuneloopError(fatal[0])
+
+
+async def _parent(
+    config: GatewayConfig, worker_config: GatewayConfig, sock: socket.socket, host: str, port: int, n: int
+) -> None:
+    from prometheus_client import multiprocess
+
+    async with supervised_engine(config) as stop:
+        procs = [_spawn(worker_config, sock, host, port, i) for i in range(n)]
+        started = [time.monotonic()] * n
+        pids = [p.pid for p in procs]
+        log.info("gateway on http://%s:%d/v1 with %d workers (pids %s)", host, port, n, pids)
+        try:
+            while not stop.is_set():
+                for i, proc in enumerate(procs):
+                    if proc.is_alive():
+                        continue
+                    multiprocess.mark_process_dead(proc.pid)
+                    if time.monotonic() - started[i] < DIED_YOUNG_S:
+                        raise TuneloopError(
+                            f"gateway worker {i} (pid {proc.pid}) exited at start, code {proc.exitcode}"
+                        )
+                    log.error(
+                        "gateway worker %d (pid %d) exited, code %s; starting it again",
+                        i,
+                        proc.pid,
+                        proc.exitcode,
+                    )
+                    procs[i], started[i] = _spawn(worker_config, sock, host, port, i), time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
+        finally:
+            await asyncio.to_thread(_stop_all, procs, config.shutdown_grace + 30.0)
 
 
 def _spawn(config: GatewayConfig, sock: socket.socket, host: str, port: int, index: int) -> SpawnProcess:
