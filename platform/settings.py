@@ -108,6 +108,20 @@ def exported_env(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def take_handed(name: str) -> str:
+    """A value a parent handed to this process in the environment variable `name` (not a user
+    setting), removed from the environment so that the processes this one starts do not inherit it.
+
+    Raises ConfigError when the parent handed nothing.
+    """
+    value = os.environ.pop(name, None)
+    if value is None:
+        from tuneloop.platform.errors import ConfigError
+
+        raise ConfigError(f"{name} is not set: this process must be started by its tuneloop parent")
+    return value
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of this process's environment plus `extra`, for subprocesses we start."""
     env = dict(os.environ)

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tuneloop.platform.settings import take_handed
+
 if TYPE_CHECKING:
     from tuneloop.serve.config import GatewayConfig
 
@@ -79,7 +81,7 @@ class InEngine:
         from tuneloop.serve.app import create_app
 
         self.engine = app
-        config: GatewayConfig = pickle.loads(base64.b64decode(os.environ.pop(CONFIG_ENV)))
+        config: GatewayConfig = pickle.loads(base64.b64decode(take_handed(CONFIG_ENV)))
         self._engine_auth = f"Bearer {config.engine.api_key}".encode()
         self.gateway = create_app(config, engine_app=app)
         self._lifespan: asyncio.Task[None] | None = None

@@ -60,3 +60,11 @@ def test_nothing_else_reads_os_environ() -> None:
             ):
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_a_handed_value_is_taken_once_and_not_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNELOOP_TEST_HANDED", "payload")
+    assert settings.take_handed("TUNELOOP_TEST_HANDED") == "payload"
+    assert "TUNELOOP_TEST_HANDED" not in settings.child_env()
+    with pytest.raises(ConfigError, match="TUNELOOP_TEST_HANDED is not set"):
+        settings.take_handed("TUNELOOP_TEST_HANDED")
