@@ -70,7 +70,8 @@ class CaptureWriter:
     ) -> None:
         """`store`: a store, or its URL to open on the writer thread. `redact`: a function or a
         `module:function` spec (`none` for no redaction). `retention_days`, `max_rows`: what
-        `CaptureStore.prune` keeps (0: no limit), checked once at start and every `prune_interval_s`."""
+        `CaptureStore.prune` keeps (0: no limit), checked once at start and every `prune_interval_s`.
+        `flush_interval_s`: how long a record waits for others to share its insert."""
         self.enabled = settings.TUNELOOP_CAPTURE_ENABLED.get() if enabled is None else enabled
         rate = settings.TUNELOOP_CAPTURE_SAMPLE_RATE.get() if sample_rate is None else sample_rate
         if not 0.0 <= rate <= 1.0:
@@ -190,6 +191,10 @@ class CaptureWriter:
             batch = [self._queue.get(timeout=self._interval)]
         except queue.Empty:
             return []
+        # Requests end one at a time: linger a moment so one transaction writes all that end in it
+        # rather than one each (this thread shares the interpreter with the requests it records).
+        if self._queue.qsize() + 1 < self._batch_size:
+            self._closing.wait(self._interval)
         while len(batch) < self._batch_size:
             try:
                 batch.append(self._queue.get_nowait())
