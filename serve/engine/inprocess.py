@@ -6,8 +6,9 @@ calls to vLLM's app, not HTTP requests: no socket, no second process to wake per
 used as a context manager, and a response's `status`, `read()`, `content.iter_any()`,
 `content.read()`, `release()` and `close()` -- and `InProcessSession` provides exactly those.
 
-The engine's events wait in a small queue: when the client reads slowly, vLLM's `send` waits, as a
-full socket would make it. Closing a response before its end tells the engine the client went away
+The engine's events wait in a small queue, or (`pipe`) go straight on to the client from the
+engine's own task: either way, when the client reads slowly vLLM's `send` waits, as a full socket
+would make it. Closing a response before its end tells the engine the client went away
 (`http.disconnect`) and cancels the call, so the engine aborts the request.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,25 +83,31 @@ class _Pending:
 
 
 class InProcessResponse:
-    """One call of the engine's app, run as a task; its body arrives through a bounded queue."""
+    """One call of the engine's app, run as a task.
+
+    Its body goes to whoever consumes it first: `iter_any` (or `read`) pulls it from a bounded
+    queue; `pipe(sink)` has the engine's own task hand each chunk to `sink` as it sends it, with no
+    queue and no switch to another task per event (the streaming path of the gateway in the engine).
+    Until one of them starts, the engine's first body chunk waits: the two never mix.
+    """
 
     def __init__(self, app: ASGIApp, scope: dict[str, Any], body: bytes) -> None:
         self.status = 0
         self._body: bytes | None = body
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_EVENTS)
-        self._start = asyncio.Event()
+        self._sink: Callable[[bytes], Awaitable[None]] | None = None
+        self._sink_error: BaseException | None = None
+        self._consumer = asyncio.Event()  # set once `iter_any` or `pipe` takes the body
+        self._started = False  # the engine sent its status
+        self._answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._gone = asyncio.Event()
         self._ended = False
         self._task = asyncio.create_task(self._call(app, scope))
         self.content = self  # aiohttp's `response.content` is the body stream
 
     async def started(self) -> InProcessResponse:
-        waiting = asyncio.ensure_future(self._start.wait())
-        try:
-            await asyncio.wait((waiting, self._task), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiting.cancel()
-        if not self._start.is_set():  # the app ended without answering
+        await self._answered
+        if not self._started:  # the app ended without answering
             self._raise_from_task()
             raise aiohttp.ServerDisconnectedError("the engine answered nothing")
         return self
@@ -115,24 +122,54 @@ class InProcessResponse:
 
         async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self.status = message["status"]
-                self._start.set()
+                self.status, self._started = message["status"], True
+                self._answer()
             elif message["type"] == "http.response.body":
-                if message.get("body"):
-                    await self._queue.put(message["body"])
-                if not message.get("more_body", False):
+                body = message.get("body")
+                if body:
+                    await self._consumer.wait()
+                    if self._sink is None:
+                        await self._queue.put(body)
+                    else:
+                        await self._deliver(self._sink, body)
+                if not message.get("more_body", False) and self._sink is None:
                     await self._queue.put(None)
 
         try:
             await app(scope, receive, send)
         finally:
-            if not self._start.is_set():
+            if not self._started:
                 self.status = 500
+            self._answer()
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)  # an app that stopped mid-body ends the stream too
 
+    def _answer(self) -> None:
+        if not self._answered.done():
+            self._answered.set_result(None)
+
+    async def _deliver(self, sink: Callable[[bytes], Awaitable[None]], body: bytes) -> None:
+        try:
+            await sink(body)
+        except BaseException as exc:  # the engine's call ends with it; `pipe` raises it
+            self._sink_error = exc
+            raise
+
+    async def pipe(self, sink: Callable[[bytes], Awaitable[None]]) -> None:
+        """Have the engine hand each body chunk to `sink`, from its own task, until its call ends.
+
+        Raises what `sink` raised, or aiohttp.ClientPayloadError when the engine failed.
+        """
+        self._sink = sink
+        self._consumer.set()
+        await asyncio.wait((self._task,))
+        if self._sink_error is not None:
+            raise self._sink_error
+        self._raise_from_task()
+
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body as it comes: whatever is waiting is joined into one chunk."""
+        self._consumer.set()
         while not self._ended:
             # An app that ended with the queue full could not add the end mark: its end is the mark.
             chunk = None if self._queue.empty() and self._task.done() else await self._queue.get()

@@ -145,6 +145,7 @@ class ProxiedStream(StreamingResponse):
         self._done_sent = False
         self._swaps: tuple[tuple[bytes, bytes], ...] | None = None  # learnt from the first event
         self._closing = False  # the response's last write is made (or being made)
+        self._pending = b""  # the start of an event whose end has not arrived yet
         self._stream = self._events()  # what __call__ sends
         super().__init__(self._stream, media_type="text/event-stream", headers=_headers(target, call))
 
@@ -155,7 +156,8 @@ class ProxiedStream(StreamingResponse):
         it and go to the server's own `send` (`RAW_SEND`, put in the scope by serve/app.py); the
         event that carries [DONE] also ends the response, one socket write instead of two; and the
         disconnect watch is one plain task rather than Starlette's task group. A client that hangs
-        up cancels the stream at once (its `http.disconnect`), as Starlette's does.
+        up cancels the stream at once (its `http.disconnect`), as Starlette's does. An engine in
+        this process (serve/hosted.py) writes the events on from its own task as it makes them.
         """
         write = scope.get(RAW_SEND, send)
         task = asyncio.current_task()
@@ -174,18 +176,10 @@ class ProxiedStream(StreamingResponse):
         try:
             start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             await send(start)
-            async for out in self._stream:
-                # The event that ends the stream also ends the response: one write, not two.
-                self._closing = out.endswith(DONE)
-                await write({"type": "http.response.body", "body": out, "more_body": not self._closing})
-                if self._closing:
-                    break
+            if isinstance(self._upstream, InProcessResponse):
+                await self._pipe(self._upstream, write)
             else:
-                self._closing = True
-                await write({"type": "http.response.body", "body": b"", "more_body": False})
-            await self._stream.aclose()
-            if not self._finished:  # nothing follows [DONE] but the end of the engine's response
-                await self._drain()
+                await self._relay(write)
         except asyncio.CancelledError:
             if not gone:
                 raise
@@ -203,6 +197,42 @@ class ProxiedStream(StreamingResponse):
                     self._call.status = 499  # the client went away before the end (nginx's code for it)
             self._call.close()
 
+    async def _relay(self, write: Send) -> None:
+        """Pull the engine's stream (over a socket) and send each batch of events on."""
+        async for out in self._stream:
+            await self._send_out(write, out)
+            if self._closing:
+                break
+        else:
+            await self._send_out(write, b"")
+        await self._stream.aclose()
+        if not self._finished:  # nothing follows [DONE] but the end of the engine's response
+            await self._drain()
+
+    async def _pipe(self, upstream: InProcessResponse, write: Send) -> None:
+        """The engine in this process sends each batch of events on itself, as it makes them."""
+
+        async def forward(chunk: bytes) -> None:
+            out = self._take(chunk)
+            if out and not self._closing:
+                await self._send_out(write, out)
+
+        try:
+            await upstream.pipe(forward)
+            out = self._rest()
+        except aiohttp.ClientError as exc:
+            out = self._broken(exc)
+        self._finished = True
+        if out and not self._closing:
+            await self._send_out(write, out)
+        if not self._closing:
+            await self._send_out(write, b"")
+
+    async def _send_out(self, write: Send, out: bytes) -> None:
+        """Write `out`; the event that ends the stream (or b"" at its end) also ends the response."""
+        self._closing = out.endswith(DONE) or not out
+        await write({"type": "http.response.body", "body": out, "more_body": not self._closing})
+
     async def _drain(self) -> None:
         """Read the engine's response to its end, so that its connection is kept for the next one."""
         with contextlib.suppress(TimeoutError, aiohttp.ClientError):
@@ -210,21 +240,30 @@ class ProxiedStream(StreamingResponse):
             self._finished = True
 
     async def _events(self) -> AsyncGenerator[bytes, None]:
-        pending = b""
         try:
             async for chunk in self._upstream.content.iter_any():
-                # Whatever arrived together goes out together: one send for several events.
-                *events, pending = (pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-                out = b"".join(self._rewrite(event) for event in events)
-                if out:
-                    self._done_sent = self._done_sent or DONE in out
+                if out := self._take(chunk):
                     yield out
-            if pending.strip():
-                yield self._rewrite(pending)
+            if out := self._rest():
+                yield out
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self._call.status = 503
-            yield engine_unavailable(f"The engine stopped mid-stream ({type(exc).__name__}); retry.").sse()
+            yield self._broken(exc)
         self._finished = True
+
+    def _take(self, chunk: bytes) -> bytes:
+        """The events `chunk` completes, rewritten: whatever arrived together goes out together."""
+        *events, self._pending = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+        out = b"".join(self._rewrite(event) for event in events)
+        self._done_sent = self._done_sent or DONE in out
+        return out
+
+    def _rest(self) -> bytes:
+        """An event the engine did not end with a blank line, at the end of its stream."""
+        return self._rewrite(self._pending) if self._pending.strip() else b""
+
+    def _broken(self, exc: BaseException) -> bytes:
+        self._call.status = 503
+        return engine_unavailable(f"The engine stopped mid-stream ({type(exc).__name__}); retry.").sse()
 
     def _rewrite(self, event: bytes) -> bytes:
         """One SSE event as the client gets it (b"" to drop it)."""

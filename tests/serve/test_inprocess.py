@@ -1,6 +1,6 @@
 """serve/engine/inprocess.py: the engine's ASGI app called in-process the way aiohttp calls it over a
-socket -- answers whole and streamed, a failure mid-stream, a client that leaves, and an engine
-that cannot run ahead of a slow reader. Real Starlette apps stand in for vLLM's (same ASGI calls)."""
+socket -- answers whole and streamed (pulled, or piped by the engine's own task), a failure
+mid-stream, a client that leaves, and an engine that cannot run ahead of a slow reader. Real Starlette apps stand in for vLLM's (same ASGI calls)."""
 
 from __future__ import annotations
 
@@ -100,10 +100,61 @@ async def _test_a_slow_reader_holds_the_engine_back_and_leaving_cancels_it() -> 
     response = await session(engine(10 * QUEUE_EVENTS, sent=sent)).post(
         "http://x/v1/completions", json={"stream": True}
     )
-    await asyncio.sleep(0.2)  # nobody reads: the engine fills the queue, then waits
-    assert QUEUE_EVENTS <= len(sent) <= QUEUE_EVENTS + 2
+    await asyncio.sleep(0.1)  # nobody has taken the body: the engine's first event waits
+    assert sent == [0]
+    reader = aiter(response.content.iter_any())
+    first = await anext(reader)  # what the engine sent before the reader woke, joined
+    assert first.startswith(b"data: 0\n\n")
+    await asyncio.sleep(0.2)  # the reader stops reading: the engine fills the queue, then waits
+    read = first.count(b"\n\n")
+    assert read + QUEUE_EVENTS <= len(sent) <= read + QUEUE_EVENTS + 3
     response.close()  # the client went away
     await asyncio.sleep(0.1)
     stopped_at = len(sent)
     await asyncio.sleep(0.2)
     assert len(sent) == stopped_at < 10 * QUEUE_EVENTS
+
+
+def test_a_piped_stream_is_sent_on_by_the_engine_task_in_order() -> None:
+    asyncio.run(_test_a_piped_stream_is_sent_on_by_the_engine_task_in_order())
+
+
+async def _test_a_piped_stream_is_sent_on_by_the_engine_task_in_order() -> None:
+    got: list[bytes] = []
+    tasks: set[asyncio.Task[object] | None] = set()
+
+    async def sink(chunk: bytes) -> None:
+        tasks.add(asyncio.current_task())
+        got.append(chunk)
+
+    response = await session(engine(5)).post("http://x/v1/completions", json={"stream": True})
+    await response.pipe(sink)
+    assert b"".join(got) == b"".join(f"data: {i}\n\n".encode() for i in range(5)) + b"data: [DONE]\n\n"
+    assert len(tasks) == 1 and asyncio.current_task() not in tasks  # all from the engine's one task
+
+
+def test_a_piped_stream_ends_with_the_engine_failure_or_the_sink_failure() -> None:
+    asyncio.run(_test_a_piped_stream_ends_with_the_engine_failure_or_the_sink_failure())
+
+
+async def _test_a_piped_stream_ends_with_the_engine_failure_or_the_sink_failure() -> None:
+    got: list[bytes] = []
+
+    async def sink(chunk: bytes) -> None:
+        got.append(chunk)
+
+    broken = await session(engine(5, fail_after=2)).post("http://x/v1/completions", json={"stream": True})
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await broken.pipe(sink)
+    assert got == [b"data: 0\n\n", b"data: 1\n\n"]
+
+    sent: list[int] = []
+
+    async def gone(chunk: bytes) -> None:
+        if chunk.startswith(b"data: 3"):
+            raise OSError("the client went away")
+
+    response = await session(engine(100, sent=sent)).post("http://x/v1/completions", json={"stream": True})
+    with pytest.raises(OSError, match="went away"):
+        await response.pipe(gone)
+    assert sent == [0, 1, 2, 3]  # the engine's stream stopped at the write that failed
