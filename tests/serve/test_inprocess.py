@@ -1,6 +1,7 @@
 """serve/engine/inprocess.py: the engine's ASGI app called in-process the way aiohttp calls it over a
 socket -- answers whole and streamed (pulled, or piped by the engine's own task), a failure
-mid-stream, a client that leaves, and an engine that cannot run ahead of a slow reader. Real Starlette apps stand in for vLLM's (same ASGI calls)."""
+mid-stream, a client that leaves, and an engine that cannot run ahead of a slow reader. Real
+Starlette apps stand in for vLLM's (same ASGI calls)."""
 
 from __future__ import annotations
 
