@@ -220,8 +220,8 @@ class ProxiedStream(StreamingResponse):
         try:
             await upstream.pipe(forward)
             out = self._rest()
-        except aiohttp.ClientError as exc:
-            out = self._broken(exc)
+        except aiohttp.ClientError as exc:  # after [DONE] the answer is whole, as in `_relay`'s drain
+            out = b"" if self._closing else self._broken(exc)
         self._finished = True
         if out and not self._closing:
             await self._send_out(write, out)
