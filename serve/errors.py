@@ -155,13 +155,17 @@ def from_engine(status: int, raw: bytes, *, engine_model: str, requested: str) -
 
 def install_handlers(app: FastAPI) -> None:
     """Answer every error in the OpenAI shape; log unexpected ones with their traceback, server-side."""
+    app.add_exception_handler(OpenAIError, error_response)
+    app.add_exception_handler(StarletteHTTPException, error_response)
+    app.add_exception_handler(RequestValidationError, error_response)
+    app.add_exception_handler(Exception, error_response)
 
-    async def openai_error(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, OpenAIError)
+
+async def error_response(request: Request, exc: Exception) -> JSONResponse:
+    """What the client gets for `exc`, raised while answering `request` (the only mapping)."""
+    if isinstance(exc, OpenAIError):
         return exc.response()
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             message = f"Unknown path {request.url.path}"
         elif exc.status_code == 405:
@@ -169,20 +173,9 @@ def install_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        error = OpenAIError(exc.status_code, message, type=kind, headers=exc.headers)
-        return error.response()
-
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+        return OpenAIError(exc.status_code, message, type=kind, headers=exc.headers).response()
+    if isinstance(exc, RequestValidationError):
         return bad_request(f"Invalid request: {exc.errors()[:3]}").response()
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
-        return OpenAIError(
-            500, "Internal error in the gateway; it has been logged.", type="server_error"
-        ).response()
-
-    app.add_exception_handler(OpenAIError, openai_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected)
+    log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+    message = "Internal error in the gateway; it has been logged."
+    return OpenAIError(500, message, type="server_error").response()

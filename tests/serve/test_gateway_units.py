@@ -186,3 +186,37 @@ def test_error_bodies_never_show_internal_folders_or_store_uris() -> None:
     message = error.body()["error"]["message"]
     assert "/srv/tuneloop-home" not in message and "s3://" not in message
     assert message == "cannot fetch a@1: <internal>/adapters/a/v1 missing; <store> gone"
+
+
+def test_completion_posts_skip_the_router_and_fail_in_the_openai_shape(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi import Request
+    from fastapi.testclient import TestClient
+
+    from tuneloop.serve import app as app_module
+    from tuneloop.serve.completions.api_router import router as completions_router
+    from tuneloop.serve.errors import install_handlers
+
+    assert set(app_module.HOT_ROUTES) == {"/v1/completions", "/v1/chat/completions"}
+
+    async def refuse(request: Request) -> None:
+        assert request.app is gateway  # endpoints reach the replica through request.app
+        raise OpenAIError(429, "slow down", type="rate_limit_error")
+
+    async def crash(_request: Request) -> None:
+        raise RuntimeError("/srv/secret/place")
+
+    gateway = app_module.GatewayApp()
+    install_handlers(gateway)
+    gateway.include_router(completions_router)
+    monkeypatch.setattr(app_module, "HOT_ROUTES", {"/v1/completions": refuse, "/v1/chat/completions": crash})
+    with TestClient(gateway, raise_server_exceptions=False) as client:
+        refused = client.post("/v1/completions", json={})
+        assert refused.status_code == 429 and refused.json()["error"]["message"] == "slow down"
+        crashed = client.post("/v1/chat/completions", json={})
+        assert crashed.status_code == 500 and crashed.json()["error"]["type"] == "server_error"
+        assert "secret" not in crashed.text and "/srv/secret/place" in caplog.text  # logged, not shown
+        # Other methods still go through the router: its 405, in the same shape.
+        wrong = client.get("/v1/completions")
+        assert wrong.status_code == 405 and "not allowed" in wrong.json()["error"]["message"]
