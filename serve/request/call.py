@@ -8,6 +8,7 @@ its client goes away (serve/request/proxy.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +40,8 @@ class Call:
     prompt: str = ""
     key_id: int | None = None
     """Registry id of the API key that made the request, for capture (feedback is checked against it)."""
-    answer: list[str] = field(default_factory=list)
+    answer: list[str | bytes] = field(default_factory=list)
+    """The answer's parts in order: text, or a stream event's JSON kept to be read at the end."""
     on_close: Callable[[Call], None] | None = None
     """Called last by `close()` (capture); its failures are logged, never raised."""
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
@@ -79,12 +81,57 @@ class Call:
 
     def keep_answer(self, choices: Any) -> None:
         """Append the first choice's text (a whole answer or a stream delta) when capturing."""
-        if not self.capturing or not isinstance(choices, list):
-            return
-        for choice in choices:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                text = choice.get("text")
-                if text is None:
-                    text = (choice.get("message") or choice.get("delta") or {}).get("content")
-                if isinstance(text, str):
-                    self.answer.append(text)
+        if self.capturing:
+            self.answer.extend(_first_choice_text(choices))
+
+    def keep_event(self, payload: bytes) -> None:
+        """Keep a stream event's JSON whole when capturing: `answer_text` reads all of them in one
+        decode, which costs less than half of decoding each as it passes (issue 14)."""
+        if self.capturing:
+            self.answer.append(payload)
+
+    def answer_text(self) -> str:
+        """The first choice's text, from the parts kept so far."""
+        events = iter(_decoded([part for part in self.answer if isinstance(part, bytes)]))
+        texts: list[str] = []
+        for part in self.answer:
+            if isinstance(part, str):
+                texts.append(part)
+            else:
+                event = next(events)
+                texts.extend(_first_choice_text(event.get("choices") if isinstance(event, dict) else None))
+        return "".join(texts)
+
+
+def _first_choice_text(choices: Any) -> list[str]:
+    if not isinstance(choices, list):
+        return []
+    texts = []
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            text = choice.get("text")
+            if text is None:
+                text = (choice.get("message") or choice.get("delta") or {}).get("content")
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
+
+
+def _decoded(events: list[bytes]) -> list[Any]:
+    """Each event's JSON value (None where it is not JSON), decoded together."""
+    if not events:
+        return []
+    try:
+        values = json.loads(b"[" + b",".join(events) + b"]")
+        if isinstance(values, list) and len(values) == len(events):
+            return values
+    except ValueError:
+        pass
+    return [_loads_or_none(event) for event in events]
+
+
+def _loads_or_none(event: bytes) -> Any:
+    try:
+        return json.loads(event)
+    except ValueError:
+        return None

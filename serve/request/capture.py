@@ -78,7 +78,7 @@ class Capture:
             alias=call.requested,
             version=call.version,
             prompt=call.prompt,
-            answer=bounded("".join(call.answer), self._max_chars),
+            answer=bounded(call.answer_text(), self._max_chars),
             latency_s=max(0.0, ended - call.started),
             prompt_tokens=_count(usage.get("prompt_tokens")),
             completion_tokens=_count(usage.get("completion_tokens")),

@@ -13,8 +13,9 @@ well under half of httpx's pure-Python stack per event, measured with bench/serv
 that arrived together are rewritten and sent on together, and an event is rewritten by replacing
 the engine's exact `"id":"…"` and `"model":"…"` pairs in its bytes -- which cannot occur inside a
 JSON string, where quotes are escaped -- rather than by decoding and encoding it. Events are only
-decoded when something must be read from them: the first token's time, the usage, the answer text
-capture keeps, an error, or a chat to reshape.
+decoded when something must be read from them at once: the first token's time, the usage, an error,
+or a chat to reshape. The answer text capture keeps is read from the events' bytes in one decode
+when the stream ends (`Call.keep_event`).
 """
 
 from __future__ import annotations
@@ -280,8 +281,9 @@ class ProxiedStream(StreamingResponse):
             if swaps and all(old in payload for old, _ in swaps):
                 # The fast path, the first event included: read only what must be read, rewrite
                 # the bytes; everything else reaches the client exactly as the engine wrote it.
-                must_read = call.capturing or call.first_token_at is None or b'"usage":{' in payload
-                if must_read and not self._inspect(json.loads(payload)):
+                call.keep_event(payload)  # its text is read once the stream ends
+                must_read = call.first_token_at is None or b'"usage":{' in payload
+                if must_read and not self._inspect(json.loads(payload), keep=False):
                     return b""
                 for old, new in swaps:
                     payload = payload.replace(old, new, 1)
@@ -326,14 +328,16 @@ class ProxiedStream(StreamingResponse):
                 (_pair("model", parsed["model"]), _pair("model", self._target.requested)),
             )
 
-    def _inspect(self, event: dict[str, Any]) -> bool:
-        """Note the first token, usage and answer text; False for the usage event nobody asked for."""
+    def _inspect(self, event: dict[str, Any], *, keep: bool = True) -> bool:
+        """Note the first token, usage and (`keep`) answer text; False for the usage event nobody
+        asked for."""
         choices, usage = event.get("choices"), event.get("usage")
         if isinstance(usage, dict):
             self._call.usage = usage
         if choices and self._call.first_token_at is None and _has_token(choices):
             self._call.first_token_at = time.monotonic()
-        self._call.keep_answer(choices)
+        if keep:
+            self._call.keep_answer(choices)
         return bool(choices) or not usage or self._include_usage
 
 

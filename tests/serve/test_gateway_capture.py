@@ -73,3 +73,17 @@ def test_capture_off_or_broken_never_reaches_the_request(tmp_path: Path) -> None
 
 def close(capture: Capture) -> None:
     asyncio.run(capture.close())
+
+
+def test_stream_events_kept_whole_are_read_in_order_with_text_parts() -> None:
+    call = Call(endpoint="completions", capturing=True)
+    call.keep_event(b'{"choices":[{"index":0,"text":"a\\"b"},{"index":1,"text":"x"}]}')
+    call.keep_answer([{"index": 0, "text": "-"}])
+    call.keep_event(b'{"choices":[{"index":0,"delta":{"content":"c"}}]}')
+    call.keep_event(b"not json")  # one broken event costs its own text only
+    call.keep_event(b'{"choices":[]}')
+    call.keep_event(b'{"choices":[{"index":0,"text":"d"}]}')
+    assert call.answer_text() == 'a"b-cd'
+    off = Call(endpoint="completions")
+    off.keep_event(b'{"choices":[{"index":0,"text":"a"}]}')
+    assert off.answer == [] and off.answer_text() == ""

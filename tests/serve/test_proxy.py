@@ -82,7 +82,7 @@ def test_events_get_the_clients_model_and_the_gateways_id_whatever_the_chunking(
         }
         assert [e["choices"][0]["text"] for e in events] == ["", ' say "hi"', " there"]  # usage event dropped
         assert call.usage == {"prompt_tokens": 3, "completion_tokens": 2} and call.first_token_at is not None
-        assert "".join(call.answer) == ' say "hi" there'
+        assert call.answer_text() == ' say "hi" there'
 
 
 def test_usage_is_passed_on_when_asked_and_chats_are_reshaped() -> None:
