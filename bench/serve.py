@@ -48,13 +48,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test builders: tiny model, random LoRA, gateway launcher
 
-from helpers.gateway import Gateway, start_gateway  # noqa: E402
+from helpers.gateway import Gateway, children, start_gateway  # noqa: E402
 from helpers.tiny_model import bench_model_dir, build_random_lora  # noqa: E402
 from inprocess_relay import ALIAS, RELAY_HEADER  # noqa: E402
-from serve_load import PROMPTS, Load, Server, Shape, cpu_seconds, line, merge, run_load, session  # noqa: E402
+from serve_load import (  # noqa: E402
+    PROMPTS,
+    Load,
+    Server,
+    Shape,
+    cpu_seconds,
+    line,
+    merge,
+    process_cpu_seconds,
+    run_load,
+    session,
+)
 
 from tuneloop.platform.adapters import import_adapter  # noqa: E402
 from tuneloop.platform.apikeys import create_key  # noqa: E402
@@ -91,13 +103,15 @@ LIMITS = {
 
 @dataclass(frozen=True)
 class Side:
-    """One replica under test: its gateway and its engine (direct), and their process groups."""
+    """One replica under test: its gateway and its engine (direct), and what CPU they use: `meters`
+    maps a name to a reading of CPU seconds (the gateway's and the engine's process groups, and the
+    engine's server process alone, where a gateway inside the engine does its work)."""
 
     label: str
     gateway: Server
     engine: Server
     engine_model: str
-    groups: dict[str, int]
+    meters: dict[str, Callable[[], float]]
     relay: Server | None = None  # the engine's port with X-Relay: 1 (--relay; bench/inprocess_relay.py)
 
 
@@ -115,7 +129,7 @@ async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) 
     results: dict[str, Any] = {}
     kinds = ("direct", "gateway", "relay")
     loads: dict[str, dict[str, list[Load]]] = {s.label: {k: [] for k in kinds} for s in sides}
-    cpu = {s.label: {k: dict.fromkeys(s.groups, 0.0) for k in kinds} for s in sides}
+    cpu = {s.label: {k: dict.fromkeys(s.meters, 0.0) for k in kinds} for s in sides}
     for r in range(rounds):
         turn = list(sides[r % len(sides) :]) + list(sides[: r % len(sides)])
         for side in turn:
@@ -123,10 +137,10 @@ async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) 
             if side.relay is not None:
                 order.append(("relay", side.relay, ALIAS))
             for kind, server, model in order if r % 2 == 0 else order[::-1]:
-                before = {name: cpu_seconds(group) for name, group in side.groups.items()}
+                before = {name: read() for name, read in side.meters.items()}
                 load = await run_load(f"{side.label} {kind} {r + 1}", server, [model], shape)
-                for name, group in side.groups.items():
-                    cpu[side.label][kind][name] += cpu_seconds(group) - before[name]
+                for name, read in side.meters.items():
+                    cpu[side.label][kind][name] += read() - before[name]
                 loads[side.label][kind].append(load)
                 print(line(load), flush=True)
     for side in sides:
@@ -171,7 +185,9 @@ async def overhead(sides: Sequence[Side], base: str, shape: Shape, rounds: int) 
             f"{row['added_p50_ms']:+.1f} ms (goal <= 10), p99 {row['added_p99_ms']:+.1f} ms; added TTFT p50 "
             f"{row['added_ttft_p50_ms']:+.1f} ms; gateway CPU s per 1,000 tokens "
             f"{row['gateway_cpu_s_per_1k_tokens']:.3f} (goal <= 0.03), engine "
-            f"{per_k['gateway']['engine']:.3f} (direct rounds: {per_k['direct']['engine']:.3f})",
+            f"{per_k['gateway']['engine']:.3f} (direct rounds: {per_k['direct']['engine']:.3f}), of which "
+            f"vLLM's server process {per_k['gateway']['engine server']:.3f} "
+            f"(direct rounds: {per_k['direct']['engine server']:.3f})",
             flush=True,
         )
         if relayed:
@@ -413,7 +429,12 @@ async def replicas(
                 straight = await sessions.enter_async_context(session(running.engine_headers()))
                 async with straight.get(f"{engine_url}/v1/models") as response:
                     engine_model = (await response.json())["data"][0]["id"]
-                groups = {"gateway": running.process.pid, "engine": engine_pid}
+                (server_pid,) = children(engine_pid)  # the engine's guard runs vLLM's server
+                meters = {
+                    "gateway": functools.partial(cpu_seconds, running.process.pid),
+                    "engine": functools.partial(cpu_seconds, engine_pid),
+                    "engine server": functools.partial(process_cpu_seconds, server_pid),
+                }
                 relayed = None
                 if relay:
                     name, value = (x.decode() for x in RELAY_HEADER)
@@ -425,7 +446,7 @@ async def replicas(
                         Server(running.url, through),
                         Server(engine_url, straight),
                         engine_model,
-                        groups,
+                        meters,
                         relayed,
                     )
                 )

