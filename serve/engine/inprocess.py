@@ -127,11 +127,16 @@ class InProcessResponse:
             elif message["type"] == "http.response.body":
                 body = message.get("body")
                 if body:
-                    await self._consumer.wait()
+                    if not self._consumer.is_set():
+                        await self._consumer.wait()
                     if self._sink is None:
                         await self._queue.put(body)
                     else:
-                        await self._deliver(self._sink, body)
+                        try:
+                            await self._sink(body)
+                        except BaseException as exc:  # the engine's call ends with it; `pipe` raises it
+                            self._sink_error = exc
+                            raise
                 if not message.get("more_body", False) and self._sink is None:
                     await self._queue.put(None)
 
@@ -147,13 +152,6 @@ class InProcessResponse:
     def _answer(self) -> None:
         if not self._answered.done():
             self._answered.set_result(None)
-
-    async def _deliver(self, sink: Callable[[bytes], Awaitable[None]], body: bytes) -> None:
-        try:
-            await sink(body)
-        except BaseException as exc:  # the engine's call ends with it; `pipe` raises it
-            self._sink_error = exc
-            raise
 
     async def pipe(self, sink: Callable[[bytes], Awaitable[None]]) -> None:
         """Have the engine hand each body chunk to `sink`, from its own task, until its call ends.

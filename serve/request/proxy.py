@@ -144,7 +144,8 @@ class ProxiedStream(StreamingResponse):
         # The OpenAI client hangs up right after [DONE], often before the engine closes its side:
         # a stream whose [DONE] went out was answered in full, not abandoned.
         self._done_sent = False
-        self._swaps: tuple[tuple[bytes, bytes], ...] | None = None  # learnt from the first event
+        # (old, new) of the `"id":…` pair, then of the `"model":…` pair: learnt from the first event.
+        self._swaps: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] | None = None
         self._closing = False  # the response's last write is made (or being made)
         self._pending = b""  # the start of an event whose end has not arrived yet
         self._stream = self._events()  # what __call__ sends
@@ -253,8 +254,12 @@ class ProxiedStream(StreamingResponse):
 
     def _take(self, chunk: bytes) -> bytes:
         """The events `chunk` completes, rewritten: whatever arrived together goes out together."""
-        *events, self._pending = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-        out = b"".join(self._rewrite(event) for event in events)
+        whole = not self._pending and chunk.endswith(b"\n\n") and b"\r" not in chunk
+        if whole and chunk.find(b"\n\n") == len(chunk) - 2:
+            out = self._rewrite(chunk[:-2])  # one whole event: what the engine in this process sends
+        else:
+            *events, self._pending = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+            out = b"".join(self._rewrite(event) for event in events)
         self._done_sent = self._done_sent or DONE in out
         return out
 
@@ -278,7 +283,7 @@ class ProxiedStream(StreamingResponse):
             if self._swaps is None:
                 self._learn(payload)
             swaps = self._swaps
-            if swaps and all(old in payload for old, _ in swaps):
+            if swaps and swaps[0][0] in payload and swaps[1][0] in payload:
                 # The fast path, the first event included: read only what must be read, rewrite
                 # the bytes; everything else reaches the client exactly as the engine wrote it.
                 call.keep_event(payload)  # its text is read once the stream ends

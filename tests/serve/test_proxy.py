@@ -70,12 +70,12 @@ def run(
 
 
 def test_events_get_the_clients_model_and_the_gateways_id_whatever_the_chunking() -> None:
-    whole = b"".join(
-        [vllm_event(""), vllm_event(' say "hi"'), vllm_event(" there"),
-         vllm_event("", usage={"prompt_tokens": 3, "completion_tokens": 2}), b"data: [DONE]\n\n"]
-    )  # fmt: skip
-    for size in (len(whole), 7, 1):
-        chunks = [whole[i : i + size] for i in range(0, len(whole), size)]
+    usage = {"prompt_tokens": 3, "completion_tokens": 2}
+    one_each = [vllm_event(""), vllm_event(' say "hi"'), vllm_event(" there"), vllm_event("", usage=usage),
+                b"data: [DONE]\n\n"]  # fmt: skip
+    whole = b"".join(one_each)
+    # All at once, an event per chunk (as an engine in this process sends them), and split anywhere.
+    for chunks in [[whole], one_each, *([whole[i : i + n] for i in range(0, len(whole), n)] for n in (7, 1))]:
         events, call = run(chunks, include_usage=False)
         assert {e["model"] for e in events} == {"support-bot"} and {e["id"] for e in events} == {
             "cmpl-gateway-1"
