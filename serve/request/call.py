@@ -19,6 +19,8 @@ from tuneloop.monitoring import metrics
 from tuneloop.serve.routing.resolver import Target
 
 log = logging.getLogger(__name__)
+READ_EVENTS = 64
+"""Stream events kept undecoded at most: their text is read in one decode when this many wait."""
 
 
 @dataclass(eq=False)
@@ -40,12 +42,13 @@ class Call:
     prompt: str = ""
     key_id: int | None = None
     """Registry id of the API key that made the request, for capture (feedback is checked against it)."""
-    answer: list[str | bytes] = field(default_factory=list)
-    """The answer's parts in order: text, or a stream event's JSON kept to be read at the end."""
+    answer: list[str] = field(default_factory=list)
+    """The answer's text so far, in parts (stream events not yet read are in `_events`)."""
     on_close: Callable[[Call], None] | None = None
     """Called last by `close()` (capture); its failures are logged, never raised."""
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
     _closed: bool = False
+    _events: list[bytes] = field(default_factory=list)
 
     def label(self, target: Target) -> None:
         self.alias, self.version, self.requested = target.alias, target.version, target.requested
@@ -82,25 +85,29 @@ class Call:
     def keep_answer(self, choices: Any) -> None:
         """Append the first choice's text (a whole answer or a stream delta) when capturing."""
         if self.capturing:
+            self._read_events()  # text kept earlier comes first
             self.answer.extend(_first_choice_text(choices))
 
     def keep_event(self, payload: bytes) -> None:
-        """Keep a stream event's JSON whole when capturing: `answer_text` reads all of them in one
-        decode, which costs less than half of decoding each as it passes (issue 14)."""
+        """Keep a stream event's JSON when capturing, to read its text together with the events
+        around it: one decode of `READ_EVENTS` events costs less than half of decoding each as it
+        passes (issue 14), and no more than that many are held undecoded."""
         if self.capturing:
-            self.answer.append(payload)
+            self._events.append(payload)
+            if len(self._events) >= READ_EVENTS:
+                self._read_events()
 
     def answer_text(self) -> str:
-        """The first choice's text, from the parts kept so far."""
-        events = iter(_decoded([part for part in self.answer if isinstance(part, bytes)]))
-        texts: list[str] = []
-        for part in self.answer:
-            if isinstance(part, str):
-                texts.append(part)
-            else:
-                event = next(events)
-                texts.extend(_first_choice_text(event.get("choices") if isinstance(event, dict) else None))
-        return "".join(texts)
+        """The first choice's text, from what was kept so far."""
+        self._read_events()
+        return "".join(self.answer)
+
+    def _read_events(self) -> None:
+        if self._events:
+            for event in _decoded(self._events):
+                choices = event.get("choices") if isinstance(event, dict) else None
+                self.answer.extend(_first_choice_text(choices))
+            self._events.clear()
 
 
 def _first_choice_text(choices: Any) -> list[str]:

@@ -13,7 +13,7 @@ from tuneloop.monitoring.capture import CaptureStore
 from tuneloop.serve.chat_completions.protocol import ChatCompletionRequest
 from tuneloop.serve.completions.protocol import CompletionRequest
 from tuneloop.serve.config import CaptureConfig
-from tuneloop.serve.request.call import Call
+from tuneloop.serve.request.call import READ_EVENTS, Call
 from tuneloop.serve.request.capture import Capture, prompt_text
 
 
@@ -84,6 +84,11 @@ def test_stream_events_kept_whole_are_read_in_order_with_text_parts() -> None:
     call.keep_event(b'{"choices":[]}')
     call.keep_event(b'{"choices":[{"index":0,"text":"d"}]}')
     assert call.answer_text() == 'a"b-cd'
+    # A long stream is read as it goes: no more than READ_EVENTS events wait undecoded.
+    long = Call(endpoint="completions", capturing=True)
+    for _ in range(READ_EVENTS):
+        long.keep_event(b'{"choices":[{"index":0,"text":"x"}]}')
+    assert long.answer == ["x"] * READ_EVENTS
     off = Call(endpoint="completions")
     off.keep_event(b'{"choices":[{"index":0,"text":"a"}]}')
     assert off.answer == [] and off.answer_text() == ""
