@@ -6,7 +6,7 @@ An ASGI app streams `--events` vLLM-shaped completion events (plus the usage eve
 way vLLM's server does; each stream is called in-process (serve/engine/inprocess.py) and either
 (a) piped straight to a sink that only keeps the messages (what the engine's own send costs), or
 (b) proxied by `ProxiedStream` with capture on (id and model rewritten, first token and usage read,
-the answer decoded once at the end): the work the gateway adds per stream when it runs inside the
+the answer read from the kept events): the work the gateway adds per stream when it runs inside the
 engine (`tuneloop serve --in-engine`). Process CPU time, one asyncio loop, no sockets, no engine:
 this isolates the per-event path that the end-to-end benchmark (bench/serve.py) cannot resolve
 through its run-to-run noise. Rounds alternate (a) and (b); the median of `--repeats` is printed.

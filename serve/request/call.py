@@ -126,8 +126,6 @@ def _first_choice_text(choices: Any) -> list[str]:
 
 def _decoded(events: list[bytes]) -> list[Any]:
     """Each event's JSON value (None where it is not JSON), decoded together."""
-    if not events:
-        return []
     try:
         values = json.loads(b"[" + b",".join(events) + b"]")
         if isinstance(values, list) and len(values) == len(events):

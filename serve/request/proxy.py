@@ -14,8 +14,8 @@ that arrived together are rewritten and sent on together, and an event is rewrit
 the engine's exact `"id":"…"` and `"model":"…"` pairs in its bytes -- which cannot occur inside a
 JSON string, where quotes are escaped -- rather than by decoding and encoding it. Events are only
 decoded when something must be read from them at once: the first token's time, the usage, an error,
-or a chat to reshape. The answer text capture keeps is read from the events' bytes in one decode
-when the stream ends (`Call.keep_event`).
+or a chat to reshape. The answer text capture keeps is read from the events' bytes many events at
+a time (`Call.keep_event`).
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class ProxiedStream(StreamingResponse):
             if swaps and swaps[0][0] in payload and swaps[1][0] in payload:
                 # The fast path, the first event included: read only what must be read, rewrite
                 # the bytes; everything else reaches the client exactly as the engine wrote it.
-                call.keep_event(payload)  # its text is read once the stream ends
+                call.keep_event(payload)  # its text is read later, with the events around it
                 must_read = call.first_token_at is None or b'"usage":{' in payload
                 if must_read and not self._inspect(json.loads(payload), keep=False):
                     return b""
