@@ -18,8 +18,10 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,6 +29,9 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' vLLM event builder
+from helpers.sse import vllm_event
 
 from tuneloop.serve.engine.inprocess import InProcessSession
 from tuneloop.serve.request.call import Call
@@ -39,16 +44,9 @@ TARGET = Target(
 
 
 def vllm_events(n: int) -> list[bytes]:
-    """A completion stream as vLLM writes it: compact JSON, its fields in its order."""
-
-    def event(choices: list[dict[str, Any]], usage: dict[str, int] | None) -> bytes:
-        body = {"id": "cmpl-0f3c", "object": "text_completion", "created": 1, "model": "base"}
-        data = json.dumps({**body, "choices": choices, "usage": usage}, separators=(",", ":"))
-        return f"data: {data}\n\n".encode()
-
-    choice = {"logprobs": None, "finish_reason": None, "stop_reason": None, "token_ids": None}
-    tokens = [event([{"index": 0, "text": f" word{i}", **choice}], None) for i in range(n)]
-    return [*tokens, event([], {"prompt_tokens": 9, "completion_tokens": n}), b"data: [DONE]\n\n"]
+    tokens = [vllm_event(f" word{i}", model="base") for i in range(n)]
+    usage = {"prompt_tokens": 9, "completion_tokens": n}
+    return [*tokens, vllm_event("", model="base", usage=usage), b"data: [DONE]\n\n"]
 
 
 def engine(events: list[bytes]) -> Starlette:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aiohttp
+from helpers import sse
 
 from tuneloop.serve.request.call import Call
 from tuneloop.serve.request.proxy import RAW_SEND, ProxiedStream
@@ -19,15 +20,7 @@ ENGINE_MODEL = "/models/tiny llama"
 
 
 def vllm_event(text: str, *, usage: dict[str, int] | None = None) -> bytes:
-    """An event as vLLM writes it: compact JSON, fields in its order."""
-    choices = [] if usage else [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]
-    event: dict[str, Any] = {
-        "id": "cmpl-engine-7", "object": "text_completion", "created": 1, "model": ENGINE_MODEL,
-        "choices": choices,
-    }  # fmt: skip
-    if usage:
-        event["usage"] = usage
-    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+    return sse.vllm_event(text, model=ENGINE_MODEL, usage=usage)
 
 
 class FakeContent:
